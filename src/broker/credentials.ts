@@ -1,0 +1,37 @@
+import type { Credentials } from '../osb/types.js';
+
+export type TemplateValues = Record<string, unknown>;
+
+const PLACEHOLDER = /\{([a-z_][\w.]*)(\|uri)?\}/gi;
+
+function lookup(values: TemplateValues, path: string): unknown {
+  return path.split('.').reduce<unknown>((node, part) => (node && typeof node === 'object' ? (node as Record<string, unknown>)[part] : undefined), values);
+}
+
+/**
+ * Fills a credentials template such as `postgres://{binding.username|uri}@{host}:{port}`.
+ * `|uri` percent-encodes the value; a string that is a single placeholder keeps the value's type (numeric ports).
+ * Fields whose placeholders have no value are left out rather than sent empty.
+ */
+export function renderCredentials(template: Record<string, string>, values: TemplateValues): Credentials {
+  const credentials: Credentials = {};
+  for (const [key, pattern] of Object.entries(template)) {
+    const whole = /^\{([a-z_][\w.]*)\}$/i.exec(pattern);
+    if (whole) {
+      const value = lookup(values, whole[1]!);
+      if (typeof value === 'number' || (typeof value === 'string' && value !== '')) credentials[key] = value;
+      continue;
+    }
+    let missing = false;
+    const text = pattern.replace(PLACEHOLDER, (_match, path: string, uri?: string) => {
+      const value = lookup(values, path);
+      if (value === undefined || value === null || value === '') {
+        missing = true;
+        return '';
+      }
+      return uri ? encodeURIComponent(String(value)) : String(value);
+    });
+    if (!missing) credentials[key] = text;
+  }
+  return credentials;
+}

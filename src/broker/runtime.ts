@@ -1,0 +1,190 @@
+import { setTimeout as delay } from 'node:timers/promises';
+import type { Config } from '../config.js';
+import { imageTag, type Limits, type ServiceDefinition } from '../catalog/definition.js';
+import { LABEL, type ContainerLimits, type DockerEngine } from '../docker/engine.js';
+import type { ImageBuilder } from '../images/builder.js';
+import type { BindingRecord, InstanceRecord } from '../store/records.js';
+import { publishedPortAnswers } from './probe.js';
+
+export type Progress = (description: string) => Promise<void>;
+
+const READY_POLL_MS = 100;
+const SCRIPT_TIMEOUT_MS = 60_000;
+
+export class ScriptError extends Error {}
+
+/** What it takes to run one instance on the engine: containers, volumes and the scripts inside the image. */
+export class InstanceRuntime {
+  constructor(
+    private readonly engine: DockerEngine,
+    private readonly images: ImageBuilder,
+    private readonly config: Config,
+  ) {}
+
+  static containerName(brokerId: string, instanceId: string) {
+    return `osb-${brokerId}-${instanceId}`;
+  }
+
+  labels(instance: InstanceRecord): Record<string, string> {
+    return {
+      [LABEL.broker]: this.config.brokerId,
+      [LABEL.role]: 'instance',
+      [LABEL.instance]: instance.id,
+      [LABEL.service]: instance.serviceId,
+      [LABEL.plan]: instance.planId,
+    };
+  }
+
+  /** Creates volume and container, starts it and returns once the engine accepts a login through the published port. */
+  async start(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal, progress: Progress): Promise<void> {
+    const tag = imageTag(definition);
+    if (!(await this.engine.imageExists(tag))) {
+      await progress(`Building image ${tag} from ${definition.offering.name}/Dockerfile (first use of this image; this takes a few minutes).`);
+      await this.images.ensure(definition.folder, tag);
+    }
+    signal.throwIfAborted();
+    await progress('Creating the container and its volume.');
+    await this.engine.ensureVolume(instance.volumeName, this.labels(instance));
+    await this.engine.createContainer({
+      name: instance.containerName,
+      image: tag,
+      labels: this.labels(instance),
+      publish: { containerPort: definition.container.port, hostIp: this.config.publishIp, hostPort: instance.hostPort! },
+      volume: { name: instance.volumeName, path: definition.container.dataPath },
+      limits: containerLimits(definition.limits.get(instance.planId)!),
+      capDrop: definition.container.capDrop,
+      capAdd: definition.container.capAdd,
+      stopTimeoutSeconds: definition.container.stopTimeoutSeconds,
+    });
+    signal.throwIfAborted();
+    await this.engine.startContainer(instance.containerName);
+    await progress(`Starting ${definition.offering.metadata?.displayName ?? definition.offering.name}.`);
+    await this.waitReady(definition, instance, signal);
+    await progress('Setting up the administrator and the database.');
+    await this.script(definition, instance, 'setup', {}, signal);
+    await progress('Checking that the service accepts a login through the published port.');
+    await this.script(definition, instance, 'check', {}, signal);
+    await this.waitForPublishedPort(instance, signal);
+  }
+
+  private async waitReady(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal): Promise<void> {
+    const deadline = Date.now() + definition.container.readyTimeoutSeconds * 1000;
+    for (;;) {
+      signal.throwIfAborted();
+      const result = await this.engine.exec(instance.containerName, ['/osb/ready'], {
+        user: definition.container.execUser,
+        env: this.env(definition, instance),
+        timeoutMs: 10_000,
+        signal,
+      }).catch((error: Error) => ({ exitCode: -1, stdout: '', stderr: error.message }));
+      if (result.exitCode === 0) return;
+      const container = await this.engine.inspectContainer(instance.containerName);
+      if (!container?.running) {
+        throw new Error(`the container stopped while starting (state: ${container?.status ?? 'missing'}); see its logs`);
+      }
+      if (Date.now() > deadline) throw new Error(`the service was not ready within ${definition.container.readyTimeoutSeconds} s`);
+      await sleep(READY_POLL_MS, signal);
+    }
+  }
+
+  private async waitForPublishedPort(instance: InstanceRecord, signal: AbortSignal): Promise<void> {
+    const host = this.config.publishIp === '0.0.0.0' ? '127.0.0.1' : this.config.publishIp === '::' ? '::1' : this.config.publishIp;
+    for (let attempt = 0; attempt < 50; attempt++) {
+      signal.throwIfAborted();
+      if (await publishedPortAnswers(host, instance.hostPort!)) return;
+      await sleep(100, signal);
+    }
+    throw new Error(`nothing answers on the published port ${host}:${instance.hostPort}`);
+  }
+
+  inspect(instance: InstanceRecord) {
+    return this.engine.inspectContainer(instance.containerName);
+  }
+
+  /** Removes container and volume; both may already be gone. */
+  async destroy(instance: InstanceRecord): Promise<void> {
+    await this.engine.removeContainer(instance.containerName);
+    await this.engine.removeVolume(instance.volumeName);
+  }
+
+  /** Replaces the container (new image or settings) while keeping volume and host port. */
+  async recreate(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal, progress: Progress): Promise<void> {
+    await progress('Replacing the container; the data volume and port stay.');
+    await this.engine.stopContainer(instance.containerName, definition.container.stopTimeoutSeconds);
+    await this.engine.removeContainer(instance.containerName);
+    await this.start(definition, instance, signal, progress);
+  }
+
+  async applyLimits(definition: ServiceDefinition, instance: InstanceRecord, planId: string): Promise<void> {
+    await this.engine.updateLimits(instance.containerName, containerLimits(definition.limits.get(planId)!));
+  }
+
+  async configure(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal): Promise<void> {
+    await this.script(definition, instance, 'configure', {}, signal);
+  }
+
+  /** Creates the binding's user; returns extra credential fields the bind script printed as JSON. */
+  async bind(definition: ServiceDefinition, instance: InstanceRecord, binding: BindingRecord, signal: AbortSignal): Promise<Record<string, string | number>> {
+    const output = await this.script(definition, instance, 'bind', bindingEnv(binding), signal);
+    const text = output.trim();
+    if (!text) return {};
+    try {
+      const extra = JSON.parse(text) as unknown;
+      if (typeof extra !== 'object' || extra === null || Array.isArray(extra)) throw new Error('not an object');
+      return extra as Record<string, string | number>;
+    } catch {
+      throw new ScriptError('the bind script printed something other than a JSON object');
+    }
+  }
+
+  async unbind(definition: ServiceDefinition, instance: InstanceRecord, binding: BindingRecord, signal: AbortSignal): Promise<void> {
+    await this.script(definition, instance, 'unbind', bindingEnv(binding), signal);
+  }
+
+  /** Environment handed to every script: the admin login, the instance's parameters as PARAM_<NAME>. */
+  private env(definition: ServiceDefinition, instance: InstanceRecord): Record<string, string> {
+    const env: Record<string, string> = {
+      INSTANCE_ID: instance.id,
+      ADMIN_USERNAME: definition.container.adminUsername,
+      ADMIN_PASSWORD: instance.secrets.adminPassword,
+    };
+    for (const [name, value] of Object.entries(instance.parameters)) {
+      if (value === undefined || value === null) continue;
+      env[`PARAM_${name.toUpperCase()}`] = typeof value === 'string' ? value : JSON.stringify(value);
+    }
+    return env;
+  }
+
+  /** Runs /osb/<name> in the container; its output is returned, a failure carries its stderr with secrets removed. */
+  private async script(definition: ServiceDefinition, instance: InstanceRecord, name: string, extraEnv: Record<string, string>, signal: AbortSignal): Promise<string> {
+    const env = { ...this.env(definition, instance), ...extraEnv };
+    const result = await this.engine.exec(instance.containerName, [`/osb/${name}`], {
+      user: definition.container.execUser,
+      env,
+      timeoutMs: SCRIPT_TIMEOUT_MS,
+      signal,
+    });
+    if (result.exitCode !== 0) {
+      const secrets = [env.ADMIN_PASSWORD, env.BINDING_PASSWORD].filter((value): value is string => Boolean(value));
+      const reason = redact(result.stderr.trim().split('\n').slice(-3).join(' '), secrets) || `exit code ${result.exitCode}`;
+      throw new ScriptError(`${name} script failed: ${reason}`);
+    }
+    return result.stdout;
+  }
+}
+
+export function containerLimits(limits: Limits): ContainerLimits {
+  return { memoryBytes: limits.memoryMb * 1024 * 1024, nanoCpus: Math.round(limits.cpus * 1e9), pids: limits.pids };
+}
+
+function bindingEnv(binding: BindingRecord): Record<string, string> {
+  return { BINDING_ID: binding.id, BINDING_USERNAME: binding.username, BINDING_PASSWORD: binding.secrets.password };
+}
+
+export function redact(text: string, secrets: string[]): string {
+  return secrets.reduce((result, secret) => result.split(secret).join('[redacted]'), text);
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return delay(ms, undefined, { signal });
+}

@@ -1,0 +1,99 @@
+import { hostname } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+/** Folder that holds package.json, catalog/ and images/ (this file runs from dist/src/). */
+export const PACKAGE_ROOT = path.resolve(fileURLToPath(new URL('../..', import.meta.url)));
+
+export interface Config {
+  listenHost: string;
+  listenPort: number;
+  publicUrl: string;
+  username: string;
+  /** Undefined: generated on first start and kept in the state folder. */
+  password?: string;
+  brokerId: string;
+  redisUrl?: string;
+  /** 32 bytes; undefined: generated on first start and kept in the state folder. */
+  encryptionKey?: Buffer;
+  stateDir: string;
+  catalogDir: string;
+  imagesDir: string;
+  imagePrefix: string;
+  baseImage?: string;
+  publishIp: string;
+  advertisedHost: string;
+  portRange: { first: number; last: number };
+  removeOrphans: boolean;
+  tombstoneSeconds: number;
+  bodyLimitBytes: number;
+  logLevel: string;
+}
+
+class ConfigError extends Error {}
+
+function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new ConfigError(`${name} must be an integer from ${min} to ${max} (got "${raw}")`);
+  }
+  return value;
+}
+
+function bool(env: NodeJS.ProcessEnv, name: string): boolean {
+  return /^(1|true|yes)$/i.test(env[name] ?? '');
+}
+
+function encryptionKey(raw: string | undefined): Buffer | undefined {
+  if (!raw) return undefined;
+  const key = /^[0-9a-f]{64}$/i.test(raw) ? Buffer.from(raw, 'hex') : Buffer.from(raw, 'base64');
+  if (key.length !== 32) throw new ConfigError('BROKER_ENCRYPTION_KEY must be 32 bytes, as 64 hex digits or base64');
+  return key;
+}
+
+function portRange(raw: string): { first: number; last: number } {
+  const match = /^(\d+)-(\d+)$/.exec(raw);
+  const first = Number(match?.[1]);
+  const last = Number(match?.[2]);
+  if (!match || first < 1024 || last > 65535 || first > last) {
+    throw new ConfigError(`BROKER_PORT_RANGE must look like 40000-40999 within 1024-65535 (got "${raw}")`);
+  }
+  return { first, last };
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const listenPort = int(env, 'PORT', 8080, 0, 65535);
+  const listenHost = env.BROKER_LISTEN_HOST || '127.0.0.1';
+  const publishIp = env.BROKER_PUBLISH_IP || '127.0.0.1';
+  const brokerId = env.BROKER_ID || 'osb-docker';
+  if (!/^[a-z0-9][a-z0-9-]{0,30}$/.test(brokerId)) {
+    throw new ConfigError('BROKER_ID must be 1-31 characters of a-z, 0-9 and "-"');
+  }
+  const wildcard = publishIp === '0.0.0.0' || publishIp === '::';
+  return {
+    listenHost,
+    listenPort,
+    publicUrl: (env.BROKER_PUBLIC_URL || `http://${listenHost === '0.0.0.0' ? hostname() : listenHost}:${listenPort}`).replace(/\/+$/, ''),
+    username: env.BROKER_USERNAME || 'broker',
+    password: env.BROKER_PASSWORD || undefined,
+    brokerId,
+    redisUrl: env.REDIS_URL || undefined,
+    encryptionKey: encryptionKey(env.BROKER_ENCRYPTION_KEY),
+    stateDir: path.resolve(env.BROKER_STATE_DIR || '.broker-state'),
+    catalogDir: path.resolve(env.BROKER_CATALOG_DIR || path.join(PACKAGE_ROOT, 'catalog')),
+    imagesDir: path.join(PACKAGE_ROOT, 'images'),
+    imagePrefix: env.BROKER_IMAGE_PREFIX || 'osb-broker/',
+    baseImage: env.BASE_IMAGE || undefined,
+    publishIp,
+    advertisedHost: env.BROKER_ADVERTISED_HOST || (wildcard ? hostname() : publishIp),
+    portRange: portRange(env.BROKER_PORT_RANGE || '40000-40999'),
+    removeOrphans: bool(env, 'BROKER_REMOVE_ORPHANS'),
+    tombstoneSeconds: int(env, 'BROKER_TOMBSTONE_SECONDS', 3600, 1, 30 * 86400),
+    bodyLimitBytes: int(env, 'BROKER_BODY_LIMIT_BYTES', 1024 * 1024, 1024, 64 * 1024 * 1024),
+    logLevel: env.LOG_LEVEL || 'info',
+  };
+}
+
+export { ConfigError };

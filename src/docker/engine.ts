@@ -1,0 +1,291 @@
+import Docker from 'dockerode';
+import { PassThrough } from 'node:stream';
+import { readdirSync, statSync } from 'node:fs';
+import path from 'node:path';
+
+/** Labels put on everything the broker creates, so it can always find (and reconcile) its own objects. */
+export const LABEL = {
+  broker: 'io.osb-broker.broker',
+  role: 'io.osb-broker.role',
+  instance: 'io.osb-broker.instance',
+  service: 'io.osb-broker.service',
+  plan: 'io.osb-broker.plan',
+} as const;
+
+export interface ContainerLimits {
+  memoryBytes: number;
+  nanoCpus: number;
+  pids: number;
+}
+
+export interface ContainerPlan {
+  name: string;
+  image: string;
+  labels: Record<string, string>;
+  env?: string[];
+  publish?: { containerPort: number; hostIp: string; hostPort: number };
+  volume?: { name: string; path: string };
+  limits?: ContainerLimits;
+  capDrop?: string[];
+  capAdd?: string[];
+  stopTimeoutSeconds?: number;
+}
+
+export interface ContainerSummary {
+  id: string;
+  name: string;
+  image: string;
+  running: boolean;
+  status: string;
+  labels: Record<string, string>;
+  env: string[];
+  restartCount: number;
+  startedAt?: string;
+  createdAt: string;
+  hostPort?: number;
+}
+
+export interface ExecResult {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface ExecOptions {
+  env?: Record<string, string>;
+  user?: string;
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export class PortInUseError extends Error {}
+
+const statusOf = (error: unknown) => (error as { statusCode?: number }).statusCode;
+const ignoreStatus = async <T>(promise: Promise<T>, ...codes: number[]): Promise<T | undefined> => {
+  try {
+    return await promise;
+  } catch (error) {
+    if (codes.includes(statusOf(error) ?? 0)) return undefined;
+    throw error;
+  }
+};
+
+/** Thin, typed adapter over the engine API. Nothing else in the broker talks to dockerode. */
+export class DockerEngine {
+  private readonly docker: Docker;
+
+  constructor(options?: Docker.DockerOptions) {
+    this.docker = new Docker(options);
+  }
+
+  async ping(): Promise<void> {
+    await this.docker.ping();
+  }
+
+  async imageExists(tag: string): Promise<boolean> {
+    return (await ignoreStatus(this.docker.getImage(tag).inspect(), 404)) !== undefined;
+  }
+
+  /** Builds `contextDir` into `tag`, reporting each line of build output. */
+  async buildImage(contextDir: string, tag: string, buildArgs: Record<string, string>, labels: Record<string, string>, onLine: (line: string) => void): Promise<void> {
+    const stream = await this.docker.buildImage(
+      { context: contextDir, src: listFiles(contextDir) },
+      { t: tag, buildargs: buildArgs, labels, rm: true, forcerm: true },
+    );
+    await new Promise<void>((resolve, reject) => {
+      this.docker.modem.followProgress(
+        stream,
+        (error: Error | null, output: Array<{ error?: string }>) => {
+          const failed = error?.message ?? output.find((event) => event.error)?.error;
+          if (failed) reject(new Error(`building ${tag} failed: ${failed.trim()}`));
+          else resolve();
+        },
+        (event: { stream?: string; status?: string; error?: string }) => {
+          const text = (event.stream ?? event.status ?? event.error ?? '').trimEnd();
+          if (text) for (const line of text.split('\n')) onLine(line);
+        },
+      );
+    });
+  }
+
+  async ensureVolume(name: string, labels: Record<string, string>): Promise<void> {
+    const existing = await ignoreStatus(this.docker.getVolume(name).inspect(), 404);
+    if (!existing) await this.docker.createVolume({ Name: name, Labels: labels });
+  }
+
+  async volumeExists(name: string): Promise<boolean> {
+    return (await ignoreStatus(this.docker.getVolume(name).inspect(), 404)) !== undefined;
+  }
+
+  /** Removes a volume; waits briefly while a just-removed container still holds it. */
+  async removeVolume(name: string): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await ignoreStatus(this.docker.getVolume(name).remove(), 404);
+        return;
+      } catch (error) {
+        if (statusOf(error) !== 409 || attempt >= 50) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    }
+  }
+
+  /** Creates the container unless one of that name exists (names are unique per instance). */
+  async createContainer(plan: ContainerPlan): Promise<void> {
+    const portKey = plan.publish ? `${plan.publish.containerPort}/tcp` : undefined;
+    try {
+      await this.docker.createContainer({
+        name: plan.name,
+        Image: plan.image,
+        Labels: plan.labels,
+        Env: plan.env,
+        ExposedPorts: portKey ? { [portKey]: {} } : undefined,
+        StopTimeout: plan.stopTimeoutSeconds,
+        HostConfig: {
+          RestartPolicy: { Name: 'unless-stopped' },
+          SecurityOpt: ['no-new-privileges:true'],
+          Privileged: false,
+          CapDrop: plan.capDrop,
+          CapAdd: plan.capAdd,
+          Binds: plan.volume ? [`${plan.volume.name}:${plan.volume.path}`] : undefined,
+          PortBindings: portKey
+            ? { [portKey]: [{ HostIp: plan.publish!.hostIp, HostPort: plan.publish!.hostPort ? String(plan.publish!.hostPort) : '' }] }
+            : undefined,
+          ...(plan.limits ? limitsConfig(plan.limits) : {}),
+          LogConfig: { Type: 'json-file', Config: { 'max-size': '10m', 'max-file': '3' } },
+        },
+      });
+    } catch (error) {
+      if (statusOf(error) !== 409) throw error;
+    }
+  }
+
+  async startContainer(name: string): Promise<void> {
+    try {
+      await ignoreStatus(this.docker.getContainer(name).start(), 304);
+    } catch (error) {
+      const message = String((error as Error).message);
+      if (/port is already allocated|address already in use/i.test(message)) throw new PortInUseError(message);
+      throw error;
+    }
+  }
+
+  async inspectContainer(name: string): Promise<ContainerSummary | undefined> {
+    const info = await ignoreStatus(this.docker.getContainer(name).inspect(), 404);
+    if (!info) return undefined;
+    const bindings = Object.values(info.HostConfig.PortBindings ?? {})[0] as Array<{ HostPort: string }> | undefined;
+    const published = Object.values(info.NetworkSettings.Ports ?? {})[0] as Array<{ HostPort: string }> | null | undefined;
+    const hostPort = Number(published?.[0]?.HostPort || bindings?.[0]?.HostPort) || undefined;
+    return {
+      id: info.Id,
+      name: info.Name.replace(/^\//, ''),
+      image: info.Config.Image,
+      running: info.State.Running,
+      status: info.State.Status,
+      labels: info.Config.Labels ?? {},
+      env: info.Config.Env ?? [],
+      restartCount: info.RestartCount,
+      startedAt: info.State.StartedAt,
+      createdAt: info.Created,
+      hostPort,
+    };
+  }
+
+  /** Applies new limits to a running container, without a restart. */
+  async updateLimits(name: string, limits: ContainerLimits): Promise<void> {
+    await this.docker.getContainer(name).update(limitsConfig(limits));
+  }
+
+  /** Removes the container at once (SIGKILL); a missing container is not an error. */
+  async removeContainer(name: string): Promise<void> {
+    await ignoreStatus(this.docker.getContainer(name).remove({ force: true }), 404);
+  }
+
+  async stopContainer(name: string, timeoutSeconds: number): Promise<void> {
+    await ignoreStatus(this.docker.getContainer(name).stop({ t: timeoutSeconds }), 304, 404);
+  }
+
+  /** Runs a command inside the container; inputs go through the environment, never through arguments. */
+  async exec(name: string, cmd: string[], options: ExecOptions = {}): Promise<ExecResult> {
+    const exec = await this.docker.getContainer(name).exec({
+      Cmd: cmd,
+      Env: Object.entries(options.env ?? {}).map(([key, value]) => `${key}=${value}`),
+      User: options.user,
+      AttachStdout: true,
+      AttachStderr: true,
+    });
+    const stream = await exec.start({ hijack: true, stdin: false });
+    const stdout = new PassThrough();
+    const stderr = new PassThrough();
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    stdout.on('data', (chunk: Buffer) => out.push(chunk));
+    stderr.on('data', (chunk: Buffer) => err.push(chunk));
+    this.docker.modem.demuxStream(stream, stdout, stderr);
+    await new Promise<void>((resolve, reject) => {
+      const timer = options.timeoutMs
+        ? setTimeout(() => {
+            stream.destroy();
+            reject(new Error(`"${cmd.join(' ')}" did not finish within ${options.timeoutMs} ms`));
+          }, options.timeoutMs)
+        : undefined;
+      const onAbort = () => {
+        stream.destroy();
+        reject(options.signal?.reason ?? new Error('aborted'));
+      };
+      options.signal?.addEventListener('abort', onAbort, { once: true });
+      const done = (error?: Error) => {
+        clearTimeout(timer);
+        options.signal?.removeEventListener('abort', onAbort);
+        if (error) reject(error);
+        else resolve();
+      };
+      stream.on('end', () => done());
+      stream.on('close', () => done());
+      stream.on('error', done);
+    });
+    const { ExitCode } = await exec.inspect();
+    return {
+      exitCode: ExitCode ?? -1,
+      stdout: Buffer.concat(out).toString('utf8'),
+      stderr: Buffer.concat(err).toString('utf8'),
+    };
+  }
+
+  async listContainers(labels: Record<string, string>): Promise<ContainerSummary[]> {
+    const containers = await this.docker.listContainers({ all: true, filters: { label: labelFilter(labels) } });
+    return containers.map((container) => ({
+      id: container.Id,
+      name: (container.Names[0] ?? '').replace(/^\//, ''),
+      image: container.Image,
+      running: container.State === 'running',
+      status: container.State,
+      labels: container.Labels,
+      env: [],
+      restartCount: 0,
+      createdAt: new Date(container.Created * 1000).toISOString(),
+      hostPort: container.Ports.find((port) => port.PublicPort)?.PublicPort,
+    }));
+  }
+
+  async listVolumes(labels: Record<string, string>): Promise<Array<{ name: string; labels: Record<string, string> }>> {
+    const { Volumes } = await this.docker.listVolumes({ filters: { label: labelFilter(labels) } });
+    return (Volumes ?? []).map((volume) => ({ name: volume.Name, labels: volume.Labels ?? {} }));
+  }
+}
+
+function limitsConfig(limits: ContainerLimits) {
+  // MemorySwap equal to Memory: no swap, so the plan's memory is the real ceiling.
+  return { Memory: limits.memoryBytes, MemorySwap: limits.memoryBytes, NanoCpus: limits.nanoCpus, PidsLimit: limits.pids };
+}
+
+function labelFilter(labels: Record<string, string>): string[] {
+  return Object.entries(labels).map(([key, value]) => `${key}=${value}`);
+}
+
+function listFiles(root: string, dir = root): string[] {
+  return readdirSync(dir).flatMap((entry) => {
+    const full = path.join(dir, entry);
+    return statSync(full).isDirectory() ? listFiles(root, full) : [path.relative(root, full)];
+  });
+}

@@ -1,0 +1,26 @@
+import type { Middleware } from 'koa';
+import { BrokerError } from '../../osb/errors.js';
+import type { Logger } from '../../log.js';
+
+/** Turns thrown BrokerErrors into their status and JSON body; anything else is a 500 without internals. */
+export function errors(log: Logger): Middleware {
+  return async (ctx, next) => {
+    try {
+      await next();
+      if (ctx.status === 404 && ctx.body === undefined) {
+        ctx.status = 404;
+        ctx.body = { error: 'NotFound', description: `No route for ${ctx.method} ${ctx.path}.` };
+      }
+    } catch (error) {
+      if (error instanceof BrokerError) {
+        ctx.status = error.status;
+        ctx.body = error.body();
+        if (error.status === 401) ctx.set('WWW-Authenticate', 'Basic realm="osb-docker-broker"');
+      } else {
+        log.error({ err: error, requestId: ctx.state.requestId, path: ctx.path }, 'request failed');
+        ctx.status = 500;
+        ctx.body = { error: 'InternalError', description: 'The broker failed to handle this request; its log has the details.' };
+      }
+    }
+  };
+}

@@ -1,0 +1,94 @@
+import Router from '@koa/router';
+import type { Context } from 'koa';
+import type { RequestMeta, ResourceQuery, ServiceBroker } from '../osb/types.js';
+import { atLeast, type ApiVersion } from '../osb/version.js';
+import { catalogFor } from './presenters.js';
+
+const asyncAllowed = (ctx: Context) => ctx.query.accepts_incomplete === 'true';
+const version = (ctx: Context) => ctx.state.apiVersion as ApiVersion;
+const meta = (ctx: Context): RequestMeta => ({ requestId: ctx.state.requestId, originatingUser: ctx.state.originatingUser });
+const body = <T>(ctx: Context) => ctx.state.body as T;
+
+function query(ctx: Context): ResourceQuery {
+  const single = (name: string) => {
+    const value = ctx.query[name];
+    return Array.isArray(value) ? value[0] : value;
+  };
+  return { service_id: single('service_id'), plan_id: single('plan_id'), operation: single('operation') };
+}
+
+function reply(ctx: Context, status: number, payload: Record<string, unknown>, retryAfterSeconds?: number) {
+  ctx.status = status;
+  ctx.body = Object.fromEntries(Object.entries(payload).filter(([, value]) => value !== undefined && value !== ''));
+  if (retryAfterSeconds !== undefined) ctx.set('Retry-After', String(retryAfterSeconds));
+}
+
+/**
+ * The OSB endpoints. This is the only place that turns lifecycle results into status codes.
+ */
+export function osbRoutes(broker: ServiceBroker): Router {
+  const router = new Router({ prefix: '/v2' });
+
+  router.get('/catalog', (ctx) => reply(ctx, 200, catalogFor(broker.catalog(), version(ctx))));
+
+  router.put('/service_instances/:instance_id', async (ctx) => {
+    const result = await broker.provision(ctx.params.instance_id!, body(ctx), asyncAllowed(ctx), meta(ctx));
+    const status = result.async ? 202 : result.alreadyExists ? 200 : 201;
+    reply(ctx, status, { dashboard_url: result.dashboardUrl, operation: result.async ? result.operation : undefined });
+  });
+
+  router.get('/service_instances/:instance_id', async (ctx) => {
+    const view = await broker.fetchInstance(ctx.params.instance_id!, query(ctx));
+    reply(ctx, 200, { ...view, maintenance_info: atLeast(version(ctx), 15) ? view.maintenance_info : undefined });
+  });
+
+  router.patch('/service_instances/:instance_id', async (ctx) => {
+    const result = await broker.update(ctx.params.instance_id!, body(ctx), asyncAllowed(ctx), meta(ctx));
+    reply(ctx, result.async ? 202 : 200, result.async ? { operation: result.operation, dashboard_url: result.dashboardUrl } : {});
+  });
+
+  router.delete('/service_instances/:instance_id', async (ctx) => {
+    const result = await broker.deprovision(ctx.params.instance_id!, query(ctx), asyncAllowed(ctx), meta(ctx));
+    reply(ctx, result.async ? 202 : 200, result.async ? { operation: result.operation } : {});
+  });
+
+  router.get('/service_instances/:instance_id/last_operation', async (ctx) => {
+    const operation = await broker.lastInstanceOperation(ctx.params.instance_id!, query(ctx));
+    const knowsUsable = atLeast(version(ctx), 16);
+    reply(ctx, 200, {
+      ...operation,
+      instance_usable: knowsUsable ? operation.instance_usable : undefined,
+      update_repeatable: knowsUsable ? operation.update_repeatable : undefined,
+    }, operation.state === 'in progress' ? 1 : undefined);
+  });
+
+  router.put('/service_instances/:instance_id/service_bindings/:binding_id', async (ctx) => {
+    // Asynchronous bindings arrived with 2.14; older platforms always get a synchronous answer.
+    const allowAsync = asyncAllowed(ctx) && atLeast(version(ctx), 14);
+    const result = await broker.bind(ctx.params.instance_id!, ctx.params.binding_id!, body(ctx), allowAsync, meta(ctx));
+    if (result.async) return reply(ctx, 202, { operation: result.operation });
+    reply(ctx, result.alreadyExists ? 200 : 201, {
+      credentials: result.credentials,
+      endpoints: atLeast(version(ctx), 15) ? result.endpoints : undefined,
+      syslog_drain_url: result.syslogDrainUrl,
+    });
+  });
+
+  router.get('/service_instances/:instance_id/service_bindings/:binding_id', async (ctx) => {
+    const view = await broker.fetchBinding(ctx.params.instance_id!, ctx.params.binding_id!, query(ctx));
+    reply(ctx, 200, { ...view, endpoints: atLeast(version(ctx), 15) ? view.endpoints : undefined });
+  });
+
+  router.delete('/service_instances/:instance_id/service_bindings/:binding_id', async (ctx) => {
+    const allowAsync = asyncAllowed(ctx) && atLeast(version(ctx), 14);
+    const result = await broker.unbind(ctx.params.instance_id!, ctx.params.binding_id!, query(ctx), allowAsync, meta(ctx));
+    reply(ctx, result.async ? 202 : 200, result.async ? { operation: result.operation } : {});
+  });
+
+  router.get('/service_instances/:instance_id/service_bindings/:binding_id/last_operation', async (ctx) => {
+    const operation = await broker.lastBindingOperation(ctx.params.instance_id!, ctx.params.binding_id!, query(ctx));
+    reply(ctx, 200, { state: operation.state, description: operation.description }, operation.state === 'in progress' ? 1 : undefined);
+  });
+
+  return router;
+}

@@ -1,0 +1,36 @@
+import { ConfigError, loadConfig } from './config.js';
+import { CatalogError } from './catalog/load.js';
+import { brokerSecrets } from './generated-secrets.js';
+import { createLogger } from './log.js';
+import { startBroker } from './server.js';
+
+async function main(): Promise<void> {
+  const config = loadConfig();
+  const log = createLogger(config.logLevel);
+  const secrets = brokerSecrets(config.stateDir, config.password, config.encryptionKey);
+  if (secrets.passwordGenerated) {
+    // Shown once, on the terminal only; it is kept in the state folder, never logged.
+    process.stderr.write(
+      `\nNo BROKER_PASSWORD was set, so one was generated and saved in ${config.stateDir}/secrets.json:\n` +
+        `  username: ${config.username}\n  password: ${secrets.password}\n\n`,
+    );
+  }
+  const running = await startBroker({ ...config, password: secrets.password, encryptionKey: secrets.encryptionKey }, log);
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping; operations in progress resume at the next start');
+    running.server.close();
+    running.server.closeAllConnections();
+    setTimeout(() => process.exit(0), 100).unref();
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+main().catch((error: Error) => {
+  const known = error instanceof ConfigError || error instanceof CatalogError;
+  process.stderr.write(`osb-docker-broker cannot start: ${known ? error.message : (error.stack ?? error.message)}\n`);
+  process.exit(1);
+});

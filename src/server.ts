@@ -1,0 +1,60 @@
+import type { Server } from 'node:http';
+import path from 'node:path';
+import { PACKAGE_ROOT, type Config } from './config.js';
+import { loadCatalog } from './catalog/load.js';
+import { DockerEngine } from './docker/engine.js';
+import { ImageBuilder } from './images/builder.js';
+import type { Logger } from './log.js';
+import { DockerBroker } from './broker/broker.js';
+import { recover, type RecoveryReport } from './broker/recovery.js';
+import { InstanceRuntime } from './broker/runtime.js';
+import { startEmbeddedRedis } from './store/embedded-redis.js';
+import { RedisStore } from './store/redis-store.js';
+import { Sealer } from './store/sealer.js';
+import { createApp } from './http/app.js';
+
+export interface RunningBroker {
+  server: Server;
+  url: string;
+  broker: DockerBroker;
+  recovery: RecoveryReport;
+  close(): Promise<void>;
+}
+
+/** Wires the parts together, reconciles state with the engine, then starts serving. */
+export async function startBroker(config: Config & { password: string; encryptionKey: Buffer }, log: Logger): Promise<RunningBroker> {
+  const definitions = loadCatalog(config.catalogDir, config.imagePrefix);
+  const engine = new DockerEngine();
+  try {
+    await engine.ping();
+  } catch (error) {
+    throw new Error(`cannot reach the Docker engine at ${process.env.DOCKER_HOST || '/var/run/docker.sock'}: ${(error as Error).message}`);
+  }
+  const images = new ImageBuilder(engine, path.join(PACKAGE_ROOT, 'scripts'), log, config.baseImage);
+  const redisUrl = config.redisUrl ?? (await startEmbeddedRedis(engine, images, config, log));
+  const store = new RedisStore(redisUrl, config.brokerId, new Sealer(config.encryptionKey));
+  store.tombstoneSeconds = config.tombstoneSeconds;
+  await store.connect();
+  const broker = new DockerBroker(config, definitions, store, new InstanceRuntime(engine, images, config), log);
+  const recovery = await recover(broker, store, engine, config, log);
+  const app = createApp(broker, { username: config.username, password: config.password, bodyLimitBytes: config.bodyLimitBytes, log });
+  const server = await new Promise<Server>((resolve, reject) => {
+    const listening = app.listen(config.listenPort, config.listenHost, () => resolve(listening));
+    listening.once('error', reject);
+  });
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : config.listenPort;
+  log.info({ host: config.listenHost, port, offerings: definitions.map((definition) => definition.offering.name) }, 'broker listening');
+  return {
+    server,
+    url: `http://${config.listenHost}:${port}`,
+    broker,
+    recovery,
+    async close() {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeAllConnections();
+      await broker.settle();
+      await store.close();
+    },
+  };
+}

@@ -1,0 +1,66 @@
+import type { OperationState } from '../osb/types.js';
+
+export type InstanceState = 'provisioning' | 'ready' | 'failed' | 'deprovisioning' | 'deleted';
+export type BindingState = 'creating' | 'ready' | 'failed' | 'deleting' | 'deleted';
+export type OperationType = 'provision' | 'update' | 'deprovision' | 'bind' | 'unbind';
+
+export interface InstanceRecord {
+  id: string;
+  serviceId: string;
+  planId: string;
+  organizationGuid: string;
+  spaceGuid: string;
+  context: Record<string, unknown>;
+  /** As the platform sent them, to tell a repeated request from a conflicting one. */
+  requestedParameters: Record<string, unknown>;
+  /** With the schema's defaults filled in: what the engine runs with. */
+  parameters: Record<string, unknown>;
+  maintenanceVersion: string;
+  state: InstanceState;
+  containerName: string;
+  volumeName: string;
+  hostPort?: number;
+  createdAt: string;
+  updatedAt: string;
+  lastOperationId: string;
+  /** Sealed (AES-256-GCM) in Redis. */
+  secrets: { adminPassword: string };
+}
+
+export interface BindingRecord {
+  id: string;
+  instanceId: string;
+  serviceId: string;
+  planId: string;
+  appGuid?: string;
+  bindResource?: Record<string, unknown>;
+  parameters: Record<string, unknown>;
+  state: BindingState;
+  username: string;
+  createdAt: string;
+  lastOperationId: string;
+  /** Sealed (AES-256-GCM) in Redis: the password and whatever else the bind script returned. */
+  secrets: { password: string; extra: Record<string, string | number> };
+}
+
+/** What an update asked for, kept with its operation to recognise the same request again. */
+export interface UpdateTarget {
+  planId: string;
+  parameters: Record<string, unknown>;
+  requestedParameters: Record<string, unknown>;
+  maintenanceVersion: string;
+}
+
+export interface OperationRecord {
+  id: string;
+  type: OperationType;
+  instanceId: string;
+  bindingId?: string;
+  state: OperationState;
+  description: string;
+  createdAt: string;
+  finishedAt?: string;
+  update?: UpdateTarget;
+  instanceUsable?: boolean;
+  updateRepeatable?: boolean;
+}

@@ -1,0 +1,194 @@
+import { Redis } from 'ioredis';
+import { randomBytes } from 'node:crypto';
+import type { BindingRecord, InstanceRecord, OperationRecord } from './records.js';
+import type { Sealer } from './sealer.js';
+
+const FINISHED_OPERATION_TTL_SECONDS = 7 * 24 * 3600;
+const LOCK_TTL_MS = 30_000;
+
+const RELEASE_IF_OWNER = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
+
+export class LockTimeoutError extends Error {}
+
+/**
+ * Broker state in Redis. Records are JSON strings; their `secrets` field is sealed before it is written.
+ * Keys: instance:<id>, instances (set), binding:<instance>:<binding>, bindings:<instance> (set),
+ * operation:<id>, port:<n> (value: instance id), lock:<name>; all under "osb:<broker id>:".
+ */
+export class RedisStore {
+  private readonly redis: Redis;
+  private readonly prefix: string;
+
+  constructor(url: string, brokerId: string, private readonly sealer: Sealer) {
+    this.redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 3, enableOfflineQueue: true });
+    this.prefix = `osb:${brokerId}:`;
+  }
+
+  async connect(timeoutMs = 10_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        if (this.redis.status === 'wait' || this.redis.status === 'end') await this.redis.connect();
+        await this.redis.ping();
+        return;
+      } catch (error) {
+        if (Date.now() > deadline) throw new Error(`cannot reach Redis: ${(error as Error).message}`);
+        await sleep(200);
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.redis.quit().catch(() => this.redis.disconnect());
+  }
+
+  private key(...parts: string[]): string {
+    return this.prefix + parts.join(':');
+  }
+
+  // Instances
+
+  async getInstance(id: string): Promise<InstanceRecord | undefined> {
+    return this.read<InstanceRecord>(this.key('instance', id));
+  }
+
+  async putInstance(record: InstanceRecord): Promise<void> {
+    const key = this.key('instance', record.id);
+    if (record.state === 'deleted') {
+      await this.redis.multi().set(key, this.write(key, record), 'EX', this.tombstoneSeconds).srem(this.key('instances'), record.id).exec();
+    } else {
+      await this.redis.multi().set(key, this.write(key, record)).sadd(this.key('instances'), record.id).exec();
+    }
+  }
+
+  async deleteInstance(id: string): Promise<void> {
+    await this.redis.multi().del(this.key('instance', id)).srem(this.key('instances'), id).exec();
+  }
+
+  async listInstances(): Promise<InstanceRecord[]> {
+    const ids = await this.redis.smembers(this.key('instances'));
+    const records = await Promise.all(ids.map((id) => this.getInstance(id)));
+    return records.filter((record): record is InstanceRecord => record !== undefined);
+  }
+
+  /** How long deleted instances and bindings keep answering last_operation with "succeeded". */
+  tombstoneSeconds = 3600;
+
+  // Bindings
+
+  async getBinding(instanceId: string, bindingId: string): Promise<BindingRecord | undefined> {
+    return this.read<BindingRecord>(this.key('binding', instanceId, bindingId));
+  }
+
+  async putBinding(record: BindingRecord): Promise<void> {
+    const key = this.key('binding', record.instanceId, record.id);
+    const set = this.key('bindings', record.instanceId);
+    if (record.state === 'deleted') {
+      await this.redis.multi().set(key, this.write(key, record), 'EX', this.tombstoneSeconds).srem(set, record.id).exec();
+    } else {
+      await this.redis.multi().set(key, this.write(key, record)).sadd(set, record.id).exec();
+    }
+  }
+
+  async deleteBinding(instanceId: string, bindingId: string): Promise<void> {
+    await this.redis.multi().del(this.key('binding', instanceId, bindingId)).srem(this.key('bindings', instanceId), bindingId).exec();
+  }
+
+  async listBindings(instanceId: string): Promise<BindingRecord[]> {
+    const ids = await this.redis.smembers(this.key('bindings', instanceId));
+    const records = await Promise.all(ids.map((id) => this.getBinding(instanceId, id)));
+    return records.filter((record): record is BindingRecord => record !== undefined);
+  }
+
+  // Operations
+
+  async getOperation(id: string): Promise<OperationRecord | undefined> {
+    return this.read<OperationRecord>(this.key('operation', id));
+  }
+
+  async putOperation(record: OperationRecord): Promise<void> {
+    const key = this.key('operation', record.id);
+    if (record.state === 'in progress') await this.redis.set(key, this.write(key, record));
+    else await this.redis.set(key, this.write(key, record), 'EX', FINISHED_OPERATION_TTL_SECONDS);
+  }
+
+  // Host ports
+
+  /** Reserves the first port of the range that is free in Redis and for which `usable` says yes. */
+  async reservePort(instanceId: string, range: { first: number; last: number }, usable: (port: number) => Promise<boolean>): Promise<number | undefined> {
+    for (let port = range.first; port <= range.last; port++) {
+      const key = this.key('port', String(port));
+      const holder = await this.redis.get(key);
+      if (holder === instanceId) return port;
+      if (holder !== null || !(await usable(port))) continue;
+      if ((await this.redis.set(key, instanceId, 'NX')) === 'OK') return port;
+    }
+    return undefined;
+  }
+
+  async releasePort(port: number, instanceId: string): Promise<void> {
+    await this.redis.eval(RELEASE_IF_OWNER, 1, this.key('port', String(port)), instanceId);
+  }
+
+  async listPortReservations(): Promise<Map<number, string>> {
+    const reservations = new Map<number, string>();
+    const pattern = this.key('port', '*');
+    let cursor = '0';
+    do {
+      const [next, keys] = await this.redis.scan(cursor, 'MATCH', pattern, 'COUNT', 500);
+      cursor = next;
+      if (keys.length === 0) continue;
+      const holders = await this.redis.mget(...keys);
+      keys.forEach((key, index) => {
+        const holder = holders[index];
+        if (holder) reservations.set(Number(key.slice(key.lastIndexOf(':') + 1)), holder);
+      });
+    } while (cursor !== '0');
+    return reservations;
+  }
+
+  // Locks
+
+  /** Runs `work` while holding the named lock; waits for it up to `waitMs`. */
+  async withLock<T>(name: string, work: () => Promise<T>, waitMs = 15_000): Promise<T> {
+    const key = this.key('lock', name);
+    const token = randomBytes(16).toString('hex');
+    const deadline = Date.now() + waitMs;
+    while ((await this.redis.set(key, token, 'PX', LOCK_TTL_MS, 'NX')) !== 'OK') {
+      if (Date.now() > deadline) throw new LockTimeoutError(`lock ${name} is busy`);
+      await sleep(15);
+    }
+    try {
+      return await work();
+    } finally {
+      await this.redis.eval(RELEASE_IF_OWNER, 1, key, token);
+    }
+  }
+
+  /** Locks of a previous process of this broker die with it; called once at start, before serving. */
+  async clearLocks(): Promise<void> {
+    let cursor = '0';
+    do {
+      const [next, keys] = await this.redis.scan(cursor, 'MATCH', this.key('lock', '*'), 'COUNT', 500);
+      cursor = next;
+      if (keys.length) await this.redis.del(...keys);
+    } while (cursor !== '0');
+  }
+
+  // Sealing
+
+  private write(key: string, record: object): string {
+    const { secrets, ...rest } = record as { secrets?: unknown };
+    return JSON.stringify({ ...rest, sealed: this.sealer.seal(secrets ?? null, key) });
+  }
+
+  private async read<T>(key: string): Promise<T | undefined> {
+    const raw = await this.redis.get(key);
+    if (raw === null) return undefined;
+    const { sealed, ...rest } = JSON.parse(raw) as { sealed: string };
+    const secrets = this.sealer.open<unknown>(sealed, key);
+    return (secrets === null ? rest : { ...rest, secrets }) as T;
+  }
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
