@@ -32,7 +32,8 @@ export async function startBroker(config: Config & { password: string; encryptio
   }
   const images = new ImageBuilder(engine, path.join(PACKAGE_ROOT, 'scripts'), log, config.baseImage);
   const redisUrl = config.redisUrl ?? (await startEmbeddedRedis(engine, images, config, log));
-  const store = new RedisStore(redisUrl, config.brokerId, new Sealer(config.encryptionKey));
+  const store = new RedisStore(redisUrl, config.brokerId, new Sealer(config.encryptionKey), (error) =>
+    log.warn({ reason: error.message }, 'Redis connection problem'));
   store.tombstoneSeconds = config.tombstoneSeconds;
   await store.connect();
   const broker = new DockerBroker(config, definitions, store, new InstanceRuntime(engine, images, config), log);

@@ -309,7 +309,7 @@ export class DockerBroker implements ServiceBroker {
     try {
       await this.progress(operation, 'Removing the container, its volume and its bindings.');
       await this.runtime.destroy(instance);
-      for (const binding of await this.store.listBindings(instance.id)) await this.store.deleteBinding(instance.id, binding.id);
+      await this.store.deleteBindingsOf(instance.id);
       if (instance.hostPort) await this.store.releasePort(instance.hostPort, instance.id);
       await this.finishInstance(operation, instance.id, (current) => ({ ...current, state: 'deleted', hostPort: undefined }), 'succeeded', 'The service instance is deleted.');
     } catch (error) {

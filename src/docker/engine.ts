@@ -196,9 +196,9 @@ export class DockerEngine {
     await this.docker.getContainer(name).update(limitsConfig(limits));
   }
 
-  /** Removes the container at once (SIGKILL); a missing container is not an error. */
+  /** Removes the container at once (SIGKILL) with its anonymous volumes; a missing container is not an error. */
   async removeContainer(name: string): Promise<void> {
-    await ignoreStatus(this.docker.getContainer(name).remove({ force: true }), 404);
+    await ignoreStatus(this.docker.getContainer(name).remove({ force: true, v: true }), 404);
   }
 
   async stopContainer(name: string, timeoutSeconds: number): Promise<void> {

@@ -19,8 +19,10 @@ export class RedisStore {
   private readonly redis: Redis;
   private readonly prefix: string;
 
-  constructor(url: string, brokerId: string, private readonly sealer: Sealer) {
+  constructor(url: string, brokerId: string, private readonly sealer: Sealer, onError: (error: Error) => void = () => {}) {
     this.redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 3, enableOfflineQueue: true });
+    // Commands fail on their own when Redis is away; the event is only worth a log line.
+    this.redis.on('error', onError);
     this.prefix = `osb:${brokerId}:`;
   }
 
@@ -90,8 +92,10 @@ export class RedisStore {
     }
   }
 
-  async deleteBinding(instanceId: string, bindingId: string): Promise<void> {
-    await this.redis.multi().del(this.key('binding', instanceId, bindingId)).srem(this.key('bindings', instanceId), bindingId).exec();
+  /** Removes every binding record of an instance, tombstones included. */
+  async deleteBindingsOf(instanceId: string): Promise<void> {
+    const keys = await this.scan(this.key('binding', instanceId, '*'));
+    await this.redis.del(this.key('bindings', instanceId), ...keys);
   }
 
   async listBindings(instanceId: string): Promise<BindingRecord[]> {
@@ -132,18 +136,12 @@ export class RedisStore {
 
   async listPortReservations(): Promise<Map<number, string>> {
     const reservations = new Map<number, string>();
-    const pattern = this.key('port', '*');
-    let cursor = '0';
-    do {
-      const [next, keys] = await this.redis.scan(cursor, 'MATCH', pattern, 'COUNT', 500);
-      cursor = next;
-      if (keys.length === 0) continue;
-      const holders = await this.redis.mget(...keys);
-      keys.forEach((key, index) => {
-        const holder = holders[index];
-        if (holder) reservations.set(Number(key.slice(key.lastIndexOf(':') + 1)), holder);
-      });
-    } while (cursor !== '0');
+    const keys = await this.scan(this.key('port', '*'));
+    const holders = keys.length ? await this.redis.mget(...keys) : [];
+    keys.forEach((key, index) => {
+      const holder = holders[index];
+      if (holder) reservations.set(Number(key.slice(key.lastIndexOf(':') + 1)), holder);
+    });
     return reservations;
   }
 
@@ -167,12 +165,19 @@ export class RedisStore {
 
   /** Locks of a previous process of this broker die with it; called once at start, before serving. */
   async clearLocks(): Promise<void> {
+    const keys = await this.scan(this.key('lock', '*'));
+    if (keys.length) await this.redis.del(...keys);
+  }
+
+  private async scan(pattern: string): Promise<string[]> {
+    const found: string[] = [];
     let cursor = '0';
     do {
-      const [next, keys] = await this.redis.scan(cursor, 'MATCH', this.key('lock', '*'), 'COUNT', 500);
+      const [next, keys] = await this.redis.scan(cursor, 'MATCH', pattern, 'COUNT', 500);
       cursor = next;
-      if (keys.length) await this.redis.del(...keys);
+      found.push(...keys);
     } while (cursor !== '0');
+    return found;
   }
 
   // Sealing
