@@ -16,6 +16,7 @@ UPSTREAM_IMAGE="debian:bookworm-slim"
 LOCAL_IMAGE="osb-base/debian:bookworm"
 SUITE="bookworm"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 LOCK_FILE="${OSB_BASE_IMAGE_LOCK:-/tmp/osb-base-image.lock}"
 
 log() { printf 'base-image: %s\n' "$*" >&2; }
@@ -87,9 +88,38 @@ trap cleanup EXIT
 log "debootstrap --variant=minbase $SUITE from $MIRROR (this takes a minute)"
 start=$SECONDS
 "${SUDO[@]}" "$DEBOOTSTRAP" --variant=minbase "$SUITE" "$tmpdir" "$MIRROR" >&2
-# Trim what a container never needs, like the official -slim images do.
+# Make the result behave like the official -slim image: security and point
+# release updates enabled, no docs/man pages installed by later apt runs, no
+# apt caches left behind.
+"${SUDO[@]}" tee "$tmpdir/etc/apt/sources.list" >/dev/null <<SOURCES
+deb $MIRROR $SUITE main
+deb $MIRROR $SUITE-updates main
+deb $SECURITY_MIRROR $SUITE-security main
+SOURCES
+"${SUDO[@]}" tee "$tmpdir/etc/dpkg/dpkg.cfg.d/docker-slim" >/dev/null <<'DPKG'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/linda/*
+DPKG
+"${SUDO[@]}" tee "$tmpdir/etc/apt/apt.conf.d/docker-clean" >/dev/null <<'APT'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+Acquire::GzipIndexes "true";
+Acquire::CompressionTypes::Order:: "gz";
+APT
+"${SUDO[@]}" tee "$tmpdir/etc/apt/apt.conf.d/docker-no-recommends" >/dev/null <<'APT'
+APT::Install-Recommends "false";
+APT::Install-Suggests "false";
+APT
 "${SUDO[@]}" rm -rf "$tmpdir"/var/lib/apt/lists/* "$tmpdir"/var/cache/apt/archives/*.deb \
-  "$tmpdir"/var/cache/apt/*.bin "$tmpdir"/var/log/*.log 2>/dev/null || true
+  "$tmpdir"/var/cache/apt/*.bin "$tmpdir"/var/log/*.log \
+  "$tmpdir"/usr/share/doc/*/changelog* "$tmpdir"/usr/share/man/* "$tmpdir"/usr/share/info/* 2>/dev/null || true
 
 log "importing as $LOCAL_IMAGE"
 "${SUDO[@]}" tar --numeric-owner -C "$tmpdir" -c . \

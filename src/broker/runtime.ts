@@ -38,8 +38,8 @@ export class InstanceRuntime {
   /** Creates volume and container, starts it and returns once the engine accepts a login through the published port. */
   async start(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal, progress: Progress): Promise<void> {
     const tag = imageTag(definition);
-    if (!(await this.engine.imageExists(tag))) {
-      await progress(`Building image ${tag} from ${definition.offering.name}/Dockerfile (first use of this image; this takes a few minutes).`);
+    if (!(await this.images.isCurrent(definition.folder, tag))) {
+      await progress(`Building image ${tag} from catalog/${definition.offering.name}/Dockerfile (first use of this recipe; this takes a few minutes).`);
       await this.images.ensure(definition.folder, tag);
     }
     signal.throwIfAborted();

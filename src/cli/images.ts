@@ -18,8 +18,8 @@ async function main(): Promise<void> {
     { folder: path.join(config.imagesDir, 'state-redis'), tag: stateImageTag(config.imagePrefix) },
   ];
   for (const { folder, tag } of targets) {
-    if (await engine.imageExists(tag)) {
-      console.log(`✓ ${tag} (already built)`);
+    if (await images.isCurrent(folder, tag)) {
+      console.log(`✓ ${tag} (already built from this recipe)`);
       continue;
     }
     console.log(`… building ${tag} from ${path.relative(PACKAGE_ROOT, folder)} (base: ${await images.baseImage()})`);

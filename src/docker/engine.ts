@@ -82,8 +82,10 @@ export class DockerEngine {
     await this.docker.ping();
   }
 
-  async imageExists(tag: string): Promise<boolean> {
-    return (await ignoreStatus(this.docker.getImage(tag).inspect(), 404)) !== undefined;
+  /** A label of an image; undefined when the image or the label is missing. */
+  async imageLabel(tag: string, label: string): Promise<string | undefined> {
+    const image = await ignoreStatus(this.docker.getImage(tag).inspect(), 404);
+    return image?.Config?.Labels?.[label];
   }
 
   /** Builds `contextDir` into `tag`, reporting each line of build output. */

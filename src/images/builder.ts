@@ -1,5 +1,7 @@
 import { execFile } from 'node:child_process';
 import path from 'node:path';
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import type { DockerEngine } from '../docker/engine.js';
 import type { Logger } from '../log.js';
 
@@ -32,23 +34,50 @@ export class ImageBuilder {
     return this.base;
   }
 
-  /** Builds `tag` from `contextDir` unless the engine has it; concurrent callers share one build. Returns true if it built. */
+  /**
+   * Builds `tag` from `contextDir` unless the engine has it from the same recipe (a hash of the folder is kept as an
+   * image label, so an edited Dockerfile or script is never silently ignored). Concurrent callers share one build.
+   * Returns true if it built.
+   */
   async ensure(contextDir: string, tag: string, onLine: (line: string) => void = () => {}): Promise<boolean> {
-    if (await this.engine.imageExists(tag)) return false;
+    const recipe = recipeHash(contextDir);
+    if ((await this.engine.imageLabel(tag, RECIPE_LABEL)) === recipe) return false;
     let build = this.inFlight.get(tag);
     if (!build) {
-      build = this.build(contextDir, tag, onLine).finally(() => this.inFlight.delete(tag));
+      build = this.build(contextDir, tag, recipe, onLine).finally(() => this.inFlight.delete(tag));
       this.inFlight.set(tag, build);
     }
     await build;
     return true;
   }
 
-  private async build(contextDir: string, tag: string, onLine: (line: string) => void): Promise<void> {
+  /** True when the engine has `tag` built from the folder as it is now. */
+  async isCurrent(contextDir: string, tag: string): Promise<boolean> {
+    return (await this.engine.imageLabel(tag, RECIPE_LABEL)) === recipeHash(contextDir);
+  }
+
+  private async build(contextDir: string, tag: string, recipe: string, onLine: (line: string) => void): Promise<void> {
     const baseImage = await this.baseImage();
     this.log.info({ tag, baseImage }, 'building image');
     const started = Date.now();
-    await this.engine.buildImage(contextDir, tag, { BASE_IMAGE: baseImage }, { 'io.osb-broker.image': tag }, onLine);
+    await this.engine.buildImage(contextDir, tag, { BASE_IMAGE: baseImage }, { 'io.osb-broker.image': tag, [RECIPE_LABEL]: recipe }, onLine);
     this.log.info({ tag, seconds: Math.round((Date.now() - started) / 1000) }, 'image built');
   }
+}
+
+const RECIPE_LABEL = 'io.osb-broker.recipe';
+
+/** sha256 over every file of the build folder (paths, modes and contents). */
+export function recipeHash(dir: string): string {
+  const hash = createHash('sha256');
+  const walk = (current: string) => {
+    for (const entry of readdirSync(current).sort()) {
+      const full = path.join(current, entry);
+      const stat = statSync(full);
+      if (stat.isDirectory()) walk(full);
+      else hash.update(`${path.relative(dir, full)}\0${stat.mode & 0o777}\0`).update(readFileSync(full)).update('\0');
+    }
+  };
+  walk(dir);
+  return hash.digest('hex').slice(0, 16);
 }
