@@ -7,9 +7,12 @@ export function errors(log: Logger): Middleware {
   return async (ctx, next) => {
     try {
       await next();
+      // Koa and the router answer unknown routes and methods with text; the OSB wants JSON everywhere.
       if (ctx.status === 404 && ctx.body === undefined) {
         ctx.status = 404;
         ctx.body = { error: 'NotFound', description: `No route for ${ctx.method} ${ctx.path}.` };
+      } else if (ctx.status === 405 || ctx.status === 501) {
+        ctx.body = { error: 'MethodNotAllowed', description: `${ctx.method} is not allowed on ${ctx.path}.` };
       }
     } catch (error) {
       if (error instanceof BrokerError) {
