@@ -111,7 +111,7 @@ const provisionKilled = test.macro({
     // The instance works.
     const bound = await second.client.bind(id, 'b-1', bindBody);
     t.is(bound.status, 201, JSON.stringify(bound.body));
-    const { rows } = await pgQuery(bound.body.credentials.uri, 'SELECT current_user AS who, current_database() AS db');
+    const { rows } = await pgQuery(bound.body.credentials.uri, 'SELECT session_user AS who, current_database() AS db');
     t.deepEqual(rows[0], { who: bound.body.credentials.username, db: 'orders' });
 
     await deprovisionAndCheckNothingLeft(t, second.client, brokerId, id);

@@ -1,0 +1,67 @@
+import test from 'ava';
+import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { PACKAGE_ROOT } from '../../src/config.js';
+import { CatalogError, loadCatalog } from '../../src/catalog/load.js';
+
+const realCatalog = path.join(PACKAGE_ROOT, 'catalog');
+
+/** A copy of the real catalog with one service.json changed by `edit`. */
+function catalogWith(edit: (service: any) => void): string {
+  const dir = mkdtempSync(path.join(tmpdir(), 'catalog-'));
+  cpSync(realCatalog, dir, { recursive: true });
+  const file = path.join(dir, 'postgresql', 'service.json');
+  const service = JSON.parse(readFileSync(file, 'utf8'));
+  edit(service);
+  writeFileSync(file, JSON.stringify(service));
+  return dir;
+}
+
+test('the shipped catalog loads: fixed GUIDs, lowercase names, plans with limits and schemas', (t) => {
+  const [postgres] = loadCatalog(realCatalog, 'osb-broker/');
+  t.truthy(postgres);
+  const offering = postgres!.offering;
+  t.is(offering.name, 'postgresql');
+  t.true(offering.plans.length >= 2);
+  for (const plan of offering.plans) {
+    t.regex(plan.id, /^[0-9a-f-]{36}$/);
+    t.deepEqual(plan.maintenance_info, { version: '15.0.0', description: 'PostgreSQL 15 on Debian bookworm' });
+    t.is((plan as unknown as Record<string, unknown>).limits, undefined, 'limits stay inside the broker');
+    t.is(plan.schemas?.service_instance?.create?.parameters.$schema, 'http://json-schema.org/draft-07/schema#');
+    t.truthy(postgres!.limits.get(plan.id));
+  }
+  t.is(postgres!.imageRepository, 'osb-broker/postgresql');
+});
+
+const badCases: Array<[string, (service: any) => void, RegExp]> = [
+  ['a non-GUID id', (s) => { s.offering.id = 'pg'; }, /service\.json: offering\.id must be a GUID/],
+  ['an uppercase name', (s) => { s.offering.name = 'PostgreSQL'; }, /offering\.name must be lowercase/],
+  ['no plans', (s) => { s.offering.plans = []; }, /offering\.plans must list at least one plan/],
+  ['a plan without limits', (s) => { delete s.offering.plans[1].limits; }, /offering\.plans\[1\]\.limits must be an object/],
+  ['a bad memory limit', (s) => { s.offering.plans[0].limits.memory_mb = 'lots'; }, /offering\.plans\[0\]\.limits\.memory_mb must be an integer/],
+  ['a non-SemVer version', (s) => { s.maintenance_info.version = '15'; }, /maintenance_info\.version must be a SemVer/],
+  ['a schema without $schema', (s) => { delete s.parameters.$schema; }, /parameters\.\$schema must name/],
+  ['an invalid schema', (s) => { s.parameters.properties.database.type = 'text'; }, /parameters is not a valid JSON-Schema/],
+  ['an external $ref', (s) => { s.parameters.properties.x = { $ref: 'https://example.com/s.json' }; }, /must not use an external \$ref/],
+  ['an updatable parameter that does not exist', (s) => { s.updatable_parameters = ['nope']; }, /updatable_parameters names "nope"/],
+  ['a duplicate plan id', (s) => { s.offering.plans[1].id = s.offering.plans[0].id; }, /is also used in/],
+  ['a missing credentials block', (s) => { delete s.credentials; }, /credentials must be an object/],
+  ['a relative data path', (s) => { s.container.data_path = 'data'; }, /container\.data_path must be an absolute path/],
+  ['a missing bindable flag', (s) => { delete s.offering.bindable; }, /offering\.bindable must be true or false/],
+];
+
+for (const [what, edit, message] of badCases) {
+  test(`a catalog with ${what} stops the broker with a message naming the file and field`, (t) => {
+    const dir = catalogWith(edit);
+    const error = t.throws(() => loadCatalog(dir, 'x/'), { instanceOf: CatalogError });
+    t.regex(error!.message, message);
+    t.true(error!.message.includes(path.join(dir, 'postgresql', 'service.json')) || error!.message.includes(path.join(dir, 'postgresql')));
+  });
+}
+
+test('invalid JSON names the file', (t) => {
+  const dir = catalogWith(() => {});
+  writeFileSync(path.join(dir, 'postgresql', 'service.json'), '{ nope');
+  t.throws(() => loadCatalog(dir, 'x/'), { instanceOf: CatalogError, message: /postgresql\/service\.json: not valid JSON/ });
+});
