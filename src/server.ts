@@ -37,12 +37,19 @@ export async function startBroker(config: Config & { password: string; encryptio
   store.tombstoneSeconds = config.tombstoneSeconds;
   await store.connect();
   const broker = new DockerBroker(config, definitions, store, new InstanceRuntime(engine, images, config), log);
-  const recovery = await recover(broker, store, engine, config, log);
-  const app = createApp(broker, { username: config.username, password: config.password, bodyLimitBytes: config.bodyLimitBytes, log });
-  const server = await new Promise<Server>((resolve, reject) => {
-    const listening = app.listen(config.listenPort, config.listenHost, () => resolve(listening));
-    listening.once('error', reject);
-  });
+  let recovery: RecoveryReport;
+  let server: Server;
+  try {
+    recovery = await recover(broker, store, engine, config, log);
+    const app = createApp(broker, { username: config.username, password: config.password, bodyLimitBytes: config.bodyLimitBytes, log });
+    server = await new Promise<Server>((resolve, reject) => {
+      const listening = app.listen(config.listenPort, config.listenHost, () => resolve(listening));
+      listening.once('error', reject);
+    });
+  } catch (error) {
+    await store.close();
+    throw error;
+  }
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.listenPort;
   log.info({ host: config.listenHost, port, offerings: definitions.map((definition) => definition.offering.name) }, 'broker listening');

@@ -131,6 +131,7 @@ export class DockerBroker implements ServiceBroker {
           // Something outside the broker took the port between our check and the start: take another one.
           if (!(error instanceof PortInUseError) || attempt >= 3) throw error;
           await this.runtime.destroy(instance);
+          await this.store.releasePort(instance.hostPort!, instanceId);
           this.log.warn({ instanceId, port: instance.hostPort }, 'host port taken by another process; choosing another');
           instance = { ...instance, hostPort: undefined };
         }

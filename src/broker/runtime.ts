@@ -63,8 +63,7 @@ export class InstanceRuntime {
     await progress('Setting up the administrator and the database.');
     await this.script(definition, instance, 'setup', {}, signal);
     await progress('Checking that the service accepts a login through the published port.');
-    await this.script(definition, instance, 'check', {}, signal);
-    await this.waitForPublishedPort(instance, signal);
+    await Promise.all([this.script(definition, instance, 'check', {}, signal), this.waitForPublishedPort(instance, signal)]);
   }
 
   private async waitReady(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal): Promise<void> {

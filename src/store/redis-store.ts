@@ -6,6 +6,7 @@ import type { Sealer } from './sealer.js';
 const FINISHED_OPERATION_TTL_SECONDS = 7 * 24 * 3600;
 const LOCK_TTL_MS = 30_000;
 
+const EXTEND_IF_OWNER = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end`;
 const RELEASE_IF_OWNER = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
 
 export class LockTimeoutError extends Error {}
@@ -156,9 +157,14 @@ export class RedisStore {
       if (Date.now() > deadline) throw new LockTimeoutError(`lock ${name} is busy`);
       await sleep(15);
     }
+    // Renewed while held, so slow work (a long bind script) never outlives its lock.
+    const renewal = setInterval(() => {
+      this.redis.eval(EXTEND_IF_OWNER, 1, key, token, LOCK_TTL_MS).catch(() => {});
+    }, LOCK_TTL_MS / 3);
     try {
       return await work();
     } finally {
+      clearInterval(renewal);
       await this.redis.eval(RELEASE_IF_OWNER, 1, key, token);
     }
   }

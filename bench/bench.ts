@@ -1,0 +1,128 @@
+/**
+ * Broker vs raw engine: provision-to-ready and bind latency, measured in the same run.
+ * Usage: BENCH_N=5 npm run bench
+ */
+import os from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { startBrokerSide, type BrokerSide } from './broker-side.js';
+import { docker, IMAGE, rawBind, rawLeftovers, removeRaw, startRaw } from './raw.js';
+import { median, ms, p95, table } from './stats.js';
+
+const N = Number(process.env.BENCH_N || 5);
+if (!Number.isInteger(N) || N < 1) throw new Error(`BENCH_N must be a positive integer (got "${process.env.BENCH_N}")`);
+
+let side: BrokerSide | undefined;
+let cleaning: Promise<void> | undefined;
+
+/** Removes everything the benchmark made; safe to call twice (finally block and Ctrl-C). */
+function cleanup(): Promise<void> {
+  cleaning ??= (async () => {
+    for (const name of [...rawLeftovers.keys()]) await removeRaw(name).catch((error) => console.error(`cleanup: ${error.message}`));
+    await side?.stop().catch((error) => console.error(`cleanup: ${error.message}`));
+  })();
+  return cleaning;
+}
+
+process.once('SIGINT', () => {
+  console.error('\ninterrupted; removing what the benchmark created');
+  void cleanup().finally(() => process.exit(130));
+});
+
+const bindingId = () => `bench-b-${randomBytes(6).toString('hex')}`;
+
+async function main(): Promise<void> {
+  const cpus = os.cpus();
+  const dockerVersion = await docker(['version', '--format', '{{.Server.Version}}']);
+  const machine = `machine: ${cpus.length} cpus (${cpus[0]?.model.trim() ?? 'unknown'}), node ${process.version}, docker server ${dockerVersion}; N=${N}`;
+
+  side = await startBrokerSide();
+  const broker = side;
+
+  // One untimed round each: first use of the image, page cache, lazy module loading.
+  process.stderr.write('warm-up ...\n');
+  await broker.deprovision((await broker.provision()).id);
+  await removeRaw((await startRaw()).name);
+
+  // Broker and raw alternate so drift in the machine's load hits both alike.
+  const provision = { broker: [] as number[], raw: [] as number[] };
+  const phases = { broker: [] as Array<Record<string, number>>, raw: [] as Array<Record<string, number>> };
+  for (let run = 1; run <= N; run++) {
+    process.stderr.write(`provision ${run}/${N} ...\n`);
+    const instance = await broker.provision();
+    provision.broker.push(instance.totalMs);
+    phases.broker.push(instance.phases);
+    await broker.deprovision(instance.id);
+
+    const raw = await startRaw();
+    provision.raw.push(raw.totalMs);
+    phases.raw.push(raw.phases);
+    await removeRaw(raw.name);
+  }
+
+  process.stderr.write(`bind x${N} ...\n`);
+  const bind = { broker: [] as number[], raw: [] as number[] };
+  const instance = await broker.provision();
+  const raw = await startRaw();
+  const bindings: string[] = [];
+  for (let run = 0; run < N; run++) {
+    const id = bindingId();
+    bindings.push(id);
+    bind.broker.push(await broker.bind(instance.id, id));
+    bind.raw.push(await rawBind(raw.name));
+  }
+  for (const id of bindings) await broker.unbind(instance.id, id);
+  await broker.deprovision(instance.id);
+  await removeRaw(raw.name);
+
+  report(machine, provision, bind, phases);
+}
+
+function report(machine: string, provision: Record<'broker' | 'raw', number[]>, bind: Record<'broker' | 'raw', number[]>, phases: Record<'broker' | 'raw', Array<Record<string, number>>>): void {
+  const row = (name: string, samples: Record<'broker' | 'raw', number[]>) => [
+    name,
+    ms(median(samples.broker)), ms(p95(samples.broker)),
+    ms(median(samples.raw)), ms(p95(samples.raw)),
+    `${(median(samples.broker) / median(samples.raw)).toFixed(2)}x`,
+  ];
+  console.log(`\nosb-docker-broker vs the raw engine's own docker CLI\n${machine}\n`);
+  console.log(table(
+    ['operation', 'broker median', 'broker p95', 'raw median', 'raw p95', 'broker/raw'],
+    [row('provision -> ready', provision), row('bind', bind)],
+  ));
+
+  // Per-phase medians: broker phases come from its last_operation descriptions, so they are +-50 ms.
+  const steps: Array<[string, string]> = [
+    ['accept+port', 'accept (PUT, Redis, port pick)'],
+    ['create+start', 'create+start container'],
+    ['ready', 'wait for /osb/ready'],
+    ['setup', '/osb/setup'],
+    ['login', 'login check'],
+  ];
+  const phase = (runs: Array<Record<string, number>>, step: string) => median(runs.map((run) => run[step] ?? 0));
+  const gaps = steps.map(([step, label]) => ({ label, broker: phase(phases.broker, step), raw: phase(phases.raw, step) }));
+  console.log();
+  console.log(table(
+    ['provision phase (medians)', 'broker', 'raw', 'gap'],
+    gaps.map(({ label, broker, raw }) => [label, ms(broker), ms(raw), `${broker >= raw ? '+' : ''}${(broker - raw).toFixed(0)} ms`]),
+  ));
+  const biggest = [...gaps].sort((a, b) => (b.broker - b.raw) - (a.broker - a.raw)).filter((gap) => gap.broker > gap.raw).slice(0, 3);
+  console.log(`\nwhat's in the gap: ${biggest.map((gap) => `${gap.label} +${(gap.broker - gap.raw).toFixed(0)} ms`).join(', ') || 'nothing measurable'}`
+    + '\n  (broker phases are read from its last_operation progress descriptions, polled every 50 ms, so +-50 ms;'
+    + '\n   broker login check = /osb/check exec + published-port probe + final Redis writes; raw = one pg login)');
+
+  console.log(`
+notes:
+  provision, broker: PUT /v2/service_instances/:id?accepts_incomplete=true (plan small), then last_operation every 50 ms until "succeeded"; deprovision after each run (not timed).
+  provision, raw:    docker run -d ${IMAGE} with a fresh named volume, -p 127.0.0.1:<free port>, --memory 256m --cpus 0.5 --pids-limit 128
+                     --security-opt no-new-privileges --cap-drop ALL; then, as the broker does, poll /osb/ready and run /osb/setup once (docker exec -u postgres),
+                     then loop until a password login through the published port succeeds (pg client).
+  bind, broker:      PUT .../service_bindings/:id (synchronous) on a ready instance, distinct binding ids; unbound afterwards (not timed).
+  bind, raw:         docker exec -u postgres ... /osb/bind (one CLI call each, so it includes the docker CLI's own start-up).
+  p95 is nearest-rank: with fewer than 20 runs it is the slowest run. One untimed warm-up provision per side first.`);
+}
+
+try {
+  await main();
+} finally {
+  await cleanup();
+}

@@ -1,0 +1,115 @@
+/** The broker under test, in-process, spoken to over HTTP like a platform would. */
+import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { loadConfig } from '../src/config.js';
+import { createLogger } from '../src/log.js';
+import { startBroker } from '../src/server.js';
+import { PG, removeEverything, startTestRedis } from '../test/helpers/env.js';
+import { OsbClient, provisionBody, type Reply } from '../test/helpers/osb-client.js';
+
+const POLL_MS = 50;
+
+/** Short names for the progress descriptions the broker writes into last_operation while provisioning. */
+const PHASES: Array<[RegExp, string]> = [
+  [/^Provisioning requested/, 'accept+port'],
+  [/^Creating the container/, 'create+start'],
+  [/^Starting /, 'ready'],
+  [/^Setting up/, 'setup'],
+  [/^Checking /, 'login'],
+];
+const phaseOf = (description: string) => PHASES.find(([pattern]) => pattern.test(description))?.[1] ?? description;
+
+export interface BrokerProvision {
+  id: string;
+  /** Milliseconds from the PUT to the first last_operation answer "succeeded". */
+  totalMs: number;
+  /** Approximate time per phase, from when each progress description was first seen (50 ms polling). */
+  phases: Record<string, number>;
+}
+
+export interface BrokerSide {
+  provision(): Promise<BrokerProvision>;
+  deprovision(id: string): Promise<void>;
+  /** Synchronous bind (no accepts_incomplete); returns its latency in ms. */
+  bind(instanceId: string, bindingId: string): Promise<number>;
+  unbind(instanceId: string, bindingId: string): Promise<void>;
+  /** Stops the broker and removes everything it made (by label, as a last resort), then its Redis. */
+  stop(): Promise<void>;
+}
+
+export async function startBrokerSide(): Promise<BrokerSide> {
+  // Own Redis, own broker id (labels, Redis keys) and a port range the tests (41000-44999) never use.
+  const redis = await startTestRedis();
+  const brokerId = `bench-${randomBytes(4).toString('hex')}`;
+  const password = randomBytes(16).toString('hex');
+  const config = loadConfig({ ...process.env, PORT: '0', REDIS_URL: redis.url, BROKER_ID: brokerId, BROKER_PORT_RANGE: '45000-45099', LOG_LEVEL: 'silent' });
+  const running = await startBroker({ ...config, password, encryptionKey: randomBytes(32) }, createLogger('silent')).catch(async (error) => {
+    await redis.stop();
+    throw error;
+  });
+  const client = new OsbClient(running.url, config.username, password);
+  const bindBody = { service_id: PG.service, plan_id: PG.small, bind_resource: { app_guid: 'bench-app' } };
+
+  return {
+    async provision() {
+      const id = `bench-${randomBytes(6).toString('hex')}`;
+      const started = performance.now();
+      // Each phase lasts from its first sighting to the next one's; the first starts at the PUT.
+      const seen: Array<[string, number]> = [['accept+port', started]];
+      const accepted = await client.provision(id, provisionBody(PG.service, PG.small, { parameters: { database: 'app' } }));
+      if (accepted.status !== 202) throw new Error(`provision answered ${accepted.status}: ${JSON.stringify(accepted.body)}`);
+      const done = await waitForOperation(client, id, accepted.body.operation, (description) => {
+        const phase = phaseOf(description);
+        if (!seen.some(([name]) => name === phase)) seen.push([phase, performance.now()]);
+      });
+      const finished = performance.now();
+      if (done.body.state !== 'succeeded') throw new Error(`provision ended ${JSON.stringify(done.body)}`);
+      const phases = Object.fromEntries(seen.map(([name, at], index) => [name, (seen[index + 1]?.[1] ?? finished) - at]));
+      return { id, totalMs: finished - started, phases };
+    },
+
+    async deprovision(id) {
+      const deleting = await client.deprovision(id, PG.service, PG.small);
+      if (deleting.status !== 202) throw new Error(`deprovision answered ${deleting.status}: ${JSON.stringify(deleting.body)}`);
+      const done = await waitForOperation(client, id, deleting.body.operation);
+      if (done.body.state !== 'succeeded') throw new Error(`deprovision ended ${JSON.stringify(done.body)}`);
+    },
+
+    async bind(instanceId, bindingId) {
+      const started = performance.now();
+      const reply = await client.bind(instanceId, bindingId, bindBody);
+      const elapsed = performance.now() - started;
+      if (reply.status !== 201) throw new Error(`bind answered ${reply.status}: ${JSON.stringify(reply.body)}`);
+      return elapsed;
+    },
+
+    async unbind(instanceId, bindingId) {
+      const reply = await client.unbind(instanceId, bindingId, PG.service, PG.small);
+      if (reply.status !== 200) throw new Error(`unbind answered ${reply.status}: ${JSON.stringify(reply.body)}`);
+    },
+
+    async stop() {
+      try {
+        await running.close();
+      } finally {
+        try {
+          await removeEverything(brokerId);
+        } finally {
+          await redis.stop();
+        }
+      }
+    },
+  };
+}
+
+/** Polls last_operation every 50 ms (so polling adds little) until it leaves "in progress". */
+async function waitForOperation(client: OsbClient, id: string, operation: string | undefined, onProgress: (description: string) => void = () => {}): Promise<Reply> {
+  const deadline = Date.now() + 180_000;
+  for (;;) {
+    const reply = await client.lastOperation(id, operation);
+    if (reply.status !== 200 || reply.body.state !== 'in progress') return reply;
+    onProgress(reply.body.description);
+    if (Date.now() > deadline) throw new Error(`instance ${id} still in progress after 3 minutes: ${reply.body.description}`);
+    await sleep(POLL_MS);
+  }
+}
