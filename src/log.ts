@@ -1,10 +1,10 @@
-import { pino, type Logger } from 'pino';
+import { pino, type DestinationStream, type Logger } from 'pino';
 
 export type { Logger };
 
 /** JSON logs. Anything that looks like a secret is censored even if a caller passes it by mistake. */
-export function createLogger(level: string, base: Record<string, unknown> = {}): Logger {
-  return pino({
+export function createLogger(level: string, base: Record<string, unknown> = {}, destination?: DestinationStream): Logger {
+  const options = {
     level,
     base: { service: 'osb-docker-broker', ...base },
     timestamp: pino.stdTimeFunctions.isoTime,
@@ -12,5 +12,6 @@ export function createLogger(level: string, base: Record<string, unknown> = {}):
       paths: ['password', '*.password', '*.*.password', 'credentials', '*.credentials', 'authorization', '*.authorization', 'req.headers.authorization', 'env', '*.env'],
       censor: '[redacted]',
     },
-  });
+  };
+  return destination ? pino(options, destination) : pino(options);
 }

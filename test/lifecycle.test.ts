@@ -113,6 +113,11 @@ test('full PostgreSQL lifecycle through bound credentials', async (t) => {
   t.deepEqual(await redisKeys(env.redisUrl, `osb:${config.brokerId}:binding:*`), []);
   await t.throwsAsync(() => query(two.uri, 'SELECT 1'));
 
+  // No password, of the instance or its bindings, ever reaches the logs.
+  const logged = env.logs.join('');
+  t.true(logged.includes(id), 'the logs were captured');
+  for (const secret of [one.password, two.password, one.uri, two.jdbcUrl]) t.false(logged.includes(secret));
+
   // The tombstone answers "succeeded" for a while; the instance itself is gone.
   t.is((await client.lastOperation(id)).body.state, 'succeeded');
   t.is((await client.request('GET', `/v2/service_instances/${id}`)).status, 404);

@@ -51,6 +51,7 @@ export interface TestBroker {
   client: OsbClient;
   config: Config;
   redisUrl: string;
+  logs: string[];
   stop(): Promise<void>;
 }
 
@@ -64,13 +65,16 @@ export async function startTestBroker(portBlock: number, overrides: Partial<Conf
     password: 'test-password',
     encryptionKey: randomBytes(32),
   };
-  const log = createLogger(process.env.TEST_LOG_LEVEL || 'silent');
+  // Every log line is kept, at the most verbose level, so tests can prove no secret is ever logged.
+  const logs: string[] = [];
+  const log = createLogger('debug', {}, { write: (line: string) => { logs.push(line); } });
   const broker = await startBroker(config, log);
   const client = new OsbClient(broker.url, config.username, config.password);
   return {
     broker,
     client,
     config,
+    logs,
     redisUrl: redis.url,
     async stop() {
       await broker.close();
