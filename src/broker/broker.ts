@@ -123,7 +123,7 @@ export class DockerBroker implements ServiceBroker {
     const progress = (description: string) => this.progress(operation, description);
     try {
       for (let attempt = 1; ; attempt++) {
-        instance = await this.reservePort(instance);
+        instance = await this.reservePort(instance, operation);
         try {
           await this.runtime.start(definition, instance, signal, progress);
           break;
@@ -151,15 +151,24 @@ export class DockerBroker implements ServiceBroker {
     }
   }
 
-  private async reservePort(instance: InstanceRecord): Promise<InstanceRecord> {
+  private async reservePort(instance: InstanceRecord, operation: OperationRecord): Promise<InstanceRecord> {
     if (instance.hostPort) return instance;
     const hostPort = await this.store.reservePort(instance.id, this.config.portRange, (port) => portIsFree(this.config.publishIp, port));
     if (!hostPort) {
       throw new Error(`no free host port left in BROKER_PORT_RANGE ${this.config.portRange.first}-${this.config.portRange.last}`);
     }
-    const updated = { ...instance, hostPort, updatedAt: now() };
-    await this.store.putInstance(updated);
-    return updated;
+    // Read-modify-write under the lock, and only while this operation still owns the record: a deprovision that
+    // took over meanwhile must not be overwritten with this operation's stale copy.
+    return this.store.withLock(instance.id, async () => {
+      const current = await this.store.getInstance(instance.id);
+      if (!current || current.lastOperationId !== operation.id) {
+        await this.store.releasePort(hostPort, instance.id);
+        throw new Cancelled('a deprovision took over this instance');
+      }
+      const updated = { ...current, hostPort, updatedAt: now() };
+      await this.store.putInstance(updated);
+      return updated;
+    }, 60_000);
   }
 
   // Fetch instance
