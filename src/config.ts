@@ -67,7 +67,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const listenPort = int(env, 'PORT', 8080, 0, 65535);
   const listenHost = env.BROKER_LISTEN_HOST || '127.0.0.1';
   const publishIp = env.BROKER_PUBLISH_IP || '127.0.0.1';
-  const brokerId = env.BROKER_ID || 'osb-docker';
+  const brokerId = env.BROKER_ID || 'default';
   if (!/^[a-z0-9][a-z0-9-]{0,30}$/.test(brokerId)) {
     throw new ConfigError('BROKER_ID must be 1-31 characters of a-z, 0-9 and "-"');
   }

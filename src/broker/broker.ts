@@ -289,13 +289,12 @@ export class DockerBroker implements ServiceBroker {
   async deprovision(instanceId: string, query: ResourceQuery, asyncAllowed: boolean, meta: RequestMeta): Promise<DeprovisionResult> {
     checkId(instanceId, 'instance_id');
     const definition = this.service(query.service_id);
-    const plan = this.plan(definition, query.plan_id);
+    // Any plan of the offering is accepted: a platform may still hold the plan from before an update.
+    this.plan(definition, query.plan_id);
     return this.locked(instanceId, async () => {
       const instance = await this.store.getInstance(instanceId);
       if (!instance || instance.state === 'deleted') throw gone(`Service instance ${instanceId} does not exist.`);
-      if (instance.serviceId !== definition.offering.id || instance.planId !== plan.id) {
-        throw badRequest(`service_id and plan_id do not match service instance ${instanceId}.`);
-      }
+      if (instance.serviceId !== definition.offering.id) throw badRequest(`service_id does not match service instance ${instanceId}.`);
       const lastOperation = await this.store.getOperation(instance.lastOperationId);
       if (lastOperation?.state === 'in progress') {
         if (lastOperation.type === 'deprovision') return { async: true, operation: lastOperation.id };
@@ -355,9 +354,7 @@ export class DockerBroker implements ServiceBroker {
     return this.locked(instanceId, async () => {
       const instance = await this.store.getInstance(instanceId);
       if (!instance || instance.state === 'deleted') throw badRequest(`Service instance ${instanceId} does not exist.`);
-      if (instance.serviceId !== definition.offering.id || instance.planId !== plan.id) {
-        throw badRequest(`service_id and plan_id do not match service instance ${instanceId}.`);
-      }
+      if (instance.serviceId !== definition.offering.id) throw badRequest(`service_id does not match service instance ${instanceId}.`);
       const existing = await this.store.getBinding(instanceId, bindingId);
       if (existing && existing.state !== 'deleted') {
         const same = existing.appGuid === appGuid && sameJson(existing.parameters, parameters) && sameJson(existing.bindResource ?? {}, bindResource ?? {});

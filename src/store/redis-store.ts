@@ -19,11 +19,15 @@ export class LockTimeoutError extends Error {}
 export class RedisStore {
   private readonly redis: Redis;
   private readonly prefix: string;
+  private reached = false;
 
   constructor(url: string, brokerId: string, private readonly sealer: Sealer, onError: (error: Error) => void = () => {}) {
     this.redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 3, enableOfflineQueue: true });
-    // Commands fail on their own when Redis is away; the event is only worth a log line.
-    this.redis.on('error', onError);
+    // Commands fail on their own when Redis is away; the event is only worth a log line once Redis was reached
+    // (before that, connect() retries while a freshly started Redis boots).
+    this.redis.on('error', (error: Error) => {
+      if (this.reached) onError(error);
+    });
     this.prefix = `osb:${brokerId}:`;
   }
 
@@ -33,6 +37,7 @@ export class RedisStore {
       try {
         if (this.redis.status === 'wait' || this.redis.status === 'end') await this.redis.connect();
         await this.redis.ping();
+        this.reached = true;
         return;
       } catch (error) {
         if (Date.now() > deadline) throw new Error(`cannot reach Redis: ${(error as Error).message}`);
