@@ -13,6 +13,9 @@ import { RedisStore } from './store/redis-store.js';
 import { Sealer } from './store/sealer.js';
 import { createApp } from './http/app.js';
 
+/** Configuration with the secrets resolved (from the environment or the state folder). */
+export type BrokerConfig = Config & { password: string; encryptionKey: Buffer };
+
 export interface RunningBroker {
   server: Server;
   url: string;
@@ -22,7 +25,7 @@ export interface RunningBroker {
 }
 
 /** Wires the parts together, reconciles state with the engine, then starts serving. */
-export async function startBroker(config: Config & { password: string; encryptionKey: Buffer }, log: Logger): Promise<RunningBroker> {
+export async function startBroker(config: BrokerConfig, log: Logger): Promise<RunningBroker> {
   const definitions = loadCatalog(config.catalogDir, config.imagePrefix);
   const engine = new DockerEngine();
   try {

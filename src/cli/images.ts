@@ -17,12 +17,13 @@ async function main(): Promise<void> {
     ...loadCatalog(config.catalogDir, config.imagePrefix).map((definition) => ({ folder: definition.folder, tag: imageTag(definition) })),
     { folder: path.join(config.imagesDir, 'state-redis'), tag: stateImageTag(config.imagePrefix) },
   ];
+  const baseImage = await images.baseImage((line) => console.log(`  ${line}`));
   for (const { folder, tag } of targets) {
     if (await images.isCurrent(folder, tag)) {
       console.log(`✓ ${tag} (already built from this recipe)`);
       continue;
     }
-    console.log(`… building ${tag} from ${path.relative(PACKAGE_ROOT, folder)} (base: ${await images.baseImage()})`);
+    console.log(`… building ${tag} from ${path.relative(PACKAGE_ROOT, folder)} (base: ${baseImage})`);
     const started = Date.now();
     await images.ensure(folder, tag, (line) => {
       if (/^(Step \d+\/\d+|Successfully)/.test(line)) console.log(`  ${line}`);

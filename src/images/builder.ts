@@ -1,4 +1,5 @@
-import { execFile } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
@@ -20,18 +21,29 @@ export class ImageBuilder {
     private readonly baseImageOverride?: string,
   ) {}
 
-  baseImage(): Promise<string> {
-    this.base ??= this.baseImageOverride
-      ? Promise.resolve(this.baseImageOverride)
-      : new Promise<string>((resolve, reject) => {
-          execFile('bash', [path.join(this.scriptsDir, 'base-image.sh')], { maxBuffer: 1 << 24 }, (error, stdout, stderr) => {
-            if (error) {
-              this.base = undefined;
-              reject(new Error(`cannot prepare a Debian base image: ${stderr.trim().split('\n').slice(-3).join(' ') || error.message}`));
-            } else resolve(stdout.trim());
-          });
-        });
+  /** The base image's name; made with debootstrap first when there is none. Its progress goes to `onLine`. */
+  baseImage(onLine: (line: string) => void = () => {}): Promise<string> {
+    this.base ??= this.baseImageOverride ? Promise.resolve(this.baseImageOverride) : this.runBaseImageScript(onLine);
     return this.base;
+  }
+
+  private runBaseImageScript(onLine: (line: string) => void): Promise<string> {
+    return new Promise<string>((resolve, reject) => {
+      const child = spawn('bash', [path.join(this.scriptsDir, 'base-image.sh')], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      const errors: string[] = [];
+      child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+      createInterface({ input: child.stderr }).on('line', (line) => {
+        errors.push(line);
+        onLine(line);
+      });
+      child.once('error', reject);
+      child.once('close', (code) => {
+        if (code === 0 && stdout.trim()) return resolve(stdout.trim());
+        this.base = undefined;
+        reject(new Error(`cannot prepare a Debian base image: ${errors.slice(-3).join(' ') || `exit code ${code}`}`));
+      });
+    });
   }
 
   /**

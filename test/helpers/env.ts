@@ -3,7 +3,7 @@ import { Redis } from 'ioredis';
 import { loadConfig, type Config } from '../../src/config.js';
 import { DockerEngine, LABEL } from '../../src/docker/engine.js';
 import { createLogger } from '../../src/log.js';
-import { startBroker, type RunningBroker } from '../../src/server.js';
+import { startBroker, type BrokerConfig, type RunningBroker } from '../../src/server.js';
 import { stateImageTag } from '../../src/store/embedded-redis.js';
 import { OsbClient } from './osb-client.js';
 
@@ -49,7 +49,7 @@ export async function startTestRedis(): Promise<{ url: string; stop(): Promise<v
 export interface TestBroker {
   broker: RunningBroker;
   client: OsbClient;
-  config: Config;
+  config: BrokerConfig;
   redisUrl: string;
   logs: string[];
   stop(): Promise<void>;
@@ -59,7 +59,7 @@ export interface TestBroker {
 export async function startTestBroker(portBlock: number, overrides: Partial<Config> = {}): Promise<TestBroker> {
   const redis = await startTestRedis();
   const brokerId = `t${randomBytes(4).toString('hex')}`;
-  const config = {
+  const config: BrokerConfig = {
     ...loadConfig({ ...process.env, PORT: '0', REDIS_URL: redis.url, BROKER_ID: brokerId, BROKER_PORT_RANGE: `${41000 + portBlock * 100}-${41000 + portBlock * 100 + 99}` }),
     ...overrides,
     password: 'test-password',
