@@ -1,6 +1,7 @@
 import test from 'ava';
 import pg from 'pg';
 import { brokerObjects, engine, PG, redisKeys, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
+import { pgQuery as query } from './helpers/engine-watch.js';
 import { provisionBody } from './helpers/osb-client.js';
 
 let env: TestBroker;
@@ -10,16 +11,6 @@ test.before(async () => {
 test.after.always(async () => {
   await env?.stop();
 });
-
-async function query(uri: string, sql: string, values: unknown[] = []) {
-  const client = new pg.Client({ connectionString: uri, connectionTimeoutMillis: 5000 });
-  await client.connect();
-  try {
-    return await client.query(sql, values);
-  } finally {
-    await client.end();
-  }
-}
 
 test('full PostgreSQL lifecycle through bound credentials', async (t) => {
   const { client, config } = env;
