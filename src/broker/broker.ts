@@ -300,6 +300,8 @@ export class DockerBroker implements ServiceBroker {
         if (lastOperation.type === 'deprovision') return { async: true, operation: lastOperation.id };
         if (lastOperation.type === 'update') throw concurrencyError('This service instance is being updated.');
       }
+      const busyBinding = (await this.store.listBindings(instanceId)).find((binding) => binding.state === 'creating' || binding.state === 'deleting');
+      if (busyBinding) throw concurrencyError(`Service binding ${busyBinding.id} is being ${busyBinding.state === 'creating' ? 'created' : 'deleted'}.`);
       if (!asyncAllowed) throw asyncRequired();
       // A deprovision during provisioning stops the creation; runDeprovision waits for it to let go.
       this.running.get(instanceId)?.controller.abort(new Cancelled('deprovision requested'));
