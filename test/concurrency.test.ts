@@ -3,7 +3,7 @@ import { Redis } from 'ioredis';
 import net from 'node:net';
 import { isDeepStrictEqual } from 'node:util';
 import { LABEL } from '../src/docker/engine.js';
-import { pgQuery, watchContainerCreations } from './helpers/engine-watch.js';
+import { pgQuery, stopAllWatchers, watchContainerCreations } from './helpers/engine-watch.js';
 import { brokerObjects, PG, redisKeys, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody, type Reply } from './helpers/osb-client.js';
 import { storedRecord, waitUntil } from './helpers/wait.js';
@@ -15,6 +15,7 @@ test.before(async () => {
   env = await startTestBroker(6);
 });
 test.after.always(async () => {
+  stopAllWatchers();
   await env?.stop();
 });
 

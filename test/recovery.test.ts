@@ -2,7 +2,7 @@ import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
 import { LABEL } from '../src/docker/engine.js';
 import { stateImageTag } from '../src/store/embedded-redis.js';
-import { pgQuery, watchContainerCreations } from './helpers/engine-watch.js';
+import { pgQuery, stopAllWatchers, watchContainerCreations } from './helpers/engine-watch.js';
 import { brokerObjects, engine, PG, redisKeys, removeEverything, startTestRedis, uniqueId } from './helpers/env.js';
 import { provisionBody, type OsbClient } from './helpers/osb-client.js';
 import { freePort, hexKey, killAllBrokers, spawnBroker, tempStateDir } from './helpers/spawn-broker.js';
@@ -20,6 +20,7 @@ test.before(async () => {
 });
 
 test.after.always(async () => {
+  stopAllWatchers();
   await killAllBrokers();
   for (const name of strayContainers) await engine.removeContainer(name);
   for (const brokerId of brokerIds) await removeEverything(brokerId);
@@ -81,8 +82,9 @@ const provisionKilled = test.macro({
     t.is(accepted.status, 202, JSON.stringify(accepted.body));
     const operation = accepted.body.operation as string;
     if (killPoint === 'once its container runs') {
-      await waitUntil('the instance container to run', async () =>
-        (await brokerObjects(brokerId)).containers.some((container) => container.labels[LABEL.instance] === id && container.running), 30_000, 20);
+      // The operation's own progress says when the container has started (setup still takes most of a second).
+      await waitUntil('the instance container to start', async () =>
+        /^(Starting|Setting up)/.test((await storedRecord(redis.url, brokerId, 'operation', operation))?.description ?? ''), 30_000, 5);
     }
     t.is((await first.kill('SIGKILL')).signal, 'SIGKILL');
     // The killed process left the operation unfinished.

@@ -12,7 +12,7 @@ import type {
 } from '../osb/types.js';
 import type { BindingRecord, InstanceRecord, OperationRecord, OperationType, UpdateTarget } from '../store/records.js';
 import type { RedisStore } from '../store/redis-store.js';
-import { renderCredentials } from './credentials.js';
+import { renderCredentials, renderValue } from './credentials.js';
 import { checkId, newOperationId, newPassword, newUsername } from './ids.js';
 import { portIsFree } from './probe.js';
 import { InstanceRuntime } from './runtime.js';
@@ -123,7 +123,7 @@ export class DockerBroker implements ServiceBroker {
     const progress = (description: string) => this.progress(operation, description);
     try {
       for (let attempt = 1; ; attempt++) {
-        instance = await this.reservePort(instance, operation);
+        instance = await this.reservePorts(instance, operation);
         try {
           await this.runtime.start(definition, instance, signal, progress);
           break;
@@ -131,9 +131,9 @@ export class DockerBroker implements ServiceBroker {
           // Something outside the broker took the port between our check and the start: take another one.
           if (!(error instanceof PortInUseError) || attempt >= 3) throw error;
           await this.runtime.destroy(instance);
-          await this.store.releasePort(instance.hostPort!, instanceId);
-          this.log.warn({ instanceId, port: instance.hostPort }, 'host port taken by another process; choosing another');
-          instance = { ...instance, hostPort: undefined };
+          await this.store.releasePortsOf(instanceId);
+          this.log.warn({ instanceId, port: instance.hostPort, extraPorts: instance.extraHostPorts }, 'host port taken by another process; choosing others');
+          instance = { ...instance, hostPort: undefined, extraHostPorts: undefined };
         }
       }
       await this.finishInstance(operation, instanceId, (current) => ({ ...current, state: 'ready' }), 'succeeded', 'The service instance is ready.');
@@ -146,26 +146,36 @@ export class DockerBroker implements ServiceBroker {
       this.log.error({ instanceId, operation: operation.id, reason }, 'provisioning failed');
       await this.runtime.destroy(instance).catch((cleanupError) =>
         this.log.error({ instanceId, reason: describe(cleanupError) }, 'cleanup after failed provision failed'));
-      if (instance.hostPort) await this.store.releasePort(instance.hostPort, instanceId);
-      await this.finishInstance(operation, instanceId, (current) => ({ ...current, state: 'failed', hostPort: undefined }), 'failed', `Provisioning failed: ${reason}`);
+      await this.store.releasePortsOf(instanceId);
+      await this.finishInstance(operation, instanceId, (current) => ({ ...current, state: 'failed', hostPort: undefined, extraHostPorts: undefined }), 'failed', `Provisioning failed: ${reason}`);
     }
   }
 
-  private async reservePort(instance: InstanceRecord, operation: OperationRecord): Promise<InstanceRecord> {
+  /** Reserves the main host port and one per extra port of the offering, and records them on the instance. */
+  private async reservePorts(instance: InstanceRecord, operation: OperationRecord): Promise<InstanceRecord> {
     if (instance.hostPort) return instance;
-    const hostPort = await this.store.reservePort(instance.id, this.config.portRange, (port) => portIsFree(this.config.publishIp, port));
-    if (!hostPort) {
-      throw new Error(`no free host port left in BROKER_PORT_RANGE ${this.config.portRange.first}-${this.config.portRange.last}`);
-    }
+    // The record is the truth: whatever a killed broker reserved without recording it is given back first.
+    await this.store.releasePortsOf(instance.id);
+    const reserve = async () => {
+      const port = await this.store.reservePort(instance.id, this.config.portRange, (candidate) => portIsFree(this.config.publishIp, candidate));
+      if (!port) {
+        await this.store.releasePortsOf(instance.id);
+        throw new Error(`no free host port left in BROKER_PORT_RANGE ${this.config.portRange.first}-${this.config.portRange.last}`);
+      }
+      return port;
+    };
+    const hostPort = await reserve();
+    const extraHostPorts: Record<string, number> = {};
+    for (const name of Object.keys(this.definitionOf(instance).container.extraPorts)) extraHostPorts[name] = await reserve();
     // Read-modify-write under the lock, and only while this operation still owns the record: a deprovision that
     // took over meanwhile must not be overwritten with this operation's stale copy.
     return this.store.withLock(instance.id, async () => {
       const current = await this.store.getInstance(instance.id);
       if (!current || current.lastOperationId !== operation.id) {
-        await this.store.releasePort(hostPort, instance.id);
+        await this.store.releasePortsOf(instance.id);
         throw new Cancelled('a deprovision took over this instance');
       }
-      const updated = { ...current, hostPort, updatedAt: now() };
+      const updated = { ...current, hostPort, extraHostPorts, updatedAt: now() };
       await this.store.putInstance(updated);
       return updated;
     }, 60_000);
@@ -321,8 +331,8 @@ export class DockerBroker implements ServiceBroker {
       await this.progress(operation, 'Removing the container, its volume and its bindings.');
       await this.runtime.destroy(instance);
       await this.store.deleteBindingsOf(instance.id);
-      if (instance.hostPort) await this.store.releasePort(instance.hostPort, instance.id);
-      await this.finishInstance(operation, instance.id, (current) => ({ ...current, state: 'deleted', hostPort: undefined }), 'succeeded', 'The service instance is deleted.');
+      await this.store.releasePortsOf(instance.id);
+      await this.finishInstance(operation, instance.id, (current) => ({ ...current, state: 'deleted', hostPort: undefined, extraHostPorts: undefined }), 'succeeded', 'The service instance is deleted.');
     } catch (error) {
       const reason = describe(error);
       this.log.error({ instanceId: instance.id, operation: operation.id, reason }, 'deprovision failed');
@@ -419,16 +429,23 @@ export class DockerBroker implements ServiceBroker {
     }
   }
 
-  private credentialsOf(definition: ServiceDefinition, instance: InstanceRecord, binding: BindingRecord): { credentials: Credentials; endpoints: Endpoint[] } {
-    const credentials = renderCredentials(definition.credentials, {
+  private credentialsOf(definition: ServiceDefinition, instance: InstanceRecord, binding: BindingRecord): { credentials: Credentials; endpoints: Endpoint[]; syslogDrainUrl?: string } {
+    const values = {
       host: this.config.advertisedHost,
       port: instance.hostPort,
+      ports: instance.extraHostPorts ?? {},
       params: instance.parameters,
       instance: { id: instance.id },
       admin: { username: definition.container.adminUsername },
       binding: { ...binding.secrets.extra, username: binding.username, password: binding.secrets.password },
-    });
-    return { credentials, endpoints: [{ host: this.config.advertisedHost, ports: [String(instance.hostPort)], protocol: 'tcp' }] };
+    };
+    const drain = definition.syslogDrainUrl === undefined ? undefined : renderValue(definition.syslogDrainUrl, values);
+    const ports = [instance.hostPort, ...Object.values(instance.extraHostPorts ?? {})].map(String);
+    return {
+      credentials: renderCredentials(definition.credentials, values),
+      endpoints: [{ host: this.config.advertisedHost, ports, protocol: 'tcp' }],
+      ...(drain === undefined ? {} : { syslogDrainUrl: String(drain) }),
+    };
   }
 
   // Fetch binding
@@ -441,7 +458,8 @@ export class DockerBroker implements ServiceBroker {
     if (!instance || instance.state === 'deleted' || binding?.state !== 'ready') {
       throw notFound(`Service binding ${bindingId} does not exist.`);
     }
-    return { ...this.credentialsOf(this.definitionOf(instance), instance, binding), parameters: binding.parameters };
+    const { syslogDrainUrl, ...view } = this.credentialsOf(this.definitionOf(instance), instance, binding);
+    return { ...view, parameters: binding.parameters, ...(syslogDrainUrl ? { syslog_drain_url: syslogDrainUrl } : {}) };
   }
 
   // Unbind

@@ -14,7 +14,7 @@ export function portIsFree(ip: string, port: number): Promise<boolean> {
  * first or keeps the connection open. Docker's port proxy accepts and then drops the connection when
  * nothing listens behind it, which this tells apart.
  */
-export function publishedPortAnswers(host: string, port: number, holdMs = 60): Promise<boolean> {
+export function publishedPortAnswers(host: string, port: number, holdMs = 200): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = net.connect({ host, port });
     let settled = false;

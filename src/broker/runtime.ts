@@ -49,7 +49,14 @@ export class InstanceRuntime {
       name: instance.containerName,
       image: tag,
       labels: this.labels(instance),
-      publish: { containerPort: definition.container.port, hostIp: this.config.publishIp, hostPort: instance.hostPort! },
+      publish: [
+        { containerPort: definition.container.port, hostIp: this.config.publishIp, hostPort: instance.hostPort! },
+        ...Object.entries(definition.container.extraPorts).map(([name, containerPort]) => ({
+          containerPort,
+          hostIp: this.config.publishIp,
+          hostPort: instance.extraHostPorts![name]!,
+        })),
+      ],
       volume: { name: instance.volumeName, path: definition.container.dataPath },
       limits: containerLimits(definition.limits.get(instance.planId)!),
       capDrop: definition.container.capDrop,
@@ -154,8 +161,12 @@ export class InstanceRuntime {
     return env;
   }
 
-  /** Runs /osb/<name> in the container; its output is returned, a failure carries its stderr with secrets removed. */
+  /**
+   * Runs /osb/<name> in the container; its output is returned, a failure carries its stderr with secrets removed.
+   * An offering without that script has nothing to do at that step.
+   */
   private async script(definition: ServiceDefinition, instance: InstanceRecord, name: string, extraEnv: Record<string, string>, signal: AbortSignal): Promise<string> {
+    if (!definition.scripts.has(name)) return '';
     const env = { ...this.env(definition, instance), ...extraEnv };
     const result = await this.engine.exec(instance.containerName, [`/osb/${name}`], {
       user: definition.container.execUser,

@@ -10,6 +10,8 @@ export interface Limits {
 /** How the broker runs one engine's containers; read from the `container` block of service.json. */
 export interface ContainerSpec {
   port: number;
+  /** Further ports to publish, by name (`{ports.<name>}` in templates). */
+  extraPorts: Record<string, number>;
   dataPath: string;
   execUser?: string;
   adminUsername: string;
@@ -29,10 +31,18 @@ export interface ServiceDefinition {
   bindingParameterSchema: Record<string, unknown>;
   updatableParameters: string[];
   container: ContainerSpec;
-  credentials: Record<string, string>;
+  credentials: CredentialsTemplate;
+  /** Template of the binding's syslog_drain_url, for offerings that require syslog_drain. */
+  syslogDrainUrl?: string;
+  /** Scripts the image has under /osb/; any but `ready` may be missing, which makes that step a no-op. */
+  scripts: Set<string>;
   /** Image repository without tag; the tag is the maintenance version. */
   imageRepository: string;
 }
+
+export type CredentialsTemplate = Record<string, string | string[]>;
+
+export const SCRIPTS = ['ready', 'setup', 'check', 'bind', 'unbind', 'configure'] as const;
 
 export const imageTag = (definition: ServiceDefinition) =>
   `${definition.imageRepository}:${definition.maintenanceInfo.version}`;

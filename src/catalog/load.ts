@@ -1,7 +1,7 @@
 import { readdirSync, readFileSync, existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { Plan, ServiceOffering } from '../osb/types.js';
-import type { ContainerSpec, Limits, ServiceDefinition } from './definition.js';
+import { SCRIPTS, type ContainerSpec, type CredentialsTemplate, type Limits, type ServiceDefinition } from './definition.js';
 import { compileSchema } from './parameters.js';
 
 export class CatalogError extends Error {}
@@ -111,8 +111,21 @@ function loadDefinition(folder: string, imagePrefix: string): ServiceDefinition 
     });
   });
 
-  const credentials = read.object(root.credentials, 'credentials');
-  for (const [key, value] of Object.entries(credentials)) read.string(value, `credentials.${key}`);
+  const credentials = read.object(root.credentials ?? {}, 'credentials');
+  for (const [key, value] of Object.entries(credentials)) {
+    if (Array.isArray(value)) read.strings(value, `credentials.${key}`);
+    else read.string(value, `credentials.${key}`);
+  }
+  const syslogDrainUrl = root.syslog_drain_url === undefined ? undefined : read.string(root.syslog_drain_url, 'syslog_drain_url');
+  const requires = (root.offering as { requires?: string[] }).requires ?? [];
+  if (syslogDrainUrl !== undefined && !requires.includes('syslog_drain')) {
+    read.fail('syslog_drain_url', 'needs offering.requires to contain "syslog_drain"');
+  }
+  if (requires.includes('syslog_drain') && syslogDrainUrl === undefined) read.fail('syslog_drain_url', 'is required by offering.requires "syslog_drain"');
+
+  const scriptsDir = path.join(folder, 'scripts');
+  const scripts = new Set(existsSync(scriptsDir) ? readdirSync(scriptsDir).filter((name) => (SCRIPTS as readonly string[]).includes(name)) : []);
+  if (!scripts.has('ready')) throw new CatalogError(`${folder}: scripts/ready is missing (the broker polls it until the service accepts connections)`);
 
   return {
     folder,
@@ -123,7 +136,9 @@ function loadDefinition(folder: string, imagePrefix: string): ServiceDefinition 
     bindingParameterSchema,
     updatableParameters,
     container: readContainer(read, read.object(root.container, 'container')),
-    credentials: credentials as Record<string, string>,
+    credentials: credentials as CredentialsTemplate,
+    syslogDrainUrl,
+    scripts,
     imageRepository: `${imagePrefix}${offering.name}`,
   };
 }
@@ -175,8 +190,14 @@ function readOffering(
 
 function readContainer(read: Reader, raw: Record<string, unknown>): ContainerSpec {
   const dataPath = read.string(raw.data_path, 'container.data_path', /^\//, 'an absolute path');
+  const extraPorts = read.object(raw.extra_ports ?? {}, 'container.extra_ports');
+  for (const [name, port] of Object.entries(extraPorts)) {
+    if (!/^[a-z][a-z0-9_]*$/.test(name)) read.fail(`container.extra_ports.${name}`, 'must be named with lowercase a-z, 0-9 and "_"');
+    read.number(port, `container.extra_ports.${name}`, { integer: true, min: 1, max: 65535 });
+  }
   return {
     port: read.number(raw.port, 'container.port', { integer: true, min: 1, max: 65535 }),
+    extraPorts: extraPorts as Record<string, number>,
     dataPath,
     execUser: raw.exec_user === undefined ? undefined : read.string(raw.exec_user, 'container.exec_user'),
     adminUsername: read.string(raw.admin_username ?? 'osb_admin', 'container.admin_username', /^[a-z_][a-z0-9_]*$/, 'lowercase a-z, 0-9 and "_"'),

@@ -23,7 +23,8 @@ export interface ContainerPlan {
   image: string;
   labels: Record<string, string>;
   env?: string[];
-  publish?: { containerPort: number; hostIp: string; hostPort: number };
+  /** hostPort 0: the engine picks one. */
+  publish?: Array<{ containerPort: number; hostIp: string; hostPort: number }>;
   volume?: { name: string; path: string };
   limits?: ContainerLimits;
   capDrop?: string[];
@@ -134,14 +135,15 @@ export class DockerEngine {
 
   /** Creates the container unless one of that name exists (names are unique per instance). */
   async createContainer(plan: ContainerPlan): Promise<void> {
-    const portKey = plan.publish ? `${plan.publish.containerPort}/tcp` : undefined;
+    const publish = plan.publish ?? [];
+    const key = (port: number) => `${port}/tcp`;
     try {
       await this.docker.createContainer({
         name: plan.name,
         Image: plan.image,
         Labels: plan.labels,
         Env: plan.env,
-        ExposedPorts: portKey ? { [portKey]: {} } : undefined,
+        ExposedPorts: Object.fromEntries(publish.map((port) => [key(port.containerPort), {}])),
         StopTimeout: plan.stopTimeoutSeconds,
         HostConfig: {
           RestartPolicy: { Name: 'unless-stopped' },
@@ -150,9 +152,10 @@ export class DockerEngine {
           CapDrop: plan.capDrop,
           CapAdd: plan.capAdd,
           Binds: plan.volume ? [`${plan.volume.name}:${plan.volume.path}`] : undefined,
-          PortBindings: portKey
-            ? { [portKey]: [{ HostIp: plan.publish!.hostIp, HostPort: plan.publish!.hostPort ? String(plan.publish!.hostPort) : '' }] }
-            : undefined,
+          PortBindings: Object.fromEntries(publish.map((port) => [
+            key(port.containerPort),
+            [{ HostIp: port.hostIp, HostPort: port.hostPort ? String(port.hostPort) : '' }],
+          ])),
           ...(plan.limits ? limitsConfig(plan.limits) : {}),
           LogConfig: { Type: 'json-file', Config: { 'max-size': '10m', 'max-file': '3' } },
         },

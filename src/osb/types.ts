@@ -84,7 +84,7 @@ export interface LastOperation {
   update_repeatable?: boolean;
 }
 
-export type Credentials = Record<string, string | number>;
+export type Credentials = Record<string, string | number | Array<string | number>>;
 
 export interface Endpoint {
   host: string;

@@ -23,7 +23,7 @@ export async function startEmbeddedRedis(engine: DockerEngine, images: ImageBuil
       image: tag,
       labels,
       env: [`REDIS_PASSWORD=${newPassword()}`],
-      publish: { containerPort: 6379, hostIp: '127.0.0.1', hostPort: 0 },
+      publish: [{ containerPort: 6379, hostIp: '127.0.0.1', hostPort: 0 }],
       volume: { name: `${name}-data`, path: '/data' },
       capDrop: ['ALL'],
       capAdd: ['SETUID', 'SETGID', 'CHOWN'],

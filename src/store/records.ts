@@ -19,7 +19,9 @@ export interface InstanceRecord {
   state: InstanceState;
   containerName: string;
   volumeName: string;
+  /** The main published port, and the offering's extra ones by name; reserved in Redis for the instance's life. */
   hostPort?: number;
+  extraHostPorts?: Record<string, number>;
   createdAt: string;
   updatedAt: string;
   lastOperationId: string;

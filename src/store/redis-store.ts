@@ -124,13 +124,11 @@ export class RedisStore {
 
   // Host ports
 
-  /** Reserves the first port of the range that is free in Redis and for which `usable` says yes. */
+  /** Reserves the first port of the range that nobody holds in Redis and for which `usable` says yes. */
   async reservePort(instanceId: string, range: { first: number; last: number }, usable: (port: number) => Promise<boolean>): Promise<number | undefined> {
     for (let port = range.first; port <= range.last; port++) {
       const key = this.key('port', String(port));
-      const holder = await this.redis.get(key);
-      if (holder === instanceId) return port;
-      if (holder !== null || !(await usable(port))) continue;
+      if ((await this.redis.exists(key)) || !(await usable(port))) continue;
       if ((await this.redis.set(key, instanceId, 'NX')) === 'OK') return port;
     }
     return undefined;
@@ -138,6 +136,13 @@ export class RedisStore {
 
   async releasePort(port: number, instanceId: string): Promise<void> {
     await this.redis.eval(RELEASE_IF_OWNER, 1, this.key('port', String(port)), instanceId);
+  }
+
+  /** Releases every port the instance holds, including any a crash left reserved but unrecorded. */
+  async releasePortsOf(instanceId: string): Promise<void> {
+    for (const [port, holder] of await this.listPortReservations()) {
+      if (holder === instanceId) await this.releasePort(port, instanceId);
+    }
   }
 
   async listPortReservations(): Promise<Map<number, string>> {

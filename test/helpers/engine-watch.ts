@@ -2,6 +2,13 @@ import Docker from 'dockerode';
 import pg from 'pg';
 
 const docker = new Docker();
+const openStreams = new Set<{ destroy(): void }>();
+
+/** Closes every event stream still open, so a test file that failed half-way can still exit. */
+export function stopAllWatchers(): void {
+  for (const stream of openStreams) stream.destroy();
+  openStreams.clear();
+}
 
 /**
  * Records every container the engine creates with all of `labels`, from now until `stop()`: tells "exactly one
@@ -12,6 +19,7 @@ export async function watchContainerCreations(labels: Record<string, string>): P
   const stream = (await docker.getEvents({
     filters: { type: ['container'], event: ['create'], label: Object.entries(labels).map(([key, value]) => `${key}=${value}`) },
   })) as NodeJS.ReadableStream & { destroy(): void };
+  openStreams.add(stream);
   let pending = '';
   stream.on('data', (chunk: Buffer) => {
     pending += chunk.toString('utf8');
@@ -29,6 +37,7 @@ export async function watchContainerCreations(labels: Record<string, string>): P
       // Events reach us a moment after the engine acts.
       await new Promise((resolve) => setTimeout(resolve, 300));
       stream.destroy();
+      openStreams.delete(stream);
       return created;
     },
   };

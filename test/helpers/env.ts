@@ -24,7 +24,7 @@ export async function startTestRedis(): Promise<{ url: string; stop(): Promise<v
     name,
     image: stateImageTag(process.env.BROKER_IMAGE_PREFIX || 'osb-broker/'),
     labels: { [LABEL.role]: 'test-redis' },
-    publish: { containerPort: 6379, hostIp: '127.0.0.1', hostPort: 0 },
+    publish: [{ containerPort: 6379, hostIp: '127.0.0.1', hostPort: 0 }],
   });
   await engine.startContainer(name);
   const port = (await engine.inspectContainer(name))!.hostPort!;

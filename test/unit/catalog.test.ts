@@ -46,7 +46,9 @@ const badCases: Array<[string, (service: any) => void, RegExp]> = [
   ['an external $ref', (s) => { s.parameters.properties.x = { $ref: 'https://example.com/s.json' }; }, /must not use an external \$ref/],
   ['an updatable parameter that does not exist', (s) => { s.updatable_parameters = ['nope']; }, /updatable_parameters names "nope"/],
   ['a duplicate plan id', (s) => { s.offering.plans[1].id = s.offering.plans[0].id; }, /is also used in/],
-  ['a missing credentials block', (s) => { delete s.credentials; }, /credentials must be an object/],
+  ['a credentials block that is not an object', (s) => { s.credentials = 'uri'; }, /credentials must be an object/],
+  ['a credential that is not a string', (s) => { s.credentials.port = 5432; }, /credentials.port must be a non-empty string/],
+  ['a drain URL without requires syslog_drain', (s) => { s.syslog_drain_url = 'syslog://{host}:{port}'; }, /syslog_drain_url needs offering.requires/],
   ['a relative data path', (s) => { s.container.data_path = 'data'; }, /container\.data_path must be an absolute path/],
   ['a missing bindable flag', (s) => { delete s.offering.bindable; }, /offering\.bindable must be true or false/],
 ];
