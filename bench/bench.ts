@@ -7,9 +7,15 @@ import { randomBytes } from 'node:crypto';
 import { startBrokerSide, type BrokerSide } from './broker-side.js';
 import { docker, IMAGE, rawBind, rawLeftovers, removeRaw, startRaw } from './raw.js';
 import { median, ms, p95, table } from './stats.js';
+import { benchEngines, engineTableRow, type EngineRow } from './engines.js';
+import { loadConfig } from '../src/config.js';
+import { loadCatalog } from '../src/catalog/load.js';
 
 const N = Number(process.env.BENCH_N || 5);
 if (!Number.isInteger(N) || N < 1) throw new Error(`BENCH_N must be a positive integer (got "${process.env.BENCH_N}")`);
+/** Rounds per offering in the every-engine table; 0 leaves that table out. */
+const ENGINE_N = Number(process.env.BENCH_ENGINE_N ?? 3);
+if (!Number.isInteger(ENGINE_N) || ENGINE_N < 0) throw new Error(`BENCH_ENGINE_N must be a whole number (got "${process.env.BENCH_ENGINE_N}")`);
 
 let side: BrokerSide | undefined;
 let cleaning: Promise<void> | undefined;
@@ -74,7 +80,22 @@ async function main(): Promise<void> {
   await broker.deprovision(instance.id);
   await removeRaw(raw.name);
 
+  const config = loadConfig();
+  const engines = ENGINE_N > 0 ? await benchEngines(broker, loadCatalog(config.catalogDir, config.imagePrefix), ENGINE_N) : [];
   report(machine, provision, bind, phases);
+  reportEngines(engines);
+}
+
+function reportEngines(rows: EngineRow[]): void {
+  if (rows.length === 0) return;
+  console.log(`
+provision -> ready for every offering (first plan; N=${ENGINE_N} each)
+`);
+  console.log(table(['offering', 'broker median', 'broker p95', 'raw median', 'raw p95', 'broker/raw'], rows.map(engineTableRow)));
+  console.log(`
+  broker: PUT with accepts_incomplete, last_operation every 50 ms until "succeeded".
+  raw:    docker run -d of the same image with the plan's limits, capabilities and published ports, then poll /osb/ready
+          and run /osb/setup and /osb/check (where the offering has them): the steps the broker takes before "succeeded".`);
 }
 
 function report(machine: string, provision: Record<'broker' | 'raw', number[]>, bind: Record<'broker' | 'raw', number[]>, phases: Record<'broker' | 'raw', Array<Record<string, number>>>): void {

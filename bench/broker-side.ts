@@ -27,9 +27,17 @@ export interface BrokerProvision {
   phases: Record<string, number>;
 }
 
+/** Which offering and plan to provision; PostgreSQL small unless said otherwise. */
+export interface OfferingChoice {
+  serviceId: string;
+  planId: string;
+  parameters?: Record<string, unknown>;
+}
+const POSTGRES: OfferingChoice = { serviceId: PG.service, planId: PG.small, parameters: { database: 'app' } };
+
 export interface BrokerSide {
-  provision(): Promise<BrokerProvision>;
-  deprovision(id: string): Promise<void>;
+  provision(offering?: OfferingChoice): Promise<BrokerProvision>;
+  deprovision(id: string, offering?: OfferingChoice): Promise<void>;
   /** Synchronous bind (no accepts_incomplete); returns its latency in ms. */
   bind(instanceId: string, bindingId: string): Promise<number>;
   unbind(instanceId: string, bindingId: string): Promise<void>;
@@ -51,12 +59,12 @@ export async function startBrokerSide(): Promise<BrokerSide> {
   const bindBody = { service_id: PG.service, plan_id: PG.small, bind_resource: { app_guid: 'bench-app' } };
 
   return {
-    async provision() {
+    async provision(offering = POSTGRES) {
       const id = `bench-${randomBytes(6).toString('hex')}`;
       const started = performance.now();
       // Each phase lasts from its first sighting to the next one's; the first starts at the PUT.
       const seen: Array<[string, number]> = [['accept+port', started]];
-      const accepted = await client.provision(id, provisionBody(PG.service, PG.small, { parameters: { database: 'app' } }));
+      const accepted = await client.provision(id, provisionBody(offering.serviceId, offering.planId, offering.parameters ? { parameters: offering.parameters } : {}));
       if (accepted.status !== 202) throw new Error(`provision answered ${accepted.status}: ${JSON.stringify(accepted.body)}`);
       const done = await waitForOperation(client, id, accepted.body.operation, (description) => {
         const phase = phaseOf(description);
@@ -68,8 +76,8 @@ export async function startBrokerSide(): Promise<BrokerSide> {
       return { id, totalMs: finished - started, phases };
     },
 
-    async deprovision(id) {
-      const deleting = await client.deprovision(id, PG.service, PG.small);
+    async deprovision(id, offering = POSTGRES) {
+      const deleting = await client.deprovision(id, offering.serviceId, offering.planId);
       if (deleting.status !== 202) throw new Error(`deprovision answered ${deleting.status}: ${JSON.stringify(deleting.body)}`);
       const done = await waitForOperation(client, id, deleting.body.operation);
       if (done.body.state !== 'succeeded') throw new Error(`deprovision ended ${JSON.stringify(done.body)}`);
