@@ -26,6 +26,8 @@ export interface Config {
   portRange: { first: number; last: number };
   removeOrphans: boolean;
   tombstoneSeconds: number;
+  dashboardLinkSeconds: number;
+  dashboardSessionSeconds: number;
   bodyLimitBytes: number;
   logLevel: string;
 }
@@ -91,6 +93,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     portRange: portRange(env.BROKER_PORT_RANGE || '40000-40999'),
     removeOrphans: bool(env, 'BROKER_REMOVE_ORPHANS'),
     tombstoneSeconds: int(env, 'BROKER_TOMBSTONE_SECONDS', 3600, 1, 30 * 86400),
+    dashboardLinkSeconds: int(env, 'BROKER_DASHBOARD_LINK_SECONDS', 86400, 10, 30 * 86400),
+    dashboardSessionSeconds: int(env, 'BROKER_DASHBOARD_SESSION_SECONDS', 8 * 3600, 10, 30 * 86400),
     bodyLimitBytes: int(env, 'BROKER_BODY_LIMIT_BYTES', 1024 * 1024, 1024, 64 * 1024 * 1024),
     logLevel: env.LOG_LEVEL || 'info',
   };

@@ -12,6 +12,9 @@ import { startEmbeddedRedis } from './store/embedded-redis.js';
 import { RedisStore } from './store/redis-store.js';
 import { Sealer } from './store/sealer.js';
 import { createApp } from './http/app.js';
+import { dashboardLink } from './http/dashboard-routes.js';
+import { DashboardService } from './dashboard/service.js';
+import { DashboardTokens } from './dashboard/tokens.js';
 
 /** Configuration with the secrets resolved (from the environment or the state folder). */
 export type BrokerConfig = Config & { password: string; encryptionKey: Buffer };
@@ -39,12 +42,27 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
     log.warn({ reason: error.message }, 'Redis connection problem'));
   store.tombstoneSeconds = config.tombstoneSeconds;
   await store.connect();
-  const broker = new DockerBroker(config, definitions, store, new InstanceRuntime(engine, images, config), log);
+  const tokens = new DashboardTokens(config.encryptionKey);
+  const dashboardUrl = (instanceId: string) => dashboardLink(tokens, config.publicUrl, instanceId, config.dashboardLinkSeconds);
+  const broker = new DockerBroker(config, definitions, store, new InstanceRuntime(engine, images, config), log, dashboardUrl);
   let recovery: RecoveryReport;
   let server: Server;
   try {
     recovery = await recover(broker, store, engine, config, log);
-    const app = createApp(broker, { username: config.username, password: config.password, bodyLimitBytes: config.bodyLimitBytes, log });
+    const app = createApp(broker, {
+      username: config.username,
+      password: config.password,
+      bodyLimitBytes: config.bodyLimitBytes,
+      log,
+      dashboard: {
+        service: new DashboardService(store, engine, definitions, config),
+        tokens,
+        assetsDir: path.join(PACKAGE_ROOT, 'dashboard'),
+        linkTtlSeconds: config.dashboardLinkSeconds,
+        sessionTtlSeconds: config.dashboardSessionSeconds,
+        secureCookies: config.publicUrl.startsWith('https:'),
+      },
+    });
     server = await new Promise<Server>((resolve, reject) => {
       const listening = app.listen(config.listenPort, config.listenHost, () => resolve(listening));
       listening.once('error', reject);

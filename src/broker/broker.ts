@@ -39,16 +39,14 @@ export class DockerBroker implements ServiceBroker {
     private readonly store: RedisStore,
     private readonly runtime: InstanceRuntime,
     private readonly log: Logger,
+    /** The instance's dashboard URL, with a fresh access token each time. */
+    readonly dashboardUrl: (instanceId: string) => string,
   ) {
     this.definitions = new Map(definitions.map((definition) => [definition.offering.id, definition]));
   }
 
   catalog(): ServiceOffering[] {
     return [...this.definitions.values()].map((definition) => definition.offering);
-  }
-
-  dashboardUrl(instanceId: string): string {
-    return `${this.config.publicUrl}/dashboard/instances/${encodeURIComponent(instanceId)}`;
   }
 
   // Provision

@@ -42,8 +42,33 @@ export interface ContainerSummary {
   env: string[];
   restartCount: number;
   startedAt?: string;
+  finishedAt?: string;
+  exitCode?: number;
+  error?: string;
+  health?: string;
   createdAt: string;
   hostPort?: number;
+}
+
+export interface LogLine {
+  stream: 'stdout' | 'stderr';
+  /** RFC 3339 time the engine received the line. */
+  time: string;
+  text: string;
+}
+
+export interface ProcessList {
+  titles: string[];
+  processes: string[][];
+}
+
+export interface ContainerUsage {
+  cpuPercent: number;
+  memoryBytes: number;
+  memoryLimitBytes: number;
+  networkRxBytes: number;
+  networkTxBytes: number;
+  pids: number;
 }
 
 export interface ExecResult {
@@ -191,9 +216,69 @@ export class DockerEngine {
       env: info.Config.Env ?? [],
       restartCount: info.RestartCount,
       startedAt: info.State.StartedAt,
+      finishedAt: info.State.FinishedAt,
+      exitCode: info.State.ExitCode,
+      error: info.State.Error || undefined,
+      health: info.State.Health?.Status,
       createdAt: info.Created,
       hostPort,
     };
+  }
+
+  /** The engine's process list for a running container. */
+  async top(name: string): Promise<ProcessList> {
+    const result = (await this.docker.getContainer(name).top({ ps_args: '-o pid,user,%cpu,%mem,rss,etime,args' })) as { Titles: string[]; Processes: string[][] };
+    return { titles: result.Titles, processes: result.Processes ?? [] };
+  }
+
+  /** One sample of CPU, memory, network and process count. */
+  async usage(name: string): Promise<ContainerUsage> {
+    const stats = await this.docker.getContainer(name).stats({ stream: false });
+    const cpuDelta = stats.cpu_stats.cpu_usage.total_usage - stats.precpu_stats.cpu_usage.total_usage;
+    const systemDelta = (stats.cpu_stats.system_cpu_usage ?? 0) - (stats.precpu_stats.system_cpu_usage ?? 0);
+    const cpus = stats.cpu_stats.online_cpus || stats.cpu_stats.cpu_usage.percpu_usage?.length || 1;
+    const networks = Object.values(stats.networks ?? {});
+    // The page cache is not the container's own memory; `docker stats` leaves it out the same way.
+    const cache = (stats.memory_stats.stats as Record<string, number> | undefined)?.total_inactive_file ?? (stats.memory_stats.stats as Record<string, number> | undefined)?.inactive_file ?? 0;
+    return {
+      cpuPercent: systemDelta > 0 && cpuDelta > 0 ? (cpuDelta / systemDelta) * cpus * 100 : 0,
+      memoryBytes: Math.max(0, (stats.memory_stats.usage ?? 0) - cache),
+      memoryLimitBytes: stats.memory_stats.limit ?? 0,
+      networkRxBytes: networks.reduce((sum, network) => sum + network.rx_bytes, 0),
+      networkTxBytes: networks.reduce((sum, network) => sum + network.tx_bytes, 0),
+      pids: (stats.pids_stats as { current?: number } | undefined)?.current ?? 0,
+    };
+  }
+
+  /** The last `tail` lines of stdout and stderr, told apart, with the engine's timestamps. */
+  async logs(name: string, tail: number): Promise<LogLine[]> {
+    const raw = await this.docker.getContainer(name).logs({ stdout: true, stderr: true, timestamps: true, tail, follow: false });
+    return demuxLogs(Buffer.isBuffer(raw) ? raw : Buffer.from(raw as unknown as string));
+  }
+
+  /** Calls onLine for each new line (from `sinceSeconds`) until the signal aborts or the container stops. */
+  async followLogs(name: string, sinceSeconds: number, onLine: (line: LogLine) => void, signal: AbortSignal): Promise<void> {
+    const stream = await this.docker.getContainer(name).logs({ stdout: true, stderr: true, timestamps: true, follow: true, since: sinceSeconds, tail: 0 });
+    const outputs = { stdout: new PassThrough(), stderr: new PassThrough() };
+    for (const kind of ['stdout', 'stderr'] as const) {
+      let pending = '';
+      outputs[kind].on('data', (chunk: Buffer) => {
+        pending += chunk.toString('utf8');
+        const lines = pending.split('\n');
+        pending = lines.pop()!;
+        for (const line of lines) onLine(parseLogLine(kind, line));
+      });
+    }
+    this.docker.modem.demuxStream(stream, outputs.stdout, outputs.stderr);
+    await new Promise<void>((resolve) => {
+      const stop = () => {
+        (stream as NodeJS.ReadableStream & { destroy(): void }).destroy();
+        resolve();
+      };
+      signal.addEventListener('abort', stop, { once: true });
+      stream.on('end', resolve);
+      stream.on('error', () => resolve());
+    });
   }
 
   /** Applies new limits to a running container, without a restart. */
@@ -277,6 +362,32 @@ export class DockerEngine {
     const { Volumes } = await this.docker.listVolumes({ filters: { label: labelFilter(labels) } });
     return (Volumes ?? []).map((volume) => ({ name: volume.Name, labels: volume.Labels ?? {} }));
   }
+}
+
+/** Splits the engine's multiplexed log format (8-byte frame headers: stream, 0, 0, 0, size) into lines. */
+export function demuxLogs(buffer: Buffer): LogLine[] {
+  const pending = { stdout: '', stderr: '' };
+  const lines: LogLine[] = [];
+  let offset = 0;
+  while (offset + 8 <= buffer.length) {
+    const kind = buffer[offset] === 2 ? 'stderr' : 'stdout';
+    const size = buffer.readUInt32BE(offset + 4);
+    pending[kind] += buffer.subarray(offset + 8, offset + 8 + size).toString('utf8');
+    offset += 8 + size;
+    const parts = pending[kind].split('\n');
+    pending[kind] = parts.pop()!;
+    for (const part of parts) lines.push(parseLogLine(kind, part));
+  }
+  for (const kind of ['stdout', 'stderr'] as const) if (pending[kind]) lines.push(parseLogLine(kind, pending[kind]));
+  return lines;
+}
+
+function parseLogLine(stream: 'stdout' | 'stderr', raw: string): LogLine {
+  const space = raw.indexOf(' ');
+  const stamp = space > 0 ? raw.slice(0, space) : '';
+  return /^\d{4}-\d\d-\d\dT/.test(stamp)
+    ? { stream, time: stamp, text: raw.slice(space + 1).replace(/\r$/, '') }
+    : { stream, time: '', text: raw.replace(/\r$/, '') };
 }
 
 function limitsConfig(limits: ContainerLimits) {

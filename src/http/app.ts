@@ -1,6 +1,9 @@
-import Koa from 'koa';
+import Koa, { type Middleware } from 'koa';
+import compose from 'koa-compose';
+import type Router from '@koa/router';
 import type { Logger } from '../log.js';
 import type { ServiceBroker } from '../osb/types.js';
+import { dashboardRoutes, type DashboardOptions } from './dashboard-routes.js';
 import { accessLog } from './middleware/access-log.js';
 import { apiVersion } from './middleware/api-version.js';
 import { basicAuth } from './middleware/basic-auth.js';
@@ -15,28 +18,33 @@ export interface AppOptions {
   password: string;
   bodyLimitBytes: number;
   log: Logger;
+  /** Without it, no dashboard routes are served (the HTTP status tests run the OSB part alone). */
+  dashboard?: Omit<DashboardOptions, 'brokerAuth'>;
 }
 
-/** The Koa adapter. Order matters: auth and version are checked before any body is read. */
+const under = (prefix: string, middleware: Middleware): Middleware => (ctx, next) =>
+  ctx.path === prefix || ctx.path.startsWith(`${prefix}/`) ? middleware(ctx, next) : next();
+
+// The router's context type is narrower than Koa's; at run time they are the same middleware.
+const routerMiddleware = (router: Router) => [router.routes(), router.allowedMethods({ throw: false })] as unknown as Middleware[];
+
+/** The Koa adapter. Order matters: on /v2, auth and version are checked before any body is read. */
 export function createApp(broker: ServiceBroker, options: AppOptions): Koa {
   const app = new Koa();
   app.proxy = false;
-  const routes = osbRoutes(broker);
+  const auth = basicAuth(options.username, options.password);
+  const osb = osbRoutes(broker);
   app.use(requestIdentity);
   app.use(accessLog(options.log));
   app.use(errors(options.log));
   app.use(async (ctx, next) => {
-    if (ctx.path === '/healthz') {
-      ctx.body = { status: 'ok' };
-      return;
-    }
-    await next();
+    if (ctx.path !== '/healthz') return next();
+    ctx.body = { status: 'ok' };
   });
-  app.use(basicAuth(options.username, options.password));
-  app.use(apiVersion);
-  app.use(originatingIdentity);
-  app.use(jsonBody(options.bodyLimitBytes));
-  app.use(routes.routes());
-  app.use(routes.allowedMethods({ throw: false }));
+  app.use(under('/v2', compose([auth, apiVersion, originatingIdentity, jsonBody(options.bodyLimitBytes), ...routerMiddleware(osb)])));
+  if (options.dashboard) {
+    const dashboard = dashboardRoutes({ ...options.dashboard, brokerAuth: auth });
+    app.use(under('/dashboard', compose(routerMiddleware(dashboard))));
+  }
   return app;
 }

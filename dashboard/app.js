@@ -1,0 +1,193 @@
+// Instance dashboard: details, usage, processes and logs of one service instance. No framework, no CDN.
+const base = location.pathname.replace(/\/+$/, '');
+const api = (path) => `${base}/api/${path}`;
+const $ = (id) => document.getElementById(id);
+
+async function getJson(path) {
+  const response = await fetch(api(path), { credentials: 'same-origin', cache: 'no-store' });
+  if (response.status === 401) {
+    location.reload(); // The session ended: the server answers with the explanation page.
+    throw new Error('session ended');
+  }
+  if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+  return response.json();
+}
+
+const bytes = (value) => {
+  if (!Number.isFinite(value)) return '—';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) { value /= 1024; unit++; }
+  return `${value.toFixed(value >= 100 || unit === 0 ? 0 : 1)} ${units[unit]}`;
+};
+const time = (iso) => (iso && !iso.startsWith('0001') ? new Date(iso).toLocaleString() : '—');
+const ago = (iso) => {
+  if (!iso || iso.startsWith('0001')) return '';
+  const seconds = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  if (seconds < 90) return `${seconds} s ago`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min ago`;
+  if (seconds < 129600) return `${Math.round(seconds / 3600)} h ago`;
+  return `${Math.round(seconds / 86400)} d ago`;
+};
+const element = (tag, className, text) => {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+};
+
+// Details and usage
+
+function renderDetails(details) {
+  document.title = `${details.name ?? details.id} · ${details.offering.displayName || details.offering.name}`;
+  $('title').textContent = details.name ?? `${details.offering.displayName || details.offering.name} instance`;
+  $('instance-id').textContent = details.id;
+  const state = $('state');
+  state.textContent = details.container?.running ? (details.container.health ? `running · ${details.container.health}` : 'running') : (details.container?.status ?? details.state);
+  state.className = `state state-${details.container?.running ? 'ready' : details.state}`;
+  const explanation = $('explanation');
+  explanation.hidden = !details.explanation;
+  explanation.textContent = details.explanation ?? '';
+
+  const op = details.lastOperation;
+  const limits = details.plan.limits;
+  const rows = [
+    ['Offering', `${details.offering.displayName || details.offering.name} (${details.offering.name})`],
+    ['Plan', limits ? `${details.plan.name} · ${limits.memoryMb} MiB, ${limits.cpus} CPU, ${limits.pids} processes` : details.plan.name],
+    ['Instance id', details.id],
+    ['State', details.state],
+    ['Last operation', op ? `${op.type}: ${op.state} — ${op.description} (${time(op.at)})` : '—'],
+    ['Image', `${details.image} (version ${details.version})`],
+    ['Host:port', details.endpoints.join(', ') || '—'],
+    ['Bindings', String(details.bindings)],
+    ['Created', `${time(details.createdAt)} ${ago(details.createdAt)}`],
+    ['Started', details.container ? `${time(details.container.startedAt)} ${ago(details.container.startedAt)}` : '—'],
+    ['Restarts', details.container ? String(details.container.restartCount) : '—'],
+    ['Health', details.container?.health ?? (details.container?.running ? 'running (no health check)' : '—')],
+  ];
+  const list = $('details');
+  list.replaceChildren(...rows.flatMap(([name, value]) => [element('dt', '', name), element('dd', name === 'Instance id' || name === 'Host:port' ? 'mono' : '', value)]));
+
+  const usage = details.usage;
+  const meters = [
+    ['CPU', usage ? `${usage.cpuPercent.toFixed(1)} %` : '—', limits ? `of ${limits.cpus * 100} %` : '', usage && limits ? usage.cpuPercent / (limits.cpus * 100) : 0],
+    ['Memory', usage ? bytes(usage.memoryBytes) : '—', limits ? `of ${bytes(limits.memoryMb * 1048576)}` : '', usage && limits ? usage.memoryBytes / (limits.memoryMb * 1048576) : 0],
+    ['Processes', usage ? String(usage.pids) : '—', limits ? `of ${limits.pids}` : '', usage && limits ? usage.pids / limits.pids : 0],
+    ['Network', usage ? `↓ ${bytes(usage.networkRxBytes)} ↑ ${bytes(usage.networkTxBytes)}` : '—', 'since start', 0],
+  ];
+  $('usage').replaceChildren(...meters.map(([name, value, limit, fraction]) => {
+    const meter = element('div', 'meter');
+    meter.append(element('div', 'meter-name', name), element('div', 'meter-value', value), element('div', 'muted small', limit));
+    const track = element('div', 'track');
+    const fill = element('div', `fill${fraction > 0.85 ? ' high' : ''}`);
+    fill.style.width = `${Math.min(100, Math.round(fraction * 100))}%`;
+    track.append(fill);
+    meter.append(track);
+    return meter;
+  }));
+}
+
+async function refreshDetails() {
+  try {
+    renderDetails(await getJson('details'));
+  } catch (error) {
+    console.warn(error);
+  }
+}
+
+// Processes
+
+async function refreshTop() {
+  try {
+    const top = await getJson('top');
+    const table = $('top');
+    if (top.processes.length === 0) {
+      table.replaceChildren(element('caption', 'muted', top.explanation ?? 'No processes.'));
+    } else {
+      const head = element('thead');
+      const headRow = element('tr');
+      top.titles.forEach((title) => headRow.append(element('th', '', title)));
+      head.append(headRow);
+      const body = element('tbody');
+      for (const row of top.processes) {
+        const tr = element('tr');
+        row.forEach((cell, index) => tr.append(element('td', index === row.length - 1 ? 'mono command' : 'mono', cell)));
+        body.append(tr);
+      }
+      table.replaceChildren(head, body);
+    }
+    $('top-updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
+  } catch (error) {
+    console.warn(error);
+  }
+}
+
+// Logs
+
+const logs = { lines: [], filter: '', source: undefined };
+const MAX_LINES = 20000;
+
+function lineElement(line) {
+  const row = element('div', `line ${line.stream}`);
+  row.append(element('span', 'time', line.time ? new Date(line.time).toLocaleTimeString([], { hour12: false }) + '.' + line.time.slice(20, 23) : ''));
+  row.append(element('span', `stream ${line.stream}`, line.stream));
+  row.append(element('span', 'text', line.text));
+  row.title = line.time;
+  return row;
+}
+
+const matches = (line) => !logs.filter || line.text.toLowerCase().includes(logs.filter);
+
+function renderLogs() {
+  const box = $('logs');
+  const shown = logs.lines.filter(matches);
+  const fragment = document.createDocumentFragment();
+  for (const line of shown) fragment.append(lineElement(line));
+  box.replaceChildren(fragment);
+  box.scrollTop = box.scrollHeight;
+  $('log-count').textContent = logs.filter ? `${shown.length} of ${logs.lines.length} lines` : `${logs.lines.length} lines`;
+}
+
+function appendLine(line) {
+  logs.lines.push(line);
+  if (logs.lines.length > MAX_LINES) logs.lines.splice(0, logs.lines.length - MAX_LINES);
+  if (!matches(line)) return;
+  const box = $('logs');
+  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  box.append(lineElement(line));
+  if (atBottom) box.scrollTop = box.scrollHeight;
+  $('log-count').textContent = logs.filter ? `${box.childElementCount} of ${logs.lines.length} lines` : `${logs.lines.length} lines`;
+}
+
+async function loadLogs() {
+  const data = await getJson(`logs?tail=${$('log-tail').value}`);
+  logs.lines = data.lines;
+  renderLogs();
+  if (data.explanation) $('log-count').textContent = data.explanation;
+}
+
+function follow(on) {
+  logs.source?.close();
+  logs.source = undefined;
+  if (!on) return;
+  const source = new EventSource(api('logs/stream'));
+  source.onmessage = (event) => appendLine(JSON.parse(event.data));
+  source.addEventListener('end', () => source.close());
+  logs.source = source;
+}
+
+$('log-filter').addEventListener('input', (event) => {
+  logs.filter = event.target.value.trim().toLowerCase();
+  renderLogs();
+});
+$('log-tail').addEventListener('change', () => loadLogs().catch(console.warn));
+$('log-follow').addEventListener('change', (event) => follow(event.target.checked));
+$('top-refresh').addEventListener('click', refreshTop);
+$('log-download').href = api('logs/download');
+
+// Logs first: they are what a developer comes for, and the slowest to fetch.
+loadLogs().then(() => follow($('log-follow').checked), console.warn);
+refreshDetails();
+refreshTop();
+setInterval(refreshDetails, 5000);
+setInterval(refreshTop, 5000);

@@ -1,0 +1,170 @@
+import type { ServiceDefinition } from '../catalog/definition.js';
+import type { Config } from '../config.js';
+import type { ContainerUsage, DockerEngine, LogLine, ProcessList } from '../docker/engine.js';
+import type { InstanceRecord } from '../store/records.js';
+import type { RedisStore } from '../store/redis-store.js';
+
+export interface InstanceDetails {
+  id: string;
+  name?: string;
+  offering: { name: string; displayName: string };
+  plan: { name: string; limits?: { memoryMb: number; cpus: number; pids: number } };
+  state: string;
+  lastOperation?: { type: string; state: string; description: string; at: string };
+  image: string;
+  version: string;
+  createdAt: string;
+  endpoints: string[];
+  bindings: number;
+  container?: {
+    status: string;
+    running: boolean;
+    startedAt?: string;
+    finishedAt?: string;
+    exitCode?: number;
+    restartCount: number;
+    health?: string;
+  };
+  usage?: ContainerUsage;
+  /** Why there is no live data, in words a developer understands. */
+  explanation?: string;
+}
+
+export interface OverviewRow {
+  id: string;
+  name?: string;
+  offering: string;
+  plan: string;
+  state: string;
+  endpoint?: string;
+  createdAt: string;
+}
+
+/** What the dashboard shows, read from the store and the engine. Never a password, never a container's environment. */
+export class DashboardService {
+  private readonly definitions: Map<string, ServiceDefinition>;
+
+  constructor(
+    private readonly store: RedisStore,
+    private readonly engine: DockerEngine,
+    definitions: ServiceDefinition[],
+    private readonly config: Config,
+  ) {
+    this.definitions = new Map(definitions.map((definition) => [definition.offering.id, definition]));
+  }
+
+  async instance(id: string): Promise<InstanceRecord | undefined> {
+    const record = await this.store.getInstance(id);
+    return record && record.state !== 'deleted' ? record : undefined;
+  }
+
+  async overview(): Promise<OverviewRow[]> {
+    const instances = await this.store.listInstances();
+    return instances
+      .sort((a, b) => a.createdAt.localeCompare(b.createdAt))
+      .map((instance) => {
+        const definition = this.definitions.get(instance.serviceId);
+        return {
+          id: instance.id,
+          name: instanceName(instance),
+          offering: definition?.offering.name ?? instance.serviceId,
+          plan: definition?.offering.plans.find((plan) => plan.id === instance.planId)?.name ?? instance.planId,
+          state: instance.state,
+          endpoint: instance.hostPort ? `${this.config.advertisedHost}:${instance.hostPort}` : undefined,
+          createdAt: instance.createdAt,
+        };
+      });
+  }
+
+  async details(instance: InstanceRecord): Promise<InstanceDetails> {
+    const definition = this.definitions.get(instance.serviceId);
+    const plan = definition?.offering.plans.find((candidate) => candidate.id === instance.planId);
+    const [operation, bindings, container] = await Promise.all([
+      this.store.getOperation(instance.lastOperationId),
+      this.store.listBindings(instance.id),
+      this.engine.inspectContainer(instance.containerName),
+    ]);
+    const usage = container?.running ? await this.engine.usage(instance.containerName).catch(() => undefined) : undefined;
+    const ports = [instance.hostPort, ...Object.values(instance.extraHostPorts ?? {})].filter((port): port is number => Boolean(port));
+    return {
+      id: instance.id,
+      name: instanceName(instance),
+      offering: { name: definition?.offering.name ?? instance.serviceId, displayName: String(definition?.offering.metadata?.displayName ?? definition?.offering.name ?? '') },
+      plan: { name: plan?.name ?? instance.planId, limits: definition?.limits.get(instance.planId) },
+      state: instance.state,
+      lastOperation: operation && { type: operation.type, state: operation.state, description: operation.description, at: operation.finishedAt ?? operation.createdAt },
+      image: definition ? `${definition.imageRepository}:${instance.maintenanceVersion}` : '',
+      version: instance.maintenanceVersion,
+      createdAt: instance.createdAt,
+      endpoints: ports.map((port) => `${this.config.advertisedHost}:${port}`),
+      bindings: bindings.filter((binding) => binding.state === 'ready').length,
+      container: container && {
+        status: container.status,
+        running: container.running,
+        startedAt: container.startedAt,
+        finishedAt: container.finishedAt,
+        exitCode: container.exitCode,
+        restartCount: container.restartCount,
+        health: container.health,
+      },
+      usage,
+      explanation: explain(instance, container),
+    };
+  }
+
+  async top(instance: InstanceRecord): Promise<ProcessList | undefined> {
+    const container = await this.engine.inspectContainer(instance.containerName);
+    if (!container?.running) return undefined;
+    const redact = await this.redactor(instance);
+    const list = await this.engine.top(instance.containerName);
+    return { titles: list.titles, processes: list.processes.map((row) => row.map(redact)) };
+  }
+
+  async logs(instance: InstanceRecord, tail: number): Promise<LogLine[] | undefined> {
+    if (!(await this.engine.inspectContainer(instance.containerName))) return undefined;
+    const redact = await this.redactor(instance);
+    return (await this.engine.logs(instance.containerName, tail)).map((line) => ({ ...line, text: redact(line.text) }));
+  }
+
+  /** Streams new lines, redacted, until the signal aborts; the secrets list is refreshed as bindings come and go. */
+  async follow(instance: InstanceRecord, sinceSeconds: number, onLine: (line: LogLine) => void, signal: AbortSignal): Promise<void> {
+    let redact = await this.redactor(instance);
+    const refresh = setInterval(() => {
+      this.redactor(instance).then((next) => (redact = next), () => {});
+    }, 2000);
+    try {
+      await this.engine.followLogs(instance.containerName, sinceSeconds, (line) => onLine({ ...line, text: redact(line.text) }), signal);
+    } finally {
+      clearInterval(refresh);
+    }
+  }
+
+  /** Every secret the broker knows for this instance, removed before any byte leaves the broker. */
+  private async redactor(instance: InstanceRecord): Promise<(text: string) => string> {
+    const bindings = await this.store.listBindings(instance.id);
+    const secrets = [instance.secrets.adminPassword, ...bindings.map((binding) => binding.secrets.password)]
+      .flatMap((secret) => [secret, encodeURIComponent(secret)])
+      .filter((secret, index, all) => secret.length >= 4 && all.indexOf(secret) === index)
+      .sort((a, b) => b.length - a.length);
+    return (text) => secrets.reduce((result, secret) => (result.includes(secret) ? result.split(secret).join('••••••') : result), text);
+  }
+}
+
+function instanceName(instance: InstanceRecord): string | undefined {
+  const name = instance.context.instance_name;
+  return typeof name === 'string' && name ? name : undefined;
+}
+
+function explain(instance: InstanceRecord, container: { running: boolean; status: string; exitCode?: number } | undefined): string | undefined {
+  if (instance.state === 'provisioning') return 'The instance is still being provisioned; live data appears once its container runs.';
+  if (instance.state === 'deprovisioning') return 'The instance is being deleted.';
+  if (!container) {
+    return instance.state === 'failed'
+      ? 'Provisioning failed, so there is no container; the last operation says why. Delete the instance and create it again.'
+      : 'The container of this instance is missing from the Docker engine. Its data volume may still exist; ask the operator.';
+  }
+  if (!container.running) {
+    return `The container is ${container.status}${container.exitCode !== undefined ? ` (exit code ${container.exitCode})` : ''}. Docker restarts it unless it was stopped on purpose; the logs below show why it ended.`;
+  }
+  return undefined;
+}
