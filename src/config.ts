@@ -8,7 +8,8 @@ export const PACKAGE_ROOT = path.resolve(fileURLToPath(new URL('../..', import.m
 export interface Config {
   listenHost: string;
   listenPort: number;
-  publicUrl: string;
+  /** Undefined: http://<listen host>:<the port actually listened on>. */
+  publicUrl?: string;
   username: string;
   /** Undefined: generated on first start and kept in the state folder. */
   password?: string;
@@ -77,7 +78,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   return {
     listenHost,
     listenPort,
-    publicUrl: (env.BROKER_PUBLIC_URL || `http://${listenHost === '0.0.0.0' ? hostname() : listenHost}:${listenPort}`).replace(/\/+$/, ''),
+    publicUrl: env.BROKER_PUBLIC_URL ? env.BROKER_PUBLIC_URL.replace(/\/+$/, '') : undefined,
     username: env.BROKER_USERNAME || 'broker',
     password: env.BROKER_PASSWORD || undefined,
     brokerId,

@@ -1,4 +1,5 @@
 import type { Server } from 'node:http';
+import { hostname } from 'node:os';
 import path from 'node:path';
 import { PACKAGE_ROOT, type Config } from './config.js';
 import { loadCatalog } from './catalog/load.js';
@@ -22,6 +23,7 @@ export type BrokerConfig = Config & { password: string; encryptionKey: Buffer };
 export interface RunningBroker {
   server: Server;
   url: string;
+  publicUrl: string;
   broker: DockerBroker;
   recovery: RecoveryReport;
   close(): Promise<void>;
@@ -43,7 +45,9 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   store.tombstoneSeconds = config.tombstoneSeconds;
   await store.connect();
   const tokens = new DashboardTokens(config.encryptionKey);
-  const dashboardUrl = (instanceId: string) => dashboardLink(tokens, config.publicUrl, instanceId, config.dashboardLinkSeconds);
+  // Known once listening (PORT=0 picks a free port); until then no request can ask for it.
+  let publicUrl = config.publicUrl ?? '';
+  const dashboardUrl = (instanceId: string) => dashboardLink(tokens, publicUrl, instanceId, config.dashboardLinkSeconds);
   const broker = new DockerBroker(config, definitions, store, new InstanceRuntime(engine, images, config), log, dashboardUrl);
   let recovery: RecoveryReport;
   let server: Server;
@@ -60,7 +64,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
         assetsDir: path.join(PACKAGE_ROOT, 'dashboard'),
         linkTtlSeconds: config.dashboardLinkSeconds,
         sessionTtlSeconds: config.dashboardSessionSeconds,
-        secureCookies: config.publicUrl.startsWith('https:'),
+        secureCookies: config.publicUrl?.startsWith('https:') ?? false,
       },
     });
     server = await new Promise<Server>((resolve, reject) => {
@@ -73,10 +77,12 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   }
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.listenPort;
-  log.info({ host: config.listenHost, port, offerings: definitions.map((definition) => definition.offering.name) }, 'broker listening');
+  publicUrl = config.publicUrl ?? `http://${config.listenHost === '0.0.0.0' ? hostname() : config.listenHost}:${port}`;
+  log.info({ host: config.listenHost, port, publicUrl, offerings: definitions.map((definition) => definition.offering.name) }, 'broker listening');
   return {
     server,
     url: `http://${config.listenHost}:${port}`,
+    publicUrl,
     broker,
     recovery,
     async close() {

@@ -19,7 +19,7 @@ test('full PostgreSQL lifecycle through bound credentials', async (t) => {
   const accepted = await client.provision(id, provisionBody(PG.service, PG.small, { parameters: { database: 'orders' } }));
   t.is(accepted.status, 202, JSON.stringify(accepted.body));
   t.truthy(accepted.body.operation);
-  t.true(accepted.body.dashboard_url.startsWith(`${config.publicUrl}/dashboard/instances/${id}?token=`), accepted.body.dashboard_url);
+  t.true(accepted.body.dashboard_url.startsWith(`${env.broker.publicUrl}/dashboard/instances/${id}?token=`), accepted.body.dashboard_url);
   t.regex(accepted.headers.get('content-type') ?? '', /application\/json/);
 
   const done = await client.waitForInstance(id, accepted.body.operation);

@@ -262,7 +262,7 @@ test('fetch instance and binding before and after', async (t) => {
   t.is(fetched.status, 200);
   const { dashboard_url: dashboardUrl, ...rest } = fetched.body;
   t.deepEqual(rest, { service_id: PG.service, plan_id: PG.small, parameters: { database: 'shop' }, maintenance_info: { version: '15.0.0' } });
-  t.true(dashboardUrl.startsWith(`${env.config.publicUrl}/dashboard/instances/${id}?token=`), 'a fresh dashboard link with its own token');
+  t.true(dashboardUrl.startsWith(`${env.broker.publicUrl}/dashboard/instances/${id}?token=`), 'a fresh dashboard link with its own token');
 });
 
 async function objectsOf(id: string) {
