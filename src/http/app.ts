@@ -32,6 +32,11 @@ const routerMiddleware = (router: Router) => [router.routes(), router.allowedMet
 export function createApp(broker: ServiceBroker, options: AppOptions): Koa {
   const app = new Koa();
   app.proxy = false;
+  // A client that leaves a live log stream is normal, not an error.
+  app.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code === 'ERR_STREAM_PREMATURE_CLOSE' || error.code === 'ECONNRESET' || error.code === 'EPIPE') return;
+    options.log.error({ reason: error.message }, 'response failed');
+  });
   const auth = basicAuth(options.username, options.password);
   const osb = osbRoutes(broker);
   app.use(requestIdentity);
