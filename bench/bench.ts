@@ -8,6 +8,7 @@ import { startBrokerSide, type BrokerSide } from './broker-side.js';
 import { docker, IMAGE, rawBind, rawLeftovers, removeRaw, startRaw } from './raw.js';
 import { median, ms, p95, table } from './stats.js';
 import { benchEngines, engineTableRow, type EngineRow } from './engines.js';
+import { benchDashboard, LOG_LINES, type DashboardSamples } from './dashboard.js';
 import { loadConfig } from '../src/config.js';
 import { loadCatalog } from '../src/catalog/load.js';
 
@@ -82,8 +83,25 @@ async function main(): Promise<void> {
 
   const config = loadConfig();
   const engines = ENGINE_N > 0 ? await benchEngines(broker, loadCatalog(config.catalogDir, config.imagePrefix), ENGINE_N) : [];
+  process.stderr.write('dashboard with a 100,000-line log ...\n');
+  const dashboard = await benchDashboard(broker, N);
   report(machine, provision, bind, phases);
   reportEngines(engines);
+  reportDashboard(dashboard);
+}
+
+function reportDashboard(samples: DashboardSamples | string): void {
+  console.log(`\ndashboard of an instance with a ${LOG_LINES.toLocaleString('en')}-line log`);
+  if (typeof samples === 'string') {
+    console.log(`  ${samples}`);
+    return;
+  }
+  console.log();
+  console.log(table(['measure', 'median', 'p95'], [
+    ['open link -> first log lines on screen (Chromium)', ms(median(samples.firstLinesMs)), ms(p95(samples.firstLinesMs))],
+    ['docker logs --tail 500 (CLI, same container)', ms(median(samples.dockerTailMs)), ms(p95(samples.dockerTailMs))],
+  ]));
+  console.log('  the page asks for the last 500 lines first and follows from there; the rest loads on demand (tail selector, download).');
 }
 
 function reportEngines(rows: EngineRow[]): void {

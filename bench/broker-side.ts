@@ -41,6 +41,10 @@ export interface BrokerSide {
   /** Synchronous bind (no accepts_incomplete); returns its latency in ms. */
   bind(instanceId: string, bindingId: string): Promise<number>;
   unbind(instanceId: string, bindingId: string): Promise<void>;
+  /** A fresh dashboard link (with its access token), as a platform gets it when it fetches the instance. */
+  dashboardUrl(instanceId: string): Promise<string>;
+  /** The instance's container name on the engine. */
+  containerName(instanceId: string): string;
   /** Stops the broker and removes everything it made (by label, as a last resort), then its Redis. */
   stop(): Promise<void>;
 }
@@ -95,6 +99,14 @@ export async function startBrokerSide(): Promise<BrokerSide> {
       const reply = await client.unbind(instanceId, bindingId, PG.service, PG.small);
       if (reply.status !== 200) throw new Error(`unbind answered ${reply.status}: ${JSON.stringify(reply.body)}`);
     },
+
+    async dashboardUrl(instanceId) {
+      const reply = await client.request('GET', `/v2/service_instances/${instanceId}`);
+      if (reply.status !== 200) throw new Error(`fetch instance answered ${reply.status}`);
+      return reply.body.dashboard_url as string;
+    },
+
+    containerName: (instanceId) => `osb-${brokerId}-${instanceId}`,
 
     async stop() {
       try {

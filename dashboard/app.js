@@ -4,7 +4,7 @@ const api = (path) => `${base}/api/${path}`;
 const $ = (id) => document.getElementById(id);
 
 async function getJson(path) {
-  const response = await fetch(api(path), { credentials: 'same-origin', cache: 'no-store' });
+  const response = await fetch(api(path), { credentials: 'same-origin' });
   if (response.status === 401) {
     location.reload(); // The session ended: the server answers with the explanation page.
     throw new Error('session ended');
@@ -68,7 +68,9 @@ function renderDetails(details) {
   const list = $('details');
   list.replaceChildren(...rows.flatMap(([name, value]) => [element('dt', '', name), element('dd', name === 'Instance id' || name === 'Host:port' ? 'mono' : '', value)]));
 
-  const usage = details.usage;
+}
+
+function renderUsage(usage, limits) {
   const meters = [
     ['CPU', usage ? `${usage.cpuPercent.toFixed(1)} %` : '—', limits ? `of ${limits.cpus * 100} %` : '', usage && limits ? usage.cpuPercent / (limits.cpus * 100) : 0],
     ['Memory', usage ? bytes(usage.memoryBytes) : '—', limits ? `of ${bytes(limits.memoryMb * 1048576)}` : '', usage && limits ? usage.memoryBytes / (limits.memoryMb * 1048576) : 0],
@@ -87,9 +89,21 @@ function renderDetails(details) {
   }));
 }
 
+let limits;
+
 async function refreshDetails() {
   try {
-    renderDetails(await getJson('details'));
+    const details = await getJson('details');
+    limits = details.plan.limits;
+    renderDetails(details);
+  } catch (error) {
+    console.warn(error);
+  }
+}
+
+async function refreshUsage() {
+  try {
+    renderUsage((await getJson('usage')).usage, limits);
   } catch (error) {
     console.warn(error);
   }
@@ -127,9 +141,12 @@ async function refreshTop() {
 const logs = { lines: [], filter: '', source: undefined };
 const MAX_LINES = 20000;
 
+// One formatter for all lines: building one per line costs more than the rest of the rendering.
+const clock = new Intl.DateTimeFormat([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
+
 function lineElement(line) {
   const row = element('div', `line ${line.stream}`);
-  row.append(element('span', 'time', line.time ? new Date(line.time).toLocaleTimeString([], { hour12: false }) + '.' + line.time.slice(20, 23) : ''));
+  row.append(element('span', 'time', line.time ? `${clock.format(new Date(line.time))}.${line.time.slice(20, 23)}` : ''));
   row.append(element('span', `stream ${line.stream}`, line.stream));
   row.append(element('span', 'text', line.text));
   row.title = line.time;
@@ -187,7 +204,8 @@ $('log-download').href = api('logs/download');
 
 // Logs first: they are what a developer comes for, and the slowest to fetch.
 loadLogs().then(() => follow($('log-follow').checked), console.warn);
-refreshDetails();
+refreshDetails().then(refreshUsage);
 refreshTop();
 setInterval(refreshDetails, 5000);
+setInterval(refreshUsage, 5000);
 setInterval(refreshTop, 5000);

@@ -25,7 +25,6 @@ export interface InstanceDetails {
     restartCount: number;
     health?: string;
   };
-  usage?: ContainerUsage;
   /** Why there is no live data, in words a developer understands. */
   explanation?: string;
 }
@@ -84,7 +83,6 @@ export class DashboardService {
       this.store.listBindings(instance.id),
       this.engine.inspectContainer(instance.containerName),
     ]);
-    const usage = container?.running ? await this.engine.usage(instance.containerName).catch(() => undefined) : undefined;
     const ports = [instance.hostPort, ...Object.values(instance.extraHostPorts ?? {})].filter((port): port is number => Boolean(port));
     return {
       id: instance.id,
@@ -107,9 +105,14 @@ export class DashboardService {
         restartCount: container.restartCount,
         health: container.health,
       },
-      usage,
       explanation: explain(instance, container),
     };
+  }
+
+  /** Live CPU, memory, network and process count; undefined when the container is not running. */
+  async usage(instance: InstanceRecord): Promise<ContainerUsage | undefined> {
+    const container = await this.engine.inspectContainer(instance.containerName);
+    return container?.running ? this.engine.usage(instance.containerName).catch(() => undefined) : undefined;
   }
 
   async top(instance: InstanceRecord): Promise<ProcessList | undefined> {

@@ -32,7 +32,7 @@ export function dashboardLink(tokens: DashboardTokens, publicUrl: string, instan
 export function dashboardRoutes(options: DashboardOptions): Router {
   const { service, tokens } = options;
   const router = new Router({ prefix: '/dashboard' });
-  const instancePage = readFileSync(path.join(options.assetsDir, 'instance.html'));
+  const instancePage = readFileSync(path.join(options.assetsDir, 'instance.html'), 'utf8');
   const assets = new Map(Object.keys(ASSETS).map((name) => [name, readFileSync(path.join(options.assetsDir, name))]));
 
   router.use(async (ctx, next) => {
@@ -83,13 +83,17 @@ export function dashboardRoutes(options: DashboardOptions): Router {
     await handler(ctx, instance);
   };
 
-  router.get('/instances/:id', authorised((ctx) => {
+  router.get('/instances/:id', authorised((ctx, instance) => {
     ctx.type = 'text/html; charset=utf-8';
-    ctx.body = instancePage;
+    ctx.body = instancePage.replaceAll('__BASE__', `/dashboard/instances/${encodeURIComponent(instance.id)}`);
   }));
 
   router.get('/instances/:id/api/details', authorised(async (ctx, instance) => {
     ctx.body = await service.details(instance);
+  }));
+
+  router.get('/instances/:id/api/usage', authorised(async (ctx, instance) => {
+    ctx.body = { usage: (await service.usage(instance)) ?? null };
   }));
 
   router.get('/instances/:id/api/top', authorised(async (ctx, instance) => {
@@ -100,6 +104,8 @@ export function dashboardRoutes(options: DashboardOptions): Router {
   router.get('/instances/:id/api/logs', authorised(async (ctx, instance) => {
     const tail = Math.min(MAX_TAIL, Math.max(1, Number(ctx.query.tail) || 500));
     const lines = await service.logs(instance, tail);
+    // Not no-store: the page preloads this answer and its script must be able to take it from the memory cache.
+    ctx.set('Cache-Control', 'private, no-cache');
     ctx.body = lines ? { lines } : { lines: [], explanation: 'The container does not exist, so there are no logs.' };
   }));
 
