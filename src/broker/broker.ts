@@ -274,12 +274,14 @@ export class DockerBroker implements ServiceBroker {
       if (target.maintenanceVersion !== instance.maintenanceVersion) {
         await this.runtime.recreate(definition, updated, signal, (description) => this.progress(operation, description));
       } else {
-        if (target.planId !== instance.planId) {
+        const planChange = target.planId !== instance.planId;
+        if (planChange) {
           await this.progress(operation, 'Applying the new plan\'s limits to the running container.');
           await this.runtime.applyLimits(definition, instance, target.planId);
         }
-        if (!sameJson(target.parameters, instance.parameters)) {
-          await this.progress(operation, 'Applying the new parameters.');
+        // configure also follows a plan change, so an engine can size itself to the new limits (e.g. Redis maxmemory).
+        if (planChange || !sameJson(target.parameters, instance.parameters)) {
+          await this.progress(operation, 'Applying the new settings.');
           await this.runtime.configure(definition, updated, signal);
         }
       }

@@ -1,0 +1,116 @@
+# shellcheck shell=bash
+# Shared helpers for the /osb/<operation> scripts. Sourced, never executed.
+#
+# Conventions:
+#   * inputs come only from environment variables (never argv);
+#   * redis-cli talks to the unix socket; passwords reach it only through
+#     REDISCLI_AUTH, and password hashes for ACL SETUSER through stdin (-x):
+#     no secret is ever on a command line;
+#   * redis-cli exits 0 even on an error reply, so every answer is compared
+#     with the one expected;
+#   * on failure: non-zero exit and a short message on stderr.
+
+export LC_ALL=C.UTF-8
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+OSB_OP="${0##*/}"
+OSB_SOCKET=/run/redis/redis.sock
+OSB_VOLUME=/var/lib/redis
+OSB_SETTINGS="$OSB_VOLUME/osb.conf"
+OSB_LOCAL_USER=osb-local
+OSB_LOCAL_SECRET=/run/redis/local.secret
+
+# What a binding may do: every key, every channel, every command except
+#   @admin      server administration: CONFIG, ACL (but WHOAMI/CAT/GENPASS),
+#               SHUTDOWN, DEBUG, MODULE, MONITOR, SLOWLOG, LATENCY, SAVE,
+#               BGSAVE, BGREWRITEAOF, REPLICAOF, FAILOVER, CLUSTER, CLIENT
+#               LIST/KILL/PAUSE/NO-EVICT, ...
+#   @dangerous  the above plus FLUSHDB FLUSHALL INFO KEYS SORT SORT_RO SWAPDB
+#               MIGRATE RESTORE RESTORE-ASKING,
+# then those of @dangerous that only touch the instance's own data (which
+# every binding may read and delete key by key anyway) or are needed by
+# common clients are given back: FLUSHDB FLUSHALL KEYS SORT SORT_RO SWAPDB
+# INFO (ioredis' ready check, job queues' version checks). MIGRATE (opens
+# connections to other servers) and RESTORE (parses raw serialized payloads)
+# stay denied. Transactions, pub/sub and Lua/functions are plain @all
+# members; scripts run with the caller's permissions.
+OSB_BINDING_RULES=(reset on '~*' '&*' '+@all' '-@admin' '-@dangerous'
+  +flushdb +flushall +keys +sort +sort_ro +swapdb +info)
+OSB_ADMIN_RULES=(reset on '~*' '&*' '+@all')
+
+die() {
+  printf '%s: %s\n' "$OSB_OP" "$*" >&2
+  exit 1
+}
+
+# Started as root (docker exec without -u)? Switch if allowed; the broker's
+# containers drop all capabilities, so usually it is not.
+if [[ "$(id -u)" == 0 ]]; then
+  setpriv --reuid=redis --regid=redis --init-groups true 2>/dev/null \
+    || die "must run as the redis OS user (docker exec -u redis)"
+  exec setpriv --reuid=redis --regid=redis --init-groups env HOME=/var/lib/redis "$0"
+fi
+[[ "$(id -un)" == redis ]] || die "must run as the redis OS user"
+
+# Ignore redis-cli settings from the caller.
+unset REDISCLI_AUTH REDISCLI_HISTFILE REDISCLI_RCFILE REDISCLI_CLUSTER_YES
+
+# require_env NAME... : every variable must be set and non-empty.
+require_env() {
+  local n
+  for n in "$@"; do
+    [[ -n "${!n:-}" ]] || die "environment variable $n is required"
+  done
+}
+
+# check_user_name NAME : the value of env var NAME is an ACL user name we may
+# create or manage.
+check_user_name() {
+  local v="${!1}"
+  [[ "$v" =~ ^[A-Za-z0-9_.-]{1,64}$ ]] \
+    || die "$1 must be 1 to 64 characters of A-Z, a-z, 0-9, '_', '.' and '-'"
+  case "$v" in
+    default | "$OSB_LOCAL_USER") die "$1 may not be '$v' (reserved)";;
+  esac
+}
+
+# password_hash NAME : SHA-256 (hex) of the value of env var NAME, the form in
+# which ACL SETUSER takes a password ("#<hash>"). printf is a builtin, so the
+# password is on no command line.
+password_hash() {
+  local h
+  h="$(printf '%s' "${!1}" | sha256sum)" || die "sha256sum failed"
+  printf '%s' "${h%% *}"
+}
+
+# as_local ARGS... / as_admin ARGS... : redis-cli over the socket as the
+# bootstrap user / the admin; stdout is the raw reply.
+as_local() {
+  local secret
+  secret="$(< "$OSB_LOCAL_SECRET")" || die "cannot read $OSB_LOCAL_SECRET"
+  REDISCLI_AUTH="$secret" redis-cli -s "$OSB_SOCKET" --user "$OSB_LOCAL_USER" "$@" 2>/dev/null
+}
+as_admin() {
+  require_env ADMIN_USERNAME ADMIN_PASSWORD
+  REDISCLI_AUTH="$ADMIN_PASSWORD" redis-cli -s "$OSB_SOCKET" --user "$ADMIN_USERNAME" "$@" 2>/dev/null
+}
+
+# expect WANT WHAT COMMAND... : run COMMAND; die with WHAT unless it printed WANT.
+expect() {
+  local want="$1" what="$2" out
+  shift 2
+  out="$("$@")" || true
+  [[ "$out" == "$want" ]] || die "$what: ${out:-no answer}"
+}
+
+# set_user VIA NAME HASH RULES... : ACL SETUSER NAME RULES... #HASH through
+# VIA (as_local or as_admin); the hash is the last argument, read from stdin.
+set_user() {
+  local via="$1" name="$2" hash="$3"
+  shift 3
+  printf '#%s' "$hash" | "$via" -x ACL SETUSER "$name" "$@"
+}
+
+# is_privileged NAME : true if user NAME exists and may run CONFIG GET.
+is_privileged() {
+  [[ "$(as_admin ACL DRYRUN "$1" CONFIG GET maxmemory)" == OK ]]
+}
