@@ -58,6 +58,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
       password: config.password,
       bodyLimitBytes: config.bodyLimitBytes,
       log,
+      inventory: () => broker.inventory(),
       dashboard: {
         service: new DashboardService(store, engine, definitions, config),
         tokens,

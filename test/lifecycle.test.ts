@@ -70,6 +70,18 @@ test('full PostgreSQL lifecycle through bound credentials', async (t) => {
   t.is(fetchedBinding.status, 200);
   t.deepEqual(fetchedBinding.body.credentials, one);
 
+  // The listing for clients that work with names: instance_name and binding_name from the contexts, no secrets.
+  t.is((await client.request('GET', '/broker/v1/instances', undefined, { auth: null })).status, 401);
+  await client.bind(id, 'b-named', { ...bindBody, context: { platform: 'osb-docker-cli', binding_name: 'reporting' } });
+  const listing = await client.request('GET', '/broker/v1/instances', undefined, { version: null });
+  t.is(listing.status, 200);
+  const listed = listing.body.instances.find((instance: { id: string }) => instance.id === id);
+  t.like(listed, { name: 'my-db', service_name: 'postgresql', plan_name: 'small', state: 'ready', service_id: PG.service, plan_id: PG.small });
+  t.deepEqual(listed.bindings.map((binding: { id: string; name?: string }) => [binding.id, binding.name]), [['b-one', undefined], ['b-two', undefined], ['b-named', 'reporting']]);
+  t.true(listed.dashboard_url.includes('?token='));
+  t.false(JSON.stringify(listing.body).includes(one.password));
+  t.is((await client.unbind(id, 'b-named', PG.service, PG.small)).status, 200);
+
   await query(one.uri, 'CREATE TABLE items (id serial primary key, name text)');
   await query(one.uri, "INSERT INTO items (name) VALUES ('from one')");
   await query(two.uri, "INSERT INTO items (name) VALUES ('from two')");

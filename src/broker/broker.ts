@@ -18,6 +18,20 @@ import { portIsFree } from './probe.js';
 import { InstanceRuntime } from './runtime.js';
 import { sameJson } from './same.js';
 
+export interface InventoryInstance {
+  id: string;
+  name?: string;
+  service_id: string;
+  service_name: string;
+  plan_id: string;
+  plan_name: string;
+  state: string;
+  last_operation?: { type: string; state: string; description: string };
+  dashboard_url: string;
+  created_at: string;
+  bindings: Array<{ id: string; name?: string; state: string; created_at: string }>;
+}
+
 interface Running {
   operationId: string;
   controller: AbortController;
@@ -359,7 +373,7 @@ export class DockerBroker implements ServiceBroker {
     const plan = this.plan(definition, request.plan_id);
     if (!(plan.bindable ?? definition.offering.bindable)) throw badRequest(`Plan ${plan.name} of ${definition.offering.name} is not bindable.`);
     const bindResource = optionalObject(request.bind_resource, 'bind_resource');
-    optionalObject(request.context, 'context');
+    const context = optionalObject(request.context, 'context');
     const parameters = validateParameters(definition.bindingParameterSchema, request.parameters, 'binding parameters');
     const appGuid = (typeof bindResource?.app_guid === 'string' ? bindResource.app_guid : undefined) ?? request.app_guid;
 
@@ -388,6 +402,7 @@ export class DockerBroker implements ServiceBroker {
         planId: instance.planId,
         appGuid,
         bindResource,
+        context,
         parameters,
         state: 'creating',
         username: existing?.username ?? newUsername(),
@@ -519,6 +534,39 @@ export class DockerBroker implements ServiceBroker {
     const binding = await this.store.getBinding(instanceId, bindingId);
     if (!binding) throw notFound(`Service binding ${bindingId} does not exist.`);
     return toLastOperation(await this.operationFor(binding.lastOperationId, query.operation, (op) => op.bindingId === bindingId && op.instanceId === instanceId));
+  }
+
+  // Listing (not part of the OSB API)
+
+  /** Every live instance with its bindings, for clients that work with names rather than ids. No secrets. */
+  async inventory(): Promise<InventoryInstance[]> {
+    const instances = await this.store.listInstances();
+    return Promise.all(instances.sort((a, b) => a.createdAt.localeCompare(b.createdAt)).map(async (instance) => {
+      const definition = this.definitions.get(instance.serviceId);
+      const [operation, bindings] = await Promise.all([this.store.getOperation(instance.lastOperationId), this.store.listBindings(instance.id)]);
+      const name = instance.context.instance_name;
+      return {
+        id: instance.id,
+        ...(typeof name === 'string' && name ? { name } : {}),
+        service_id: instance.serviceId,
+        service_name: definition?.offering.name ?? instance.serviceId,
+        plan_id: instance.planId,
+        plan_name: definition?.offering.plans.find((plan) => plan.id === instance.planId)?.name ?? instance.planId,
+        state: instance.state,
+        ...(operation ? { last_operation: { type: operation.type, state: operation.state, description: operation.description } } : {}),
+        dashboard_url: this.dashboardUrl(instance.id),
+        created_at: instance.createdAt,
+        bindings: bindings.sort((a, b) => a.createdAt.localeCompare(b.createdAt)).map((binding) => {
+          const bindingName = binding.context?.binding_name;
+          return {
+            id: binding.id,
+            ...(typeof bindingName === 'string' && bindingName ? { name: bindingName } : {}),
+            state: binding.state,
+            created_at: binding.createdAt,
+          };
+        }),
+      };
+    }));
   }
 
   // Operations

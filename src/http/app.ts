@@ -12,6 +12,8 @@ import { jsonBody } from './middleware/json-body.js';
 import { originatingIdentity } from './middleware/originating-identity.js';
 import { requestIdentity } from './middleware/request-identity.js';
 import { osbRoutes } from './osb-routes.js';
+import { listingRoutes } from './listing-routes.js';
+import type { InventoryInstance } from '../broker/broker.js';
 
 export interface AppOptions {
   username: string;
@@ -20,6 +22,8 @@ export interface AppOptions {
   log: Logger;
   /** Without it, no dashboard routes are served (the HTTP status tests run the OSB part alone). */
   dashboard?: Omit<DashboardOptions, 'brokerAuth'>;
+  /** Without it, no listing route is served. */
+  inventory?: () => Promise<InventoryInstance[]>;
 }
 
 const under = (prefix: string, middleware: Middleware): Middleware => (ctx, next) =>
@@ -47,6 +51,7 @@ export function createApp(broker: ServiceBroker, options: AppOptions): Koa {
     ctx.body = { status: 'ok' };
   });
   app.use(under('/v2', compose([auth, apiVersion, originatingIdentity, jsonBody(options.bodyLimitBytes), ...routerMiddleware(osb)])));
+  if (options.inventory) app.use(under('/broker', compose([auth, ...routerMiddleware(listingRoutes(options.inventory))])));
   if (options.dashboard) {
     const dashboard = dashboardRoutes({ ...options.dashboard, brokerAuth: auth });
     app.use(under('/dashboard', compose(routerMiddleware(dashboard))));

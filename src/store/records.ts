@@ -36,6 +36,8 @@ export interface BindingRecord {
   planId: string;
   appGuid?: string;
   bindResource?: Record<string, unknown>;
+  /** The platform's context (opaque; `binding_name` is shown in listings when a client sends one). */
+  context?: Record<string, unknown>;
   parameters: Record<string, unknown>;
   state: BindingState;
   username: string;
