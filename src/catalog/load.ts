@@ -78,11 +78,10 @@ function loadDefinition(folder: string, imagePrefix: string): ServiceDefinition 
       : {}),
   };
 
-  const parameterSchema = read.object(root.parameters ?? { type: 'object' }, 'parameters');
-  const bindingParameterSchema = read.object(
-    root.binding_parameters ?? { $schema: 'http://json-schema.org/draft-07/schema#', type: 'object', additionalProperties: false, properties: {} },
-    'binding_parameters',
-  );
+  // Without a schema, an offering takes no parameters at all.
+  const noParameters = () => ({ $schema: 'http://json-schema.org/draft-07/schema#', type: 'object', additionalProperties: false, properties: {} });
+  const parameterSchema = read.object(root.parameters ?? noParameters(), 'parameters');
+  const bindingParameterSchema = read.object(root.binding_parameters ?? noParameters(), 'binding_parameters');
   for (const [schema, field] of [[parameterSchema, 'parameters'], [bindingParameterSchema, 'binding_parameters']] as const) {
     if (typeof schema.$schema !== 'string') read.fail(`${field}.$schema`, 'must name the JSON-Schema draft');
     if (JSON.stringify(schema).length >= 64 * 1024) read.fail(field, 'must be smaller than 64 kB');

@@ -1,0 +1,75 @@
+# shellcheck shell=bash
+# Shared helpers for the /osb/<operation> scripts and the rotation hook that
+# rsyslog runs. Sourced, never executed.
+#
+# Conventions: inputs only from environment variables; nothing secret exists
+# for this offering, but nothing is passed on a command line either; on
+# failure a non-zero exit and a short message on stderr.
+
+export LC_ALL=C
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+umask 027
+
+OSB_OP="${0##*/}"
+DATA_DIR=/var/lib/syslog-drain
+LOG_DIR="$DATA_DIR/logs"
+CURRENT="$LOG_DIR/drain.log"
+SETTING="$DATA_DIR/max_file_mb"
+LOCK_FILE="$DATA_DIR/.osb.lock"
+PORT=1514
+DEFAULT_MAX_FILE_MB=10
+# rsyslog hands the current file over at SEGMENT_BYTES (rotation.sizeLimit in
+# rsyslog.conf); it may be one write larger by then (a message of at most
+# 8 KiB plus a 4 KiB buffer): room kept free for the current file.
+SEGMENT_BYTES=262144
+CURRENT_MAX_BYTES=$(( SEGMENT_BYTES + 65536 ))
+
+die() {
+  printf '%s: %s\n' "$OSB_OP" "$*" >&2
+  exit 1
+}
+
+[[ "$(id -un)" == syslog ]] || die "must run as the syslog OS user (docker exec -u syslog)"
+
+# with_lock : serialises rotation and pruning; held until the script exits.
+with_lock() {
+  exec 9>"$LOCK_FILE"
+  flock -w 10 9 || die "timed out waiting for another script"
+}
+
+# max_file_mb : the cap in effect (the setting file, else the default).
+max_file_mb() {
+  local v=""
+  [[ -r "$SETTING" ]] && v="$(<"$SETTING")"
+  if [[ "$v" =~ ^[0-9]{1,4}$ ]] && (( 10#$v >= 1 && 10#$v <= 1024 )); then
+    printf '%d' "$((10#$v))"
+  else
+    printf '%d' "$DEFAULT_MAX_FILE_MB"
+  fi
+}
+
+# prune : deletes the oldest rotated files until they, together with room for
+# the current file, fit in max_file_mb. Rotated files are drain.log.<ns since
+# the epoch>, 19 digits, so name order is age order.
+prune() {
+  local budget total=0 i
+  local -a files sizes
+  budget=$(( $(max_file_mb) * 1048576 - CURRENT_MAX_BYTES ))
+  shopt -s nullglob
+  files=("$LOG_DIR"/drain.log.[0-9]*)
+  shopt -u nullglob
+  (( ${#files[@]} > 0 )) || return 0
+  mapfile -t sizes < <(stat -c %s -- "${files[@]}")
+  for (( i = ${#files[@]} - 1; i >= 0; i-- )); do
+    total=$(( total + ${sizes[i]:-0} ))
+    if (( total > budget )); then
+      rm -f -- "${files[@]:0:i+1}"
+      return 0
+    fi
+  done
+}
+
+# tcp_open : opens fd 3 to rsyslog's TCP input; fails at once if nothing listens.
+tcp_open() {
+  exec 3<>"/dev/tcp/127.0.0.1/$PORT"
+}
