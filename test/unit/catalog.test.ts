@@ -19,19 +19,27 @@ function catalogWith(edit: (service: any) => void): string {
 }
 
 test('the shipped catalog loads: fixed GUIDs, lowercase names, plans with limits and schemas', (t) => {
-  const [postgres] = loadCatalog(realCatalog, 'osb-broker/');
-  t.truthy(postgres);
-  const offering = postgres!.offering;
-  t.is(offering.name, 'postgresql');
-  t.true(offering.plans.length >= 2);
-  for (const plan of offering.plans) {
-    t.regex(plan.id, /^[0-9a-f-]{36}$/);
-    t.deepEqual(plan.maintenance_info, { version: '15.0.0', description: 'PostgreSQL 15 on Debian bookworm' });
-    t.is((plan as unknown as Record<string, unknown>).limits, undefined, 'limits stay inside the broker');
-    t.is(plan.schemas?.service_instance?.create?.parameters.$schema, 'http://json-schema.org/draft-07/schema#');
-    t.truthy(postgres!.limits.get(plan.id));
+  const definitions = loadCatalog(realCatalog, 'osb-broker/');
+  t.deepEqual(definitions.map((definition) => definition.offering.name).sort(), ['mariadb', 'memcached', 'mqtt', 'postgresql', 'rabbitmq', 'redis', 'syslog-drain']);
+  for (const definition of definitions) {
+    const offering = definition.offering;
+    t.regex(offering.id, /^[0-9a-f-]{36}$/);
+    t.truthy(offering.description);
+    t.true((offering.tags ?? []).length > 0, offering.name);
+    t.true(offering.plans.length >= 2, `${offering.name} has two plans or more`);
+    for (const plan of offering.plans) {
+      t.regex(plan.id, /^[0-9a-f-]{36}$/);
+      t.deepEqual(plan.maintenance_info, definition.maintenanceInfo);
+      t.is((plan as unknown as Record<string, unknown>).limits, undefined, 'limits stay inside the broker');
+      t.is(plan.schemas?.service_instance?.create?.parameters.$schema, 'http://json-schema.org/draft-07/schema#');
+      t.truthy(definition.limits.get(plan.id));
+    }
+    t.is(definition.imageRepository, `osb-broker/${offering.name}`);
+    t.true(definition.scripts.has('ready'));
   }
-  t.is(postgres!.imageRepository, 'osb-broker/postgresql');
+  const drain = definitions.find((definition) => definition.offering.name === 'syslog-drain')!;
+  t.deepEqual(drain.offering.requires, ['syslog_drain']);
+  t.is(drain.syslogDrainUrl, 'syslog://{host}:{port}');
 });
 
 const badCases: Array<[string, (service: any) => void, RegExp]> = [
