@@ -147,12 +147,14 @@ export class InstanceRuntime {
     await this.script(definition, instance, 'unbind', bindingEnv(binding), signal);
   }
 
-  /** Environment handed to every script: the admin login, the instance's parameters as PARAM_<NAME>. */
+  /** Environment handed to every script: the admin login, the plan's limits, the instance's parameters as PARAM_<NAME>. */
   private env(definition: ServiceDefinition, instance: InstanceRecord): Record<string, string> {
+    const limits = definition.limits.get(instance.planId);
     const env: Record<string, string> = {
       INSTANCE_ID: instance.id,
       ADMIN_USERNAME: definition.container.adminUsername,
       ADMIN_PASSWORD: instance.secrets.adminPassword,
+      ...(limits ? { PLAN_MEMORY_MB: String(limits.memoryMb), PLAN_CPUS: String(limits.cpus), PLAN_PIDS: String(limits.pids) } : {}),
     };
     for (const [name, value] of Object.entries(instance.parameters)) {
       if (value === undefined || value === null) continue;
