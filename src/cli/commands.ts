@@ -1,0 +1,304 @@
+import { spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import type { Plan, ServiceOffering } from '../osb/types.js';
+import { parseParameters, usageOf, type CommandSpec, type Flags } from './args.js';
+import { BrokerClient, describeBody, expect, PLATFORM, type ListedBinding, type ListedInstance } from './client.js';
+import { CliError } from './errors.js';
+import { formatTable } from './table.js';
+import { buildVcapServices, exportLine, type BoundService } from './vcap.js';
+
+export interface Io {
+  /** Results: tables, addresses, VCAP_SERVICES. */
+  out(text: string): void;
+  /** Progress and notes. */
+  err(text: string): void;
+}
+
+interface Run {
+  client: BrokerClient;
+  args: string[];
+  flags: Flags;
+  io: Io;
+  command: CommandSpec;
+}
+
+const list = (values: string[]) => (values.length ? values.join(', ') : 'none');
+const bindingLabel = (binding: ListedBinding) => binding.name ?? binding.id;
+const instancePath = (id: string) => `/v2/service_instances/${encodeURIComponent(id)}`;
+const bindingPath = (instanceId: string, bindingId: string) => `${instancePath(instanceId)}/service_bindings/${encodeURIComponent(bindingId)}`;
+const idQuery = (instance: ListedInstance) =>
+  `service_id=${encodeURIComponent(instance.service_id)}&plan_id=${encodeURIComponent(instance.plan_id)}`;
+
+export const COMMAND_RUNNERS: Record<string, (run: Run) => Promise<void>> = {
+  catalog: catalogCommand,
+  create,
+  list: listCommand,
+  bind,
+  unbind,
+  delete: deleteCommand,
+  dashboard,
+  env,
+};
+
+// catalog
+
+async function catalogCommand({ client, flags, io }: Run): Promise<void> {
+  const offerings = await client.catalog();
+  if (flags.json) return io.out(JSON.stringify(offerings, null, 2));
+  io.out(formatTable(
+    ['OFFERING', 'PLANS', 'DESCRIPTION', 'TAGS'],
+    offerings.map((offering) => [offering.name, offering.plans.map((plan) => plan.name).join(', '), offering.description, (offering.tags ?? []).join(', ')]),
+    { maxWidth: { DESCRIPTION: 60 } },
+  ));
+}
+
+// create
+
+function findOffering(offerings: ServiceOffering[], name: string): ServiceOffering {
+  const offering = offerings.find((candidate) => candidate.name === name) ?? offerings.find((candidate) => candidate.id === name);
+  if (!offering) throw new CliError(`unknown offering "${name}"; offerings: ${list(offerings.map((candidate) => candidate.name))}`);
+  return offering;
+}
+
+function findPlan(offering: ServiceOffering, name: string): Plan {
+  const plan = offering.plans.find((candidate) => candidate.name === name) ?? offering.plans.find((candidate) => candidate.id === name);
+  if (!plan) throw new CliError(`unknown plan "${name}" of ${offering.name}; plans: ${list(offering.plans.map((candidate) => candidate.name))}`);
+  return plan;
+}
+
+async function create({ client, args, flags, io, command }: Run): Promise<void> {
+  const [offeringName, planName, name] = args as [string, string, string];
+  const parameters = parseParameters(flags.parameters, usageOf(command));
+  const offering = findOffering(await client.catalog(), offeringName);
+  const plan = findPlan(offering, planName);
+  const taken = (await client.instances()).find((instance) => instance.name === name);
+  if (taken) {
+    throw new CliError(`a service instance named "${name}" already exists (${taken.service_name} ${taken.plan_name}, ${taken.state}); pick another name or remove it with \`osb-docker delete ${name}\``);
+  }
+  const id = randomUUID();
+  io.err(`Creating ${name} (${offering.name} ${plan.name})…`);
+  const reply = await client.request('PUT', `${instancePath(id)}?accepts_incomplete=true`, {
+    service_id: offering.id,
+    plan_id: plan.id,
+    organization_guid: flags.org ?? 'local',
+    space_guid: flags.space ?? 'local',
+    context: { platform: PLATFORM, instance_name: name },
+    ...(parameters ? { parameters } : {}),
+  });
+  if (![200, 201, 202].includes(reply.status)) throw new CliError(`the broker refused to create ${name}: ${describeBody(reply.body)}`);
+  if (reply.status === 202) {
+    const operation = typeof reply.body.operation === 'string' ? `?operation=${encodeURIComponent(reply.body.operation)}` : '';
+    const done = await client.waitFor(`${instancePath(id)}/last_operation${operation}`, (description) => io.err(`  ${description}`),
+      plan.maximum_polling_duration ?? 3600);
+    if (done.state !== 'succeeded') {
+      throw new CliError(`creating ${name} failed: ${done.description ?? 'the instance disappeared'}\n` +
+        `The name stays taken until \`osb-docker delete ${name}\` removes what is left.`);
+    }
+  }
+  const fetched = await client.request('GET', instancePath(id));
+  const dashboardUrl = (fetched.status === 200 && fetched.body.dashboard_url) || reply.body.dashboard_url;
+  io.out(`Created ${name}: ${offering.name} ${plan.name} (instance ${id}).`);
+  if (dashboardUrl) io.out(`Dashboard: ${dashboardUrl}`);
+  io.err(`Next: osb-docker bind ${name}`);
+}
+
+// list
+
+async function listCommand({ client, flags, io }: Run): Promise<void> {
+  const instances = await client.instances();
+  if (flags.json) return io.out(JSON.stringify(instances, null, 2));
+  if (instances.length === 0) return io.out('No service instances. Create one with: osb-docker create <offering> <plan> <name>');
+  io.out(formatTable(
+    ['NAME', 'OFFERING', 'PLAN', 'STATE', 'BINDINGS', 'LAST OPERATION'],
+    instances.map((instance) => [
+      instance.name ?? instance.id,
+      instance.service_name,
+      instance.plan_name,
+      instance.state,
+      instance.bindings.map((binding) => (binding.state === 'ready' ? bindingLabel(binding) : `${bindingLabel(binding)} (${binding.state})`)).join(', ') || '-',
+      instance.last_operation
+        ? `${instance.last_operation.type} ${instance.last_operation.state}${instance.last_operation.state === 'failed' ? `: ${instance.last_operation.description}` : ''}`
+        : '-',
+    ]),
+  ));
+}
+
+/** Finds an instance by its name (or id); unknown names list the names there are. */
+function resolve(instances: ListedInstance[], name: string): ListedInstance {
+  const named = instances.filter((instance) => instance.name === name);
+  if (named.length === 1) return named[0]!;
+  if (named.length > 1) {
+    throw new CliError(`${named.length} service instances are named "${name}" (created by another platform?); use an id: ${named.map((instance) => instance.id).join(', ')}`);
+  }
+  const byId = instances.find((instance) => instance.id === name);
+  if (byId) return byId;
+  const names = instances.map((instance) => instance.name ?? instance.id);
+  throw new CliError(names.length
+    ? `no service instance named "${name}"; instances: ${list(names)}`
+    : `no service instance named "${name}"; there are none yet (osb-docker create <offering> <plan> <name>)`);
+}
+
+// bind
+
+async function bind({ client, args, flags, io }: Run): Promise<void> {
+  const instance = resolve(await client.instances(), args[0]!);
+  const name = instance.name ?? instance.id;
+  if (instance.state !== 'ready') throw new CliError(`${name} is ${instance.state}, not ready; it cannot be bound (see \`osb-docker list\`)`);
+  const taken = new Set(instance.bindings.map(bindingLabel));
+  let bindingName = flags.as;
+  if (bindingName !== undefined && taken.has(bindingName)) {
+    throw new CliError(`${name} already has a binding named "${bindingName}"; bindings: ${list([...taken])}`);
+  }
+  if (bindingName === undefined) {
+    bindingName = `${name}-binding`;
+    for (let n = 2; taken.has(bindingName); n++) bindingName = `${name}-binding-${n}`;
+  }
+  const id = randomUUID();
+  const path = bindingPath(instance.id, id);
+  const reply = await client.request('PUT', `${path}?accepts_incomplete=true`, {
+    service_id: instance.service_id,
+    plan_id: instance.plan_id,
+    context: { platform: PLATFORM, binding_name: bindingName },
+  });
+  if (![200, 201, 202].includes(reply.status)) throw new CliError(`the broker refused to bind ${name}: ${describeBody(reply.body)}`);
+  let result = reply.body as { credentials?: Record<string, unknown>; syslog_drain_url?: string; endpoints?: Array<{ host: string; ports: string[] }> };
+  if (reply.status === 202) {
+    const operation = typeof reply.body.operation === 'string' ? `?operation=${encodeURIComponent(reply.body.operation)}` : '';
+    const done = await client.waitFor(`${path}/last_operation${operation}`, (description) => io.err(`  ${description}`));
+    if (done.state !== 'succeeded') throw new CliError(`binding ${name} failed: ${done.description ?? 'the binding disappeared'}`);
+    const fetched = await client.request('GET', path);
+    expect(fetched, [200], `fetching the new binding of ${name}`);
+    result = fetched.body;
+  }
+  io.out(`Bound ${name} as ${bindingName} (binding ${id}).`);
+  if (flags.showCredentials) {
+    io.out(JSON.stringify({ credentials: result.credentials ?? {}, ...(result.syslog_drain_url ? { syslog_drain_url: result.syslog_drain_url } : {}) }, null, 2));
+    return;
+  }
+  const endpoints = (result.endpoints ?? []).map((endpoint) => `${endpoint.host}:${endpoint.ports.join(',')}`);
+  if (endpoints.length) io.out(`Endpoint: ${endpoints.join(' ')}`);
+  io.out(`Credential fields: ${list(Object.keys(result.credentials ?? {}))}${result.syslog_drain_url ? '; syslog_drain_url' : ''}`);
+  io.err(`Use them with: eval "$(osb-docker env ${name})"  (or bind --show-credentials to print them)`);
+}
+
+// unbind and delete
+
+async function unbindOne(client: BrokerClient, instance: ListedInstance, binding: ListedBinding, io: Io): Promise<void> {
+  const path = bindingPath(instance.id, binding.id);
+  const reply = await client.request('DELETE', `${path}?accepts_incomplete=true&${idQuery(instance)}`);
+  const name = instance.name ?? instance.id;
+  if (reply.status === 410) return io.out(`Binding ${bindingLabel(binding)} of ${name} was already gone.`);
+  if (![200, 202].includes(reply.status)) throw new CliError(`the broker refused to unbind ${bindingLabel(binding)} of ${name}: ${describeBody(reply.body)}`);
+  if (reply.status === 202) {
+    const operation = typeof reply.body.operation === 'string' ? `?operation=${encodeURIComponent(reply.body.operation)}` : '';
+    const done = await client.waitFor(`${path}/last_operation${operation}`, (description) => io.err(`  ${description}`));
+    if (done.state === 'failed') throw new CliError(`unbinding ${bindingLabel(binding)} of ${name} failed: ${done.description}`);
+  }
+  io.out(`Unbound ${bindingLabel(binding)} from ${name}.`);
+}
+
+async function unbind({ client, args, flags, io }: Run): Promise<void> {
+  const instance = resolve(await client.instances(), args[0]!);
+  const name = instance.name ?? instance.id;
+  const labels = instance.bindings.map(bindingLabel);
+  let chosen: ListedBinding[];
+  if (flags.as !== undefined) {
+    const binding = instance.bindings.find((candidate) => candidate.name === flags.as) ?? instance.bindings.find((candidate) => candidate.id === flags.as);
+    if (!binding) throw new CliError(`${name} has no binding named "${flags.as}"; bindings: ${list(labels)}`);
+    chosen = [binding];
+  } else if (instance.bindings.length === 0) {
+    throw new CliError(`${name} has no bindings`);
+  } else if (instance.bindings.length > 1 && !flags.all) {
+    throw new CliError(`${name} has ${instance.bindings.length} bindings (${list(labels)}); name one with --as or pass --all`);
+  } else {
+    chosen = instance.bindings;
+  }
+  for (const binding of chosen) await unbindOne(client, instance, binding, io);
+}
+
+async function deleteCommand({ client, args, io }: Run): Promise<void> {
+  const instance = resolve(await client.instances(), args[0]!);
+  const name = instance.name ?? instance.id;
+  // Like a platform: the bindings go first, then the instance.
+  for (const binding of instance.bindings) await unbindOne(client, instance, binding, io);
+  io.err(`Deleting ${name} (${instance.service_name} ${instance.plan_name})…`);
+  const reply = await client.request('DELETE', `${instancePath(instance.id)}?accepts_incomplete=true&${idQuery(instance)}`);
+  if (reply.status === 410) return io.out(`${name} was already gone.`);
+  if (![200, 202].includes(reply.status)) throw new CliError(`the broker refused to delete ${name}: ${describeBody(reply.body)}`);
+  if (reply.status === 202) {
+    const operation = typeof reply.body.operation === 'string' ? `?operation=${encodeURIComponent(reply.body.operation)}` : '';
+    const done = await client.waitFor(`${instancePath(instance.id)}/last_operation${operation}`, (description) => io.err(`  ${description}`));
+    if (done.state === 'failed') throw new CliError(`deleting ${name} failed: ${done.description}`);
+  }
+  io.out(`Deleted ${name}.`);
+}
+
+// dashboard
+
+async function dashboard({ client, args, flags, io }: Run): Promise<void> {
+  const instance = resolve(await client.instances(), args[0]!);
+  const name = instance.name ?? instance.id;
+  const reply = await client.request('GET', instancePath(instance.id));
+  if (reply.status === 404 && instance.state === 'provisioning') throw new CliError(`${name} is still being created; its dashboard opens once \`osb-docker list\` shows it ready`);
+  expect(reply, [200], `fetching ${name}`);
+  const url = reply.body.dashboard_url as string | undefined;
+  if (!url) throw new CliError(`the broker gave no dashboard address for ${name}`);
+  io.out(url);
+  if (flags.open) await openInBrowser(url);
+}
+
+function openInBrowser(url: string): Promise<void> {
+  const [command, ...args] = process.platform === 'darwin' ? ['open'] : process.platform === 'win32' ? ['cmd', '/c', 'start', '""'] : ['xdg-open'];
+  return new Promise((resolve, reject) => {
+    const child = spawn(command!, [...args, url], { stdio: 'ignore', detached: true });
+    const fail = (why: string) => reject(new CliError(`could not open a browser (${command} ${why}); the address is printed above`));
+    // A launcher that is still running after a few seconds has handed the address to a browser.
+    const settled = setTimeout(() => {
+      child.unref();
+      resolve();
+    }, 3000);
+    child.once('error', (error) => {
+      clearTimeout(settled);
+      fail((error as NodeJS.ErrnoException).code === 'ENOENT' ? 'is not installed' : error.message);
+    });
+    child.once('exit', (code) => {
+      clearTimeout(settled);
+      if (code === 0) resolve();
+      else fail(`exited with ${code}`);
+    });
+  });
+}
+
+// env
+
+async function env({ client, args, flags, io }: Run): Promise<void> {
+  const [instances, offerings] = await Promise.all([client.instances(), client.catalog()]);
+  const bound: BoundService[] = [];
+  for (const requested of [...new Set(args)]) {
+    const instance = resolve(instances, requested);
+    const name = instance.name ?? instance.id;
+    const ready = instance.bindings.filter((binding) => binding.state === 'ready');
+    if (ready.length === 0) {
+      const others = instance.bindings.map((binding) => `${bindingLabel(binding)} is ${binding.state}`);
+      throw new CliError(`${name} has no ${others.length ? 'ready ' : ''}binding${others.length ? ` (${others.join(', ')})` : ''}; create one with \`osb-docker bind ${name}\``);
+    }
+    const offering = offerings.find((candidate) => candidate.id === instance.service_id);
+    for (const binding of ready) {
+      const reply = await client.request('GET', bindingPath(instance.id, binding.id));
+      expect(reply, [200], `fetching binding ${bindingLabel(binding)} of ${name}`);
+      bound.push({
+        offering: { name: offering?.name ?? instance.service_name, tags: offering?.tags ?? [] },
+        plan: offering?.plans.find((plan) => plan.id === instance.plan_id)?.name ?? instance.plan_name,
+        instance: { id: instance.id, name },
+        binding: {
+          id: binding.id,
+          ...(binding.name ? { name: binding.name } : {}),
+          credentials: reply.body.credentials ?? {},
+          ...(typeof reply.body.syslog_drain_url === 'string' ? { syslog_drain_url: reply.body.syslog_drain_url } : {}),
+        },
+      });
+    }
+  }
+  const services = buildVcapServices(bound);
+  io.out(flags.json ? JSON.stringify(services, null, 2) : exportLine('VCAP_SERVICES', JSON.stringify(services)));
+}
