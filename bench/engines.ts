@@ -3,23 +3,12 @@
  * image, followed by what the broker does before it says "ready" (poll /osb/ready, then /osb/setup and /osb/check).
  */
 import { randomBytes } from 'node:crypto';
-import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { imageTag, type ServiceDefinition } from '../src/catalog/definition.js';
 import { validateParameters } from '../src/catalog/parameters.js';
 import type { BrokerSide } from './broker-side.js';
-import { docker, rawLeftovers, removeRaw } from './raw.js';
+import { docker, freePort, rawLeftovers, removeRaw } from './raw.js';
 import { median, ms, p95 } from './stats.js';
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer().once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /** The offering's first plan, run with `docker run` and its scripts: returns ms until /osb/check passes. */
 export async function rawEngine(definition: ServiceDefinition): Promise<{ name: string; totalMs: number }> {

@@ -22,7 +22,7 @@ export async function docker(args: string[], env: Record<string, string> = {}): 
 }
 
 /** A free loopback port, picked now and passed to `docker run -p` as a fixed port. */
-function freePort(): Promise<number> {
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = net.createServer().once('error', reject);
     server.listen(0, '127.0.0.1', () => {
