@@ -67,10 +67,14 @@ export class InstanceRuntime {
     await this.engine.startContainer(instance.containerName);
     await progress(`Starting ${definition.offering.metadata?.displayName ?? definition.offering.name}.`);
     await this.waitReady(definition, instance, signal);
+    // The server listens from here on, so the published port can be probed while setup and the login check run.
+    const published = this.waitForPublishedPort(instance, signal);
+    published.catch(() => {}); // awaited below; a failure must not go unhandled meanwhile
     await progress('Setting up the administrator and the database.');
     await this.script(definition, instance, 'setup', {}, signal);
     await progress('Checking that the service accepts a login through the published port.');
-    await Promise.all([this.script(definition, instance, 'check', {}, signal), this.waitForPublishedPort(instance, signal)]);
+    await this.script(definition, instance, 'check', {}, signal);
+    await published;
   }
 
   private async waitReady(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal): Promise<void> {

@@ -21,6 +21,11 @@ ${body}
 `;
 }
 
+/** Log lines as the page shows them; the script renders later lines the same way (see lineElement in app.js). */
+export function logLinesHtml(lines: Array<{ stream: string; time: string; text: string }>): string {
+  return lines.map((line) => `<div class="line ${line.stream === 'stderr' ? 'stderr' : 'stdout'}" title="${escape(line.time)}"><span class="time">${escape(line.time.slice(11, 23))}</span><span class="stream ${line.stream === 'stderr' ? 'stderr' : 'stdout'}">${line.stream === 'stderr' ? 'stderr' : 'stdout'}</span><span class="text">${escape(line.text)}</span></div>`).join('');
+}
+
 export function problemPage(title: string, text: string): string {
   return page(title, `<main class="narrow"><h1>${escape(title)}</h1><p>${escape(text)}</p></main>`);
 }

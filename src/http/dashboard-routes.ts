@@ -5,7 +5,7 @@ import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import type { DashboardService } from '../dashboard/service.js';
 import type { DashboardTokens } from '../dashboard/tokens.js';
-import { overviewPage, problemPage } from '../dashboard/pages.js';
+import { logLinesHtml, overviewPage, problemPage } from '../dashboard/pages.js';
 import type { InstanceRecord } from '../store/records.js';
 
 export interface DashboardOptions {
@@ -23,6 +23,7 @@ export interface DashboardOptions {
 const COOKIE = 'osb_dashboard';
 const ASSETS: Record<string, string> = { 'app.js': 'text/javascript; charset=utf-8', 'style.css': 'text/css; charset=utf-8' };
 const MAX_TAIL = 10_000;
+const FIRST_PAINT_LINES = 100;
 
 /** Links to an instance's dashboard carry a short-lived token; the overview mints fresh ones. */
 export function dashboardLink(tokens: DashboardTokens, publicUrl: string, instanceId: string, ttlSeconds: number): string {
@@ -83,9 +84,13 @@ export function dashboardRoutes(options: DashboardOptions): Router {
     await handler(ctx, instance);
   };
 
-  router.get('/instances/:id', authorised((ctx, instance) => {
+  router.get('/instances/:id', authorised(async (ctx, instance) => {
+    // The latest lines come with the page, so they are on screen at first paint; the script then fills and follows.
+    const lines = (await service.logs(instance, FIRST_PAINT_LINES).catch(() => undefined)) ?? [];
     ctx.type = 'text/html; charset=utf-8';
-    ctx.body = instancePage.replaceAll('__BASE__', `/dashboard/instances/${encodeURIComponent(instance.id)}`);
+    ctx.body = instancePage
+      .replaceAll('__BASE__', `/dashboard/instances/${encodeURIComponent(instance.id)}`)
+      .replace('__LOGS__', logLinesHtml(lines));
   }));
 
   router.get('/instances/:id/api/details', authorised(async (ctx, instance) => {
