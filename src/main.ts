@@ -30,7 +30,8 @@ async function main(): Promise<void> {
 }
 
 main().catch((error: Error) => {
-  const known = error instanceof ConfigError || error instanceof CatalogError;
-  process.stderr.write(`osb-docker-broker cannot start: ${known ? error.message : (error.stack ?? error.message)}\n`);
+  // One clear line; the stack only helps when something unexpected broke (LOG_LEVEL=debug shows it).
+  const detail = process.env.LOG_LEVEL === 'debug' && !(error instanceof ConfigError || error instanceof CatalogError) ? `\n${error.stack}` : '';
+  process.stderr.write(`osb-docker-broker cannot start: ${error.message}${detail}\n`);
   process.exit(1);
 });

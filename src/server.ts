@@ -70,7 +70,11 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
     });
     server = await new Promise<Server>((resolve, reject) => {
       const listening = app.listen(config.listenPort, config.listenHost, () => resolve(listening));
-      listening.once('error', reject);
+      listening.once('error', (error: NodeJS.ErrnoException) => reject(new Error(
+        error.code === 'EADDRINUSE'
+          ? `${config.listenHost}:${config.listenPort} is already in use; set PORT (or BROKER_LISTEN_HOST) to another address`
+          : `cannot listen on ${config.listenHost}:${config.listenPort}: ${error.message}`,
+      )));
     });
   } catch (error) {
     await store.close();

@@ -20,15 +20,20 @@ export class RedisStore {
   private readonly redis: Redis;
   private readonly prefix: string;
   private reached = false;
+  private lastError?: string;
+  /** The URL without credentials, for messages. */
+  private readonly where: string;
 
   constructor(url: string, brokerId: string, private readonly sealer: Sealer, onError: (error: Error) => void = () => {}) {
     this.redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 3, enableOfflineQueue: true });
     // Commands fail on their own when Redis is away; the event is only worth a log line once Redis was reached
     // (before that, connect() retries while a freshly started Redis boots).
     this.redis.on('error', (error: Error) => {
+      this.lastError = error.message;
       if (this.reached) onError(error);
     });
     this.prefix = `osb:${brokerId}:`;
+    this.where = url.replace(/\/\/[^@/]*@/, '//');
   }
 
   async connect(timeoutMs = 10_000): Promise<void> {
@@ -40,7 +45,7 @@ export class RedisStore {
         this.reached = true;
         return;
       } catch (error) {
-        if (Date.now() > deadline) throw new Error(`cannot reach Redis: ${(error as Error).message}`);
+        if (Date.now() > deadline) throw new Error(`cannot reach Redis at ${this.where} (${this.lastError ?? (error as Error).message}); check REDIS_URL, or leave it unset to let the broker run its own`);
         await sleep(200);
       }
     }
