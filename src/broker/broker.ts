@@ -11,7 +11,7 @@ import type {
   ProvisionResult, RequestMeta, ResourceQuery, ServiceBroker, ServiceOffering, UnbindResult, UpdateRequest, UpdateResult,
 } from '../osb/types.js';
 import type { BindingRecord, InstanceRecord, OperationRecord, OperationType, UpdateTarget } from '../store/records.js';
-import type { RedisStore } from '../store/redis-store.js';
+import { LockTimeoutError, type RedisStore } from '../store/redis-store.js';
 import { renderCredentials, renderValue } from './credentials.js';
 import { checkId, newOperationId, newPassword, newUsername } from './ids.js';
 import { portIsFree } from './probe.js';
@@ -641,7 +641,7 @@ export class DockerBroker implements ServiceBroker {
     try {
       return await this.store.withLock(instanceId, work);
     } catch (error) {
-      if ((error as Error).name === 'LockTimeoutError' || (error as Error).constructor.name === 'LockTimeoutError') throw concurrencyError();
+      if (error instanceof LockTimeoutError) throw concurrencyError();
       throw error;
     }
   }

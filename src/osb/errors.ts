@@ -28,8 +28,6 @@ export const conflict = (description: string) => new BrokerError(409, 'Conflict'
 export const preconditionFailed = (description: string) => new BrokerError(412, 'PreconditionFailed', description);
 export const payloadTooLarge = (limit: number) =>
   new BrokerError(413, 'PayloadTooLarge', `Request body exceeds the limit of ${limit} bytes.`);
-export const unsupportedMediaType = () =>
-  new BrokerError(415, 'UnsupportedMediaType', 'Request bodies must be JSON (Content-Type: application/json).');
 
 export const asyncRequired = () =>
   new BrokerError(422, 'AsyncRequired', 'This request requires client support for asynchronous operations: add accepts_incomplete=true.');
@@ -46,5 +44,4 @@ export const maintenanceInfoConflict = (expected: string | undefined) =>
 /** 422 for a change the broker cannot make (not one of the four spec keys). */
 export const unprocessable = (key: string, description: string, extra: BrokerError['extra'] = {}) =>
   new BrokerError(422, key, description, extra);
-export const internal = (description: string) => new BrokerError(500, 'InternalError', description);
 export const unavailable = (description: string) => new BrokerError(503, 'ServiceUnavailable', description);

@@ -5,7 +5,6 @@ export interface ApiVersion {
 }
 
 export const MIN_MINOR = 13;
-export const LATEST: ApiVersion = { major: 2, minor: 17 };
 
 export function parseApiVersion(header: string | undefined): ApiVersion | undefined {
   const match = /^\s*(\d+)\.(\d+)\s*$/.exec(header ?? '');

@@ -74,10 +74,6 @@ export class RedisStore {
     }
   }
 
-  async deleteInstance(id: string): Promise<void> {
-    await this.redis.multi().del(this.key('instance', id)).srem(this.key('instances'), id).exec();
-  }
-
   async listInstances(): Promise<InstanceRecord[]> {
     const ids = await this.redis.smembers(this.key('instances'));
     const records = await Promise.all(ids.map((id) => this.getInstance(id)));
