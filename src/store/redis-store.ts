@@ -7,6 +7,8 @@ const FINISHED_OPERATION_TTL_SECONDS = 7 * 24 * 3600;
 const LOCK_TTL_MS = 30_000;
 
 const EXTEND_IF_OWNER = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end`;
+const RESERVE_PORT = `if redis.call('set', KEYS[1], ARGV[1], 'NX') then redis.call('sadd', KEYS[2], ARGV[2]) return 1 else return 0 end`;
+const RELEASE_PORT = `redis.call('srem', KEYS[2], ARGV[2]) if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
 const RELEASE_IF_OWNER = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
 
 export class LockTimeoutError extends Error {}
@@ -14,7 +16,8 @@ export class LockTimeoutError extends Error {}
 /**
  * Broker state in Redis. Records are JSON strings; their `secrets` field is sealed before it is written.
  * Keys: instance:<id>, instances (set), binding:<instance>:<binding>, bindings:<instance> (set),
- * operation:<id>, port:<n> (value: instance id), lock:<name>; all under "osb:<broker id>:".
+ * operation:<id>, port:<n> (value: instance id), ports:<instance> (set of its ports), lock:<name>;
+ * all under "osb:<broker id>:".
  */
 export class RedisStore {
   private readonly redis: Redis;
@@ -130,20 +133,19 @@ export class RedisStore {
     for (let port = range.first; port <= range.last; port++) {
       const key = this.key('port', String(port));
       if ((await this.redis.exists(key)) || !(await usable(port))) continue;
-      if ((await this.redis.set(key, instanceId, 'NX')) === 'OK') return port;
+      // The port and the instance's index of its ports change together, so no crash can leave one without the other.
+      if (await this.redis.eval(RESERVE_PORT, 2, key, this.key('ports', instanceId), instanceId, port)) return port;
     }
     return undefined;
   }
 
   async releasePort(port: number, instanceId: string): Promise<void> {
-    await this.redis.eval(RELEASE_IF_OWNER, 1, this.key('port', String(port)), instanceId);
+    await this.redis.eval(RELEASE_PORT, 2, this.key('port', String(port)), this.key('ports', instanceId), instanceId, port);
   }
 
   /** Releases every port the instance holds, including any a crash left reserved but unrecorded. */
   async releasePortsOf(instanceId: string): Promise<void> {
-    for (const [port, holder] of await this.listPortReservations()) {
-      if (holder === instanceId) await this.releasePort(port, instanceId);
-    }
+    for (const port of await this.redis.smembers(this.key('ports', instanceId))) await this.releasePort(Number(port), instanceId);
   }
 
   async listPortReservations(): Promise<Map<number, string>> {
@@ -199,17 +201,17 @@ export class RedisStore {
 
   // Sealing
 
+  /** Records without secrets (operations) are written as they are; only a `secrets` field is sealed. */
   private write(key: string, record: object): string {
     const { secrets, ...rest } = record as { secrets?: unknown };
-    return JSON.stringify({ ...rest, sealed: this.sealer.seal(secrets ?? null, key) });
+    return JSON.stringify(secrets === undefined ? rest : { ...rest, sealed: this.sealer.seal(secrets, key) });
   }
 
   private async read<T>(key: string): Promise<T | undefined> {
     const raw = await this.redis.get(key);
     if (raw === null) return undefined;
-    const { sealed, ...rest } = JSON.parse(raw) as { sealed: string };
-    const secrets = this.sealer.open<unknown>(sealed, key);
-    return (secrets === null ? rest : { ...rest, secrets }) as T;
+    const { sealed, ...rest } = JSON.parse(raw) as { sealed?: string };
+    return (sealed === undefined ? rest : { ...rest, secrets: this.sealer.open<unknown>(sealed, key) }) as T;
   }
 }
 
