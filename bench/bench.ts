@@ -101,7 +101,7 @@ function reportDashboard(samples: DashboardSamples | string): void {
     ['open link -> first log lines on screen (Chromium)', ms(median(samples.firstLinesMs)), ms(p95(samples.firstLinesMs))],
     ['docker logs --tail 500 (CLI, same container)', ms(median(samples.dockerTailMs)), ms(p95(samples.dockerTailMs))],
   ]));
-  console.log('  the page arrives with the latest 100 lines already in it; its script then loads the last 500 and follows.');
+  console.log('  the page arrives with the latest 500 lines already in it; its script follows on from them.');
 }
 
 function reportEngines(rows: EngineRow[]): void {

@@ -174,6 +174,15 @@ function appendLine(line) {
   $('log-count').textContent = logs.filter ? `${box.childElementCount} of ${logs.lines.length} lines` : `${logs.lines.length} lines`;
 }
 
+/** The lines the page arrived with (rendered by the server), as data for filtering and following. */
+function renderedLines() {
+  return [...$('logs').children].map((row) => ({
+    stream: row.classList.contains('stderr') ? 'stderr' : 'stdout',
+    time: row.title,
+    text: row.querySelector('.text')?.textContent ?? '',
+  }));
+}
+
 async function loadLogs() {
   const data = await getJson(`logs?tail=${$('log-tail').value}`);
   logs.lines = data.lines;
@@ -200,8 +209,11 @@ $('log-follow').addEventListener('change', (event) => follow(event.target.checke
 $('top-refresh').addEventListener('click', refreshTop);
 $('log-download').href = api('logs/download');
 
-// Logs first: they are what a developer comes for, and the slowest to fetch.
-loadLogs().then(() => follow($('log-follow').checked), console.warn);
+// The page arrived with the latest lines; show them at the bottom and follow from there.
+logs.lines = renderedLines();
+$('logs').scrollTop = $('logs').scrollHeight;
+$('log-count').textContent = `${logs.lines.length} lines`;
+follow($('log-follow').checked);
 refreshDetails().then(refreshUsage);
 refreshTop();
 setInterval(refreshDetails, 5000);

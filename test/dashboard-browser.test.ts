@@ -52,6 +52,10 @@ test('a developer opens the dashboard_url: processes, startup logs, live log lin
   // The startup lines of the server log.
   await page.locator('#logs .line').first().waitFor();
   await page.locator('#logs', { hasText: 'database system is ready to accept connections' }).waitFor();
+  // The newest line is on screen, inside the scrolled log box (not merely in the DOM).
+  const box = (await page.locator('#logs').boundingBox())!;
+  const newest = (await page.locator('#logs .line').last().boundingBox())!;
+  t.true(newest.height > 0 && newest.y >= box.y && newest.y + newest.height <= box.y + box.height + 1, JSON.stringify({ box, newest }));
   t.true(await page.locator('#logs .line.stderr').count() > 0, 'stderr lines are told apart');
   t.is(await page.locator('#details dd', { hasText: 'small' }).count(), 1);
   t.is(await page.locator('#details dd', { hasText: '127.0.0.1:' }).count(), 1);

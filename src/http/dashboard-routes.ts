@@ -23,7 +23,8 @@ export interface DashboardOptions {
 const COOKIE = 'osb_dashboard';
 const ASSETS: Record<string, string> = { 'app.js': 'text/javascript; charset=utf-8', 'style.css': 'text/css; charset=utf-8' };
 const MAX_TAIL = 10_000;
-const FIRST_PAINT_LINES = 100;
+/** As many as the tail selector's default. */
+const PAGE_LINES = 500;
 
 /** Links to an instance's dashboard carry a short-lived token; the overview mints fresh ones. */
 export function dashboardLink(tokens: DashboardTokens, publicUrl: string, instanceId: string, ttlSeconds: number): string {
@@ -85,12 +86,10 @@ export function dashboardRoutes(options: DashboardOptions): Router {
   };
 
   router.get('/instances/:id', authorised(async (ctx, instance) => {
-    // The latest lines come with the page, so they are on screen at first paint; the script then fills and follows.
-    const lines = (await service.logs(instance, FIRST_PAINT_LINES).catch(() => undefined)) ?? [];
+    // The latest lines come with the page: on screen at first paint, and the script follows on from them.
+    const lines = (await service.logs(instance, PAGE_LINES).catch(() => undefined)) ?? [];
     ctx.type = 'text/html; charset=utf-8';
-    ctx.body = instancePage
-      .replaceAll('__BASE__', `/dashboard/instances/${encodeURIComponent(instance.id)}`)
-      .replace('__LOGS__', logLinesHtml(lines));
+    ctx.body = instancePage.replace('__LOGS__', logLinesHtml(lines));
   }));
 
   router.get('/instances/:id/api/details', authorised(async (ctx, instance) => {
@@ -109,8 +108,6 @@ export function dashboardRoutes(options: DashboardOptions): Router {
   router.get('/instances/:id/api/logs', authorised(async (ctx, instance) => {
     const tail = Math.min(MAX_TAIL, Math.max(1, Number(ctx.query.tail) || 500));
     const lines = await service.logs(instance, tail);
-    // Not no-store: the page preloads this answer and its script must be able to take it from the memory cache.
-    ctx.set('Cache-Control', 'private, no-cache');
     ctx.body = lines ? { lines } : { lines: [], explanation: 'The container does not exist, so there are no logs.' };
   }));
 
