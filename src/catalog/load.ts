@@ -1,15 +1,44 @@
 import { readdirSync, readFileSync, existsSync, statSync } from 'node:fs';
 import path from 'node:path';
-import type { Plan, ServiceOffering } from '../osb/types.js';
+import { Ajv, type AnySchemaObject, type ErrorObject, type ValidateFunction } from 'ajv';
+import { PACKAGE_ROOT } from '../config.js';
+import type { MaintenanceInfo, Plan, ServiceOffering } from '../osb/types.js';
 import { SCRIPTS, type ContainerSpec, type CredentialsTemplate, type Limits, type ServiceDefinition } from './definition.js';
 import { compileSchema } from './parameters.js';
 
 export class CatalogError extends Error {}
 
-const GUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-const NAME = /^[a-z0-9][a-z0-9-]*$/;
-const SEMVER = /^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$/;
+/** The JSON-Schema every service.json must satisfy; it describes every field and its rule. */
+const SCHEMA_FILE = path.join(PACKAGE_ROOT, 'catalog', 'service.schema.json');
 const PLAN_FIELDS_NOT_SENT = ['limits'];
+
+/** A service.json that passed the schema, with the schema's defaults filled in. */
+interface ServiceJson {
+  offering: Omit<ServiceOffering, 'plans'> & { plans: Array<Record<string, unknown> & { id: string; name: string; description: string; limits: PlanLimits }> };
+  maintenance_info: MaintenanceInfo;
+  parameters: Record<string, unknown>;
+  binding_parameters: Record<string, unknown>;
+  updatable_parameters: string[];
+  credentials: CredentialsTemplate;
+  syslog_drain_url?: string;
+  container: {
+    port: number;
+    extra_ports: Record<string, number>;
+    data_path: string;
+    exec_user?: string;
+    admin_username: string;
+    cap_drop: string[];
+    cap_add: string[];
+    stop_timeout_seconds: number;
+    ready_timeout_seconds: number;
+  };
+}
+
+interface PlanLimits {
+  memory_mb: number;
+  cpus: number;
+  pids: number;
+}
 
 /** Reads every folder of the catalog directory that holds a service.json. Stops at the first bad field, naming it. */
 export function loadCatalog(catalogDir: string, imagePrefix: string): ServiceDefinition[] {
@@ -24,107 +53,136 @@ export function loadCatalog(catalogDir: string, imagePrefix: string): ServiceDef
   return definitions;
 }
 
-class Reader {
-  constructor(readonly file: string) {}
+let validator: { validate: ValidateFunction; schema: AnySchemaObject } | undefined;
 
-  fail(field: string, problem: string): never {
-    throw new CatalogError(`${this.file}: ${field} ${problem}`);
-  }
-  object(value: unknown, field: string): Record<string, unknown> {
-    if (typeof value !== 'object' || value === null || Array.isArray(value)) this.fail(field, 'must be an object');
-    return value as Record<string, unknown>;
-  }
-  string(value: unknown, field: string, pattern?: RegExp, hint?: string): string {
-    if (typeof value !== 'string' || value.trim() === '') this.fail(field, 'must be a non-empty string');
-    if (pattern && !pattern.test(value)) this.fail(field, `must be ${hint ?? `like ${pattern}`} (got "${value}")`);
-    return value;
-  }
-  optionalBoolean(value: unknown, field: string): boolean | undefined {
-    if (value !== undefined && typeof value !== 'boolean') this.fail(field, 'must be true or false');
-    return value as boolean | undefined;
-  }
-  number(value: unknown, field: string, options: { integer?: boolean; min: number; max?: number }): number {
-    const ok = typeof value === 'number' && Number.isFinite(value) && (!options.integer || Number.isInteger(value));
-    if (!ok || value < options.min || (options.max !== undefined && value > options.max)) {
-      this.fail(field, `must be ${options.integer ? 'an integer' : 'a number'} >= ${options.min}${options.max !== undefined ? ` and <= ${options.max}` : ''}`);
+/** The compiled service.json schema; compiled once per process. Defaults are filled into the validated data. */
+function serviceValidator(): { validate: ValidateFunction; schema: AnySchemaObject } {
+  if (!validator) {
+    let schema: AnySchemaObject;
+    try {
+      schema = JSON.parse(readFileSync(SCHEMA_FILE, 'utf8')) as AnySchemaObject;
+    } catch (error) {
+      throw new CatalogError(`${SCHEMA_FILE}: cannot be read (${(error as Error).message})`);
     }
-    return value;
+    const ajv = new Ajv({ allErrors: false, verbose: true, useDefaults: true, allowUnionTypes: true });
+    // The problem reported for a field, after its name (editors that know the keyword show it too).
+    ajv.addKeyword({ keyword: 'errorMessage', schemaType: 'string' });
+    validator = { validate: ajv.compile(schema), schema };
   }
-  strings(value: unknown, field: string): string[] {
-    if (!Array.isArray(value) || value.some((item) => typeof item !== 'string' || item === '')) {
-      this.fail(field, 'must be an array of non-empty strings');
-    }
-    return value as string[];
+  return validator;
+}
+
+/** The field an error is about, in the notation of the catalog's documentation: `offering.plans[0].limits.memory_mb`. */
+function fieldName(data: unknown, instancePath: string, ...more: string[]): string {
+  const segments = [
+    ...(instancePath === '' ? [] : instancePath.slice(1).split('/').map((segment) => segment.replaceAll('~1', '/').replaceAll('~0', '~'))),
+    ...more,
+  ];
+  let field = '';
+  let value = data;
+  for (const segment of segments) {
+    if (Array.isArray(value) && /^\d+$/.test(segment)) field += `[${segment}]`;
+    else if (/^[A-Za-z_$][A-Za-z0-9_$]*$/.test(segment)) field += field === '' ? segment : `.${segment}`;
+    else field += `[${JSON.stringify(segment)}]`;
+    value = typeof value === 'object' && value !== null ? (value as Record<string, unknown>)[segment] : undefined;
   }
+  return field || '(top level)';
+}
+
+/** A schema reached through a local `$ref` (`#/definitions/...`), or the schema itself. */
+function resolveRef(root: AnySchemaObject, schema: unknown): AnySchemaObject | undefined {
+  if (typeof schema !== 'object' || schema === null) return undefined;
+  const ref = (schema as AnySchemaObject).$ref;
+  if (typeof ref !== 'string' || !ref.startsWith('#/')) return schema as AnySchemaObject;
+  let target: unknown = root;
+  for (const part of ref.slice(2).split('/')) target = (target as Record<string, unknown> | undefined)?.[part];
+  return resolveRef(root, target);
+}
+
+/** `<file>: <field> <problem>` for an Ajv error, the problem taken from the schema's `errorMessage`. */
+function describeSchemaError(file: string, data: unknown, error: ErrorObject, root: AnySchemaObject): string {
+  if (error.keyword === 'required') {
+    const missing = (error.params as { missingProperty: string }).missingProperty;
+    const property = resolveRef(root, (error.parentSchema?.properties as Record<string, unknown> | undefined)?.[missing]);
+    const problem = typeof property?.errorMessage === 'string' ? property.errorMessage : 'is required';
+    return `${file}: ${fieldName(data, error.instancePath, missing)} ${problem} (it is missing)`;
+  }
+  const problem = typeof error.parentSchema?.errorMessage === 'string' ? error.parentSchema.errorMessage : (error.message ?? 'is invalid');
+  if (error.propertyName !== undefined) return `${file}: ${fieldName(data, error.instancePath, error.propertyName)} ${problem}`;
+  const value = error.data;
+  const shown = value === null || ['string', 'number', 'boolean'].includes(typeof value) ? JSON.stringify(value) : undefined;
+  const got = shown !== undefined && shown.length <= 80 ? ` (got ${shown})` : '';
+  return `${file}: ${fieldName(data, error.instancePath)} ${problem}${got}`;
 }
 
 function loadDefinition(folder: string, imagePrefix: string): ServiceDefinition {
   const file = path.join(folder, 'service.json');
-  const read = new Reader(file);
+  const fail = (field: string, problem: string): never => {
+    throw new CatalogError(`${file}: ${field} ${problem}`);
+  };
   let raw: unknown;
   try {
     raw = JSON.parse(readFileSync(file, 'utf8'));
   } catch (error) {
     throw new CatalogError(`${file}: not valid JSON (${(error as Error).message})`);
   }
-  const root = read.object(raw, '(top level)');
+  const { validate, schema } = serviceValidator();
+  if (!validate(raw)) throw new CatalogError(describeSchemaError(file, raw, validate.errors![0]!, schema));
+  const root = raw as ServiceJson;
   if (!existsSync(path.join(folder, 'Dockerfile'))) throw new CatalogError(`${folder}: Dockerfile is missing`);
 
-  const maintenance = read.object(root.maintenance_info, 'maintenance_info');
-  const maintenanceInfo = {
-    version: read.string(maintenance.version, 'maintenance_info.version', SEMVER, 'a SemVer 2.0 version such as 1.2.3'),
-    ...(maintenance.description !== undefined
-      ? { description: read.string(maintenance.description, 'maintenance_info.description') }
-      : {}),
+  const maintenanceInfo: MaintenanceInfo = {
+    version: root.maintenance_info.version,
+    ...(root.maintenance_info.description !== undefined ? { description: root.maintenance_info.description } : {}),
   };
 
-  // Without a schema, an offering takes no parameters at all.
-  const noParameters = () => ({ $schema: 'http://json-schema.org/draft-07/schema#', type: 'object', additionalProperties: false, properties: {} });
-  const parameterSchema = read.object(root.parameters ?? noParameters(), 'parameters');
-  const bindingParameterSchema = read.object(root.binding_parameters ?? noParameters(), 'binding_parameters');
-  for (const [schema, field] of [[parameterSchema, 'parameters'], [bindingParameterSchema, 'binding_parameters']] as const) {
-    if (typeof schema.$schema !== 'string') read.fail(`${field}.$schema`, 'must name the JSON-Schema draft');
-    if (JSON.stringify(schema).length >= 64 * 1024) read.fail(field, 'must be smaller than 64 kB');
-    if (/"\$ref"\s*:\s*"(?!#)/.test(JSON.stringify(schema))) read.fail(field, 'must not use an external $ref');
+  const parameterSchema = root.parameters;
+  const bindingParameterSchema = root.binding_parameters;
+  for (const [parameters, field] of [[parameterSchema, 'parameters'], [bindingParameterSchema, 'binding_parameters']] as const) {
+    const text = JSON.stringify(parameters);
+    if (text.length >= 64 * 1024) fail(field, 'must be smaller than 64 kB');
+    if (/"\$ref"\s*:\s*"(?!#)/.test(text)) fail(field, 'must not use an external $ref');
     try {
-      compileSchema(schema);
+      compileSchema(parameters);
     } catch (error) {
-      read.fail(field, `is not a valid JSON-Schema: ${(error as Error).message}`);
+      fail(field, `is not a valid JSON-Schema: ${(error as Error).message}`);
     }
   }
   const parameterNames = Object.keys((parameterSchema.properties as Record<string, unknown> | undefined) ?? {});
-  const updatableParameters = read.strings(root.updatable_parameters ?? [], 'updatable_parameters');
+  const updatableParameters = root.updatable_parameters;
   for (const name of updatableParameters) {
-    if (!parameterNames.includes(name)) read.fail('updatable_parameters', `names "${name}", which parameters.properties does not define`);
+    if (!parameterNames.includes(name)) fail('updatable_parameters', `names "${name}", which parameters.properties does not define`);
   }
 
-  const offering = readOffering(read, read.object(root.offering, 'offering'), maintenanceInfo, parameterSchema, bindingParameterSchema);
+  const offering = buildOffering(root.offering, maintenanceInfo, parameterSchema, bindingParameterSchema);
   const limits = new Map<string, Limits>();
-  (root.offering as { plans: Record<string, unknown>[] }).plans.forEach((plan, index) => {
-    const field = `offering.plans[${index}].limits`;
-    const limit = read.object(plan.limits, field);
-    limits.set(plan.id as string, {
-      memoryMb: read.number(limit.memory_mb, `${field}.memory_mb`, { integer: true, min: 16 }),
-      cpus: read.number(limit.cpus, `${field}.cpus`, { min: 0.01, max: 64 }),
-      pids: read.number(limit.pids, `${field}.pids`, { integer: true, min: 16 }),
-    });
-  });
+  for (const plan of root.offering.plans) {
+    limits.set(plan.id, { memoryMb: plan.limits.memory_mb, cpus: plan.limits.cpus, pids: plan.limits.pids });
+  }
 
-  const credentials = read.object(root.credentials ?? {}, 'credentials');
-  for (const [key, value] of Object.entries(credentials)) {
-    if (Array.isArray(value)) read.strings(value, `credentials.${key}`);
-    else read.string(value, `credentials.${key}`);
-  }
-  const syslogDrainUrl = root.syslog_drain_url === undefined ? undefined : read.string(root.syslog_drain_url, 'syslog_drain_url');
-  const requires = (root.offering as { requires?: string[] }).requires ?? [];
+  const syslogDrainUrl = root.syslog_drain_url;
+  const requires = root.offering.requires ?? [];
   if (syslogDrainUrl !== undefined && !requires.includes('syslog_drain')) {
-    read.fail('syslog_drain_url', 'needs offering.requires to contain "syslog_drain"');
+    fail('syslog_drain_url', 'needs offering.requires to contain "syslog_drain"');
   }
-  if (requires.includes('syslog_drain') && syslogDrainUrl === undefined) read.fail('syslog_drain_url', 'is required by offering.requires "syslog_drain"');
+  if (requires.includes('syslog_drain') && syslogDrainUrl === undefined) fail('syslog_drain_url', 'is required by offering.requires "syslog_drain"');
 
   const scriptsDir = path.join(folder, 'scripts');
   const scripts = new Set(existsSync(scriptsDir) ? readdirSync(scriptsDir).filter((name) => (SCRIPTS as readonly string[]).includes(name)) : []);
   if (!scripts.has('ready')) throw new CatalogError(`${folder}: scripts/ready is missing (the broker polls it until the service accepts connections)`);
+
+  const container = root.container;
+  const containerSpec: ContainerSpec = {
+    port: container.port,
+    extraPorts: container.extra_ports,
+    dataPath: container.data_path,
+    execUser: container.exec_user,
+    adminUsername: container.admin_username,
+    capDrop: container.cap_drop,
+    capAdd: container.cap_add,
+    stopTimeoutSeconds: container.stop_timeout_seconds,
+    readyTimeoutSeconds: container.ready_timeout_seconds,
+  };
 
   return {
     folder,
@@ -134,76 +192,37 @@ function loadDefinition(folder: string, imagePrefix: string): ServiceDefinition 
     parameterSchema,
     bindingParameterSchema,
     updatableParameters,
-    container: readContainer(read, read.object(root.container, 'container')),
-    credentials: credentials as CredentialsTemplate,
+    container: containerSpec,
+    credentials: root.credentials,
     syslogDrainUrl,
     scripts,
     imageRepository: `${imagePrefix}${offering.name}`,
   };
 }
 
-function readOffering(
-  read: Reader,
-  raw: Record<string, unknown>,
-  maintenanceInfo: ServiceDefinition['maintenanceInfo'],
+/** The offering as platforms see it: plans without their limits, with the maintenance info and parameter schemas. */
+function buildOffering(
+  raw: ServiceJson['offering'],
+  maintenanceInfo: MaintenanceInfo,
   parameterSchema: Record<string, unknown>,
   bindingParameterSchema: Record<string, unknown>,
 ): ServiceOffering {
-  const plansRaw = raw.plans;
-  if (!Array.isArray(plansRaw) || plansRaw.length === 0) read.fail('offering.plans', 'must list at least one plan');
-  const offering: ServiceOffering = {
-    ...raw,
-    id: read.string(raw.id, 'offering.id', GUID, 'a GUID'),
-    name: read.string(raw.name, 'offering.name', NAME, 'lowercase a-z, 0-9 and "-"'),
-    description: read.string(raw.description, 'offering.description'),
-    bindable: read.optionalBoolean(raw.bindable, 'offering.bindable') ?? read.fail('offering.bindable', 'must be true or false'),
-    plans: [],
-  };
-  if (raw.tags !== undefined) read.strings(raw.tags, 'offering.tags');
-  if (raw.requires !== undefined) read.strings(raw.requires, 'offering.requires');
-  for (const flag of ['instances_retrievable', 'bindings_retrievable', 'allow_context_updates', 'plan_updateable']) {
-    read.optionalBoolean(raw[flag], `offering.${flag}`);
-  }
-  offering.plans = plansRaw.map((planRaw: unknown, index: number): Plan => {
-    const field = `offering.plans[${index}]`;
-    const plan = read.object(planRaw, field);
-    const maximumPollingDuration = plan.maximum_polling_duration;
-    if (maximumPollingDuration !== undefined) read.number(maximumPollingDuration, `${field}.maximum_polling_duration`, { integer: true, min: 1 });
-    read.optionalBoolean(plan.plan_updateable, `${field}.plan_updateable`);
-    read.optionalBoolean(plan.free, `${field}.free`);
-    const sent = Object.fromEntries(Object.entries(plan).filter(([key]) => !PLAN_FIELDS_NOT_SENT.includes(key)));
-    return {
-      ...sent,
-      id: read.string(plan.id, `${field}.id`, GUID, 'a GUID'),
-      name: read.string(plan.name, `${field}.name`, NAME, 'lowercase a-z, 0-9 and "-"'),
-      description: read.string(plan.description, `${field}.description`),
-      maintenance_info: maintenanceInfo,
-      schemas: {
-        service_instance: { create: { parameters: parameterSchema }, update: { parameters: parameterSchema } },
-        service_binding: { create: { parameters: bindingParameterSchema } },
-      },
-    };
-  });
-  return offering;
-}
-
-function readContainer(read: Reader, raw: Record<string, unknown>): ContainerSpec {
-  const dataPath = read.string(raw.data_path, 'container.data_path', /^\//, 'an absolute path');
-  const extraPorts = read.object(raw.extra_ports ?? {}, 'container.extra_ports');
-  for (const [name, port] of Object.entries(extraPorts)) {
-    if (!/^[a-z][a-z0-9_]*$/.test(name)) read.fail(`container.extra_ports.${name}`, 'must be named with lowercase a-z, 0-9 and "_"');
-    read.number(port, `container.extra_ports.${name}`, { integer: true, min: 1, max: 65535 });
-  }
   return {
-    port: read.number(raw.port, 'container.port', { integer: true, min: 1, max: 65535 }),
-    extraPorts: extraPorts as Record<string, number>,
-    dataPath,
-    execUser: raw.exec_user === undefined ? undefined : read.string(raw.exec_user, 'container.exec_user'),
-    adminUsername: read.string(raw.admin_username ?? 'osb_admin', 'container.admin_username', /^[a-z_][a-z0-9_]*$/, 'lowercase a-z, 0-9 and "_"'),
-    capDrop: read.strings(raw.cap_drop ?? [], 'container.cap_drop'),
-    capAdd: read.strings(raw.cap_add ?? [], 'container.cap_add'),
-    stopTimeoutSeconds: read.number(raw.stop_timeout_seconds ?? 10, 'container.stop_timeout_seconds', { integer: true, min: 0, max: 600 }),
-    readyTimeoutSeconds: read.number(raw.ready_timeout_seconds ?? 120, 'container.ready_timeout_seconds', { integer: true, min: 1, max: 3600 }),
+    ...raw,
+    plans: raw.plans.map((plan): Plan => {
+      const sent = Object.fromEntries(Object.entries(plan).filter(([key]) => !PLAN_FIELDS_NOT_SENT.includes(key)));
+      return {
+        ...sent,
+        id: plan.id,
+        name: plan.name,
+        description: plan.description,
+        maintenance_info: maintenanceInfo,
+        schemas: {
+          service_instance: { create: { parameters: parameterSchema }, update: { parameters: parameterSchema } },
+          service_binding: { create: { parameters: bindingParameterSchema } },
+        },
+      };
+    }),
   };
 }
 

@@ -1,11 +1,13 @@
 import test from 'ava';
-import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { Ajv } from 'ajv';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { PACKAGE_ROOT } from '../../src/config.js';
 import { CatalogError, loadCatalog } from '../../src/catalog/load.js';
 
 const realCatalog = path.join(PACKAGE_ROOT, 'catalog');
+const schemaFile = path.join(realCatalog, 'service.schema.json');
 
 /** A copy of the real catalog with one service.json changed by `edit`. */
 function catalogWith(edit: (service: any) => void): string {
@@ -59,6 +61,16 @@ const badCases: Array<[string, (service: any) => void, RegExp]> = [
   ['a drain URL without requires syslog_drain', (s) => { s.syslog_drain_url = 'syslog://{host}:{port}'; }, /syslog_drain_url needs offering.requires/],
   ['a relative data path', (s) => { s.container.data_path = 'data'; }, /container\.data_path must be an absolute path/],
   ['a missing bindable flag', (s) => { delete s.offering.bindable; }, /offering\.bindable must be true or false/],
+  ['a parameter name that is no environment variable name', (s) => { s.parameters.properties['Bad-Name'] = { type: 'string' }; },
+    /service\.json: parameters\.properties\["Bad-Name"\] must be named with lowercase a-z, 0-9 and "_"/],
+  ['a memory limit of the wrong type', (s) => { s.offering.plans[0].limits.memory_mb = { mb: 512 }; },
+    /service\.json: offering\.plans\[0\]\.limits\.memory_mb must be an integer >= 16$/],
+  ['a fractional CPU count below the minimum', (s) => { s.offering.plans[1].limits.cpus = 0.001; },
+    /offering\.plans\[1\]\.limits\.cpus must be a number >= 0\.01 and <= 64 \(got 0\.001\)/],
+  ['an empty tag', (s) => { s.offering.tags = ['sql', '']; }, /offering\.tags\[1\] must be a non-empty string/],
+  ['an extra port with an uppercase name', (s) => { s.container.extra_ports = { Admin: 8080 }; },
+    /container\.extra_ports\.Admin must be named with lowercase a-z, 0-9 and "_"/],
+  ['a missing container port', (s) => { delete s.container.port; }, /container\.port must be an integer >= 1 and <= 65535 \(it is missing\)/],
 ];
 
 for (const [what, edit, message] of badCases) {
@@ -75,3 +87,25 @@ test('invalid JSON names the file', (t) => {
   writeFileSync(path.join(dir, 'postgresql', 'service.json'), '{ nope');
   t.throws(() => loadCatalog(dir, 'x/'), { instanceOf: CatalogError, message: /postgresql\/service\.json: not valid JSON/ });
 });
+
+/** The schema compiled the way a catalog editor's tooling would: strict, with the broker's message keyword. */
+function compileServiceSchema() {
+  const ajv = new Ajv({ allErrors: true, allowUnionTypes: true });
+  ajv.addKeyword({ keyword: 'errorMessage', schemaType: 'string' });
+  const schema = JSON.parse(readFileSync(schemaFile, 'utf8'));
+  return { ajv, schema, validate: ajv.compile(schema) };
+}
+
+test('service.schema.json is a valid draft-07 schema that compiles in strict mode', (t) => {
+  const { ajv, schema } = compileServiceSchema();
+  t.is(schema.$schema, 'http://json-schema.org/draft-07/schema#');
+  t.true(ajv.validateSchema(schema), ajv.errorsText());
+});
+
+for (const folder of readdirSync(realCatalog, { withFileTypes: true }).filter((entry) => entry.isDirectory()).map((entry) => entry.name)) {
+  test(`the shipped ${folder}/service.json validates against service.schema.json`, (t) => {
+    const { validate } = compileServiceSchema();
+    const service = JSON.parse(readFileSync(path.join(realCatalog, folder, 'service.json'), 'utf8'));
+    t.true(validate(service), JSON.stringify(validate.errors));
+  });
+}
