@@ -1,9 +1,9 @@
 import path from 'node:path';
-import type { Config } from '../config.js';
-import { LABEL, type DockerEngine } from '../docker/engine.js';
-import type { ImageBuilder } from '../images/builder.js';
-import type { Logger } from '../log.js';
-import { newPassword } from '../broker/ids.js';
+import type { Config } from './config.js';
+import { LABEL, type DockerEngine } from './docker/engine.js';
+import type { ImageBuilder } from './images/builder.js';
+import type { Logger } from './log.js';
+import { newPassword } from './broker/ids.js';
 
 export const stateImageTag = (imagePrefix: string) => `${imagePrefix}state-redis:1.0.0`;
 

@@ -8,8 +8,9 @@ import { ImageBuilder } from './images/builder.js';
 import type { Logger } from './log.js';
 import { DockerBroker } from './broker/broker.js';
 import { recover, type RecoveryReport } from './broker/recovery.js';
-import { InstanceRuntime } from './broker/runtime.js';
-import { startEmbeddedRedis } from './store/embedded-redis.js';
+import { portIsFree } from './broker/probe.js';
+import { DockerRuntime } from './broker/runtime.js';
+import { startEmbeddedRedis } from './embedded-redis.js';
 import { RedisStore } from './store/redis-store.js';
 import { Sealer } from './store/sealer.js';
 import { createApp } from './http/app.js';
@@ -48,7 +49,8 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   // Known once listening (PORT=0 picks a free port); until then no request can ask for it.
   let publicUrl = config.publicUrl ?? '';
   const dashboardUrl = (instanceId: string) => dashboardLink(tokens, publicUrl, instanceId, config.dashboardLinkSeconds);
-  const broker = new DockerBroker(config, definitions, store, new InstanceRuntime(engine, images, config), log, dashboardUrl);
+  const runtime = new DockerRuntime(engine, images, config);
+  const broker = new DockerBroker(config, definitions, store, runtime, log, (port) => portIsFree(config.publishIp, port), dashboardUrl);
   let recovery: RecoveryReport;
   let server: Server;
   try {
@@ -58,7 +60,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
       password: config.password,
       bodyLimitBytes: config.bodyLimitBytes,
       log,
-      inventory: () => broker.inventory(),
+      listing: () => broker.listing(),
       dashboard: {
         service: new DashboardService(store, engine, definitions, config),
         tokens,

@@ -1,7 +1,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
 import { LABEL } from '../src/docker/engine.js';
-import { stateImageTag } from '../src/store/embedded-redis.js';
+import { stateImageTag } from '../src/embedded-redis.js';
 import { pgQuery, stopAllWatchers, watchContainerCreations } from './helpers/engine-watch.js';
 import { brokerObjects, engine, PG, redisKeys, removeEverything, startTestRedis, uniqueId } from './helpers/env.js';
 import { provisionBody, type OsbClient } from './helpers/osb-client.js';

@@ -20,3 +20,9 @@ export function checkId(value: string | undefined, what: string): string {
   }
   return value;
 }
+
+/** The engine names of an instance's container and volume; recorded with the instance, so this rule may change. */
+export function instanceResourceNames(brokerId: string, instanceId: string): { containerName: string; volumeName: string } {
+  const containerName = `osb-${brokerId}-${instanceId}`;
+  return { containerName, volumeName: `${containerName}-data` };
+}

@@ -1,29 +1,28 @@
-import { setTimeout as delay } from 'node:timers/promises';
 import type { Config } from '../config.js';
 import { imageTag, type Limits, type ServiceDefinition } from '../catalog/definition.js';
-import { LABEL, type ContainerLimits, type DockerEngine } from '../docker/engine.js';
+import { LABEL, PortInUseError, type ContainerLimits, type DockerEngine } from '../docker/engine.js';
 import type { ImageBuilder } from '../images/builder.js';
 import type { BindingRecord, InstanceRecord } from '../store/records.js';
+import { waitFor } from '../wait.js';
+import { PortTakenError, type InstanceRuntime, type Progress } from './contracts.js';
 import { publishedPortAnswers } from './probe.js';
 
-export type Progress = (description: string) => Promise<void>;
-
 const READY_POLL_MS = 100;
-const SCRIPT_TIMEOUT_MS = 60_000;
+const SCRIPT_TIMEOUT_SECONDS = 60;
+/** After the time-out, `timeout` sends TERM; a script that ignores it is killed this much later. */
+const SCRIPT_KILL_AFTER_SECONDS = 5;
+/** coreutils `timeout` exits with 124 when it had to stop the command. */
+const TIMED_OUT = 124;
 
 export class ScriptError extends Error {}
 
 /** What it takes to run one instance on the engine: containers, volumes and the scripts inside the image. */
-export class InstanceRuntime {
+export class DockerRuntime implements InstanceRuntime {
   constructor(
     private readonly engine: DockerEngine,
     private readonly images: ImageBuilder,
     private readonly config: Config,
   ) {}
-
-  static containerName(brokerId: string, instanceId: string) {
-    return `osb-${brokerId}-${instanceId}`;
-  }
 
   labels(instance: InstanceRecord): Record<string, string> {
     return {
@@ -64,7 +63,12 @@ export class InstanceRuntime {
       stopTimeoutSeconds: definition.container.stopTimeoutSeconds,
     });
     signal.throwIfAborted();
-    await this.engine.startContainer(instance.containerName);
+    try {
+      await this.engine.startContainer(instance.containerName);
+    } catch (error) {
+      if (error instanceof PortInUseError) throw new PortTakenError(error.message);
+      throw error;
+    }
     await progress(`Starting ${definition.offering.metadata?.displayName ?? definition.offering.name}.`);
     await this.waitReady(definition, instance, signal);
     // The server listens from here on, so the published port can be probed while setup and the login check run.
@@ -78,33 +82,31 @@ export class InstanceRuntime {
   }
 
   private async waitReady(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal): Promise<void> {
-    const deadline = Date.now() + definition.container.readyTimeoutSeconds * 1000;
-    for (;;) {
-      signal.throwIfAborted();
-      const result = await this.engine.exec(instance.containerName, ['/osb/ready'], {
+    const seconds = definition.container.readyTimeoutSeconds;
+    await waitFor(async () => {
+      const result = await this.engine.exec(instance.containerName, ['timeout', '-k', '2s', '10s', '/osb/ready'], {
         user: definition.container.execUser,
         env: this.env(definition, instance),
-        timeoutMs: 10_000,
+        timeoutMs: 15_000,
         signal,
       }).catch((error: Error) => ({ exitCode: -1, stdout: '', stderr: error.message }));
-      if (result.exitCode === 0) return;
+      if (result.exitCode === 0) return true;
       const container = await this.engine.inspectContainer(instance.containerName);
       if (!container?.running) {
         throw new Error(`the container stopped while starting (state: ${container?.status ?? 'missing'}); see its logs`);
       }
-      if (Date.now() > deadline) throw new Error(`the service was not ready within ${definition.container.readyTimeoutSeconds} s`);
-      await sleep(READY_POLL_MS, signal);
-    }
+      return undefined;
+    }, { intervalMs: READY_POLL_MS, timeoutMs: seconds * 1000, signal, onTimeout: () => new Error(`the service was not ready within ${seconds} s`) });
   }
 
   private async waitForPublishedPort(instance: InstanceRecord, signal: AbortSignal): Promise<void> {
     const host = this.config.publishIp === '0.0.0.0' ? '127.0.0.1' : this.config.publishIp === '::' ? '::1' : this.config.publishIp;
-    for (let attempt = 0; attempt < 50; attempt++) {
-      signal.throwIfAborted();
-      if (await publishedPortAnswers(host, instance.hostPort!)) return;
-      await sleep(100, signal);
-    }
-    throw new Error(`nothing answers on the published port ${host}:${instance.hostPort}`);
+    await waitFor(async () => ((await publishedPortAnswers(host, instance.hostPort!)) ? true : undefined), {
+      intervalMs: 100,
+      timeoutMs: 5_000,
+      signal,
+      onTimeout: () => new Error(`nothing answers on the published port ${host}:${instance.hostPort}`),
+    });
   }
 
   inspect(instance: InstanceRecord) {
@@ -174,12 +176,15 @@ export class InstanceRuntime {
   private async script(definition: ServiceDefinition, instance: InstanceRecord, name: string, extraEnv: Record<string, string>, signal: AbortSignal): Promise<string> {
     if (!definition.scripts.has(name)) return '';
     const env = { ...this.env(definition, instance), ...extraEnv };
-    const result = await this.engine.exec(instance.containerName, [`/osb/${name}`], {
+    // `timeout` stops the script inside the container; the broker's own deadline is only the last resort.
+    const command = ['timeout', '-k', `${SCRIPT_KILL_AFTER_SECONDS}s`, `${SCRIPT_TIMEOUT_SECONDS}s`, `/osb/${name}`];
+    const result = await this.engine.exec(instance.containerName, command, {
       user: definition.container.execUser,
       env,
-      timeoutMs: SCRIPT_TIMEOUT_MS,
+      timeoutMs: (SCRIPT_TIMEOUT_SECONDS + SCRIPT_KILL_AFTER_SECONDS + 5) * 1000,
       signal,
     });
+    if (result.exitCode === TIMED_OUT) throw new ScriptError(`${name} script did not finish within ${SCRIPT_TIMEOUT_SECONDS} s and was stopped`);
     if (result.exitCode !== 0) {
       const secrets = [env.ADMIN_PASSWORD, env.BINDING_PASSWORD].filter((value): value is string => Boolean(value));
       const reason = redact(result.stderr.trim().split('\n').slice(-3).join(' '), secrets) || `exit code ${result.exitCode}`;
@@ -199,8 +204,4 @@ function bindingEnv(binding: BindingRecord): Record<string, string> {
 
 export function redact(text: string, secrets: string[]): string {
   return secrets.reduce((result, secret) => result.split(secret).join('[redacted]'), text);
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return delay(ms, undefined, { signal });
 }

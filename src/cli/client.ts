@@ -2,8 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import path from 'node:path';
-import type { InventoryInstance } from '../broker/broker.js';
-import type { ServiceOffering } from '../osb/types.js';
+import type { InstanceListing, ListedInstance } from '../api/listing.js';
+import type { Credentials, Endpoint, ServiceOffering } from '../osb/types.js';
 import type { Flags } from './args.js';
 import { CliError } from './errors.js';
 
@@ -43,9 +43,22 @@ export function brokerSettings(flags: Pick<Flags, 'url' | 'user' | 'password'>, 
   return { url, username, password: '', passwordSource: `nowhere: OSB_BROKER_PASSWORD is unset and there is no ${file}` };
 }
 
+/** The fields the CLI reads from the broker's JSON answers; all optional, as error bodies carry others. */
+export interface ReplyBody {
+  operation?: string;
+  dashboard_url?: string;
+  credentials?: Credentials;
+  syslog_drain_url?: string;
+  endpoints?: Endpoint[];
+  state?: string;
+  description?: string;
+  error?: string;
+}
+
 export interface Reply {
   status: number;
-  body: any;
+  /** A body that is not a JSON object arrives as its text in `description`. */
+  body: ReplyBody;
   retryAfterSeconds?: number;
 }
 
@@ -54,8 +67,6 @@ export interface LastOperation {
   description?: string;
 }
 
-export type ListedInstance = InventoryInstance;
-export type ListedBinding = InventoryInstance['bindings'][number];
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -98,12 +109,15 @@ export class BrokerClient {
       throw new CliError(`cannot reach the broker at ${this.settings.url} (${reason(error)}); start it with \`npm start\` or set OSB_BROKER_URL`);
     }
     const text = await response.text();
-    let parsed: unknown = text;
+    let parsed: unknown;
     try {
       parsed = text ? JSON.parse(text) : {};
     } catch {
-      // Not JSON: keep the text for the message.
+      // Not JSON: the text is kept for the message.
     }
+    const replyBody: ReplyBody = parsed && typeof parsed === 'object' && !Array.isArray(parsed)
+      ? (parsed as ReplyBody)
+      : { description: text.trim().slice(0, 300) };
     if (response.status === 401) {
       throw new CliError(
         `the broker at ${this.settings.url} refused the credentials of user "${this.settings.username}" (password from ${this.settings.passwordSource}); ` +
@@ -111,13 +125,13 @@ export class BrokerClient {
       );
     }
     const retryAfter = Number(response.headers.get('Retry-After'));
-    return { status: response.status, body: parsed, ...(Number.isFinite(retryAfter) && retryAfter > 0 ? { retryAfterSeconds: retryAfter } : {}) };
+    return { status: response.status, body: replyBody, ...(Number.isFinite(retryAfter) && retryAfter > 0 ? { retryAfterSeconds: retryAfter } : {}) };
   }
 
   async catalog(): Promise<ServiceOffering[]> {
     const reply = await this.request('GET', '/v2/catalog');
     expect(reply, [200], 'reading the catalog');
-    return (reply.body as { services: ServiceOffering[] }).services;
+    return (reply.body as { services?: ServiceOffering[] }).services ?? [];
   }
 
   /** The broker's listing (GET /broker/v1/instances): names from the platform context, ids, states, bindings. */
@@ -127,7 +141,7 @@ export class BrokerClient {
       throw new CliError(`the broker at ${this.settings.url} has no listing endpoint (GET /broker/v1/instances answered 404); osb-docker needs an osb-docker-broker`);
     }
     expect(reply, [200], 'listing the instances');
-    return (reply.body as { instances: ListedInstance[] }).instances;
+    return (reply.body as Partial<InstanceListing>).instances ?? [];
   }
 
   /**

@@ -2,7 +2,8 @@ import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import type { Plan, ServiceOffering } from '../osb/types.js';
 import { parseParameters, usageOf, type CommandSpec, type Flags } from './args.js';
-import { BrokerClient, describeBody, expect, PLATFORM, type ListedBinding, type ListedInstance } from './client.js';
+import type { ListedBinding, ListedInstance } from '../api/listing.js';
+import { BrokerClient, describeBody, expect, PLATFORM } from './client.js';
 import { CliError } from './errors.js';
 import { formatTable } from './table.js';
 import { buildVcapServices, exportLine, type BoundService } from './vcap.js';
@@ -161,7 +162,7 @@ async function bind({ client, args, flags, io }: Run): Promise<void> {
     context: { platform: PLATFORM, binding_name: bindingName },
   });
   if (![200, 201, 202].includes(reply.status)) throw new CliError(`the broker refused to bind ${name}: ${describeBody(reply.body)}`);
-  let result = reply.body as { credentials?: Record<string, unknown>; syslog_drain_url?: string; endpoints?: Array<{ host: string; ports: string[] }> };
+  let result = reply.body;
   if (reply.status === 202) {
     const operation = typeof reply.body.operation === 'string' ? `?operation=${encodeURIComponent(reply.body.operation)}` : '';
     const done = await client.waitFor(`${path}/last_operation${operation}`, (description) => io.err(`  ${description}`));
@@ -241,7 +242,7 @@ async function dashboard({ client, args, flags, io }: Run): Promise<void> {
   const reply = await client.request('GET', instancePath(instance.id));
   if (reply.status === 404 && instance.state === 'provisioning') throw new CliError(`${name} is still being created; its dashboard opens once \`osb-docker list\` shows it ready`);
   expect(reply, [200], `fetching ${name}`);
-  const url = reply.body.dashboard_url as string | undefined;
+  const url = reply.body.dashboard_url;
   if (!url) throw new CliError(`the broker gave no dashboard address for ${name}`);
   io.out(url);
   if (flags.open) await openInBrowser(url);

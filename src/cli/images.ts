@@ -5,7 +5,7 @@ import { imageTag } from '../catalog/definition.js';
 import { DockerEngine } from '../docker/engine.js';
 import { ImageBuilder } from '../images/builder.js';
 import { createLogger } from '../log.js';
-import { stateImageTag } from '../store/embedded-redis.js';
+import { stateImageTag } from '../embedded-redis.js';
 
 /** `npm run images`: builds every catalog image and the state store image, showing progress. Built images are skipped. */
 async function main(): Promise<void> {

@@ -39,7 +39,13 @@ export interface OverviewRow {
   createdAt: string;
 }
 
-/** What the dashboard shows, read from the store and the engine. Never a password, never a container's environment. */
+/** An instance as the dashboard handles it: the stored record without its secrets. */
+export type DashboardInstance = Omit<InstanceRecord, 'secrets'>;
+
+/**
+ * What the dashboard shows, read from the store and the engine. Never a password, never a container's environment:
+ * secrets are read here only to be removed from what the engine says, and never leave this class.
+ */
 export class DashboardService {
   private readonly definitions: Map<string, ServiceDefinition>;
 
@@ -52,9 +58,11 @@ export class DashboardService {
     this.definitions = new Map(definitions.map((definition) => [definition.offering.id, definition]));
   }
 
-  async instance(id: string): Promise<InstanceRecord | undefined> {
+  async instance(id: string): Promise<DashboardInstance | undefined> {
     const record = await this.store.getInstance(id);
-    return record && record.state !== 'deleted' ? record : undefined;
+    if (!record || record.state === 'deleted') return undefined;
+    const { secrets: _secrets, ...instance } = record;
+    return instance;
   }
 
   async overview(): Promise<OverviewRow[]> {
@@ -75,7 +83,7 @@ export class DashboardService {
       });
   }
 
-  async details(instance: InstanceRecord): Promise<InstanceDetails> {
+  async details(instance: DashboardInstance): Promise<InstanceDetails> {
     const definition = this.definitions.get(instance.serviceId);
     const plan = definition?.offering.plans.find((candidate) => candidate.id === instance.planId);
     const [operation, bindings, container] = await Promise.all([
@@ -110,12 +118,12 @@ export class DashboardService {
   }
 
   /** Live CPU, memory, network and process count; undefined when the container is not running. */
-  async usage(instance: InstanceRecord): Promise<ContainerUsage | undefined> {
+  async usage(instance: DashboardInstance): Promise<ContainerUsage | undefined> {
     const container = await this.engine.inspectContainer(instance.containerName);
     return container?.running ? this.engine.usage(instance.containerName).catch(() => undefined) : undefined;
   }
 
-  async top(instance: InstanceRecord): Promise<ProcessList | undefined> {
+  async top(instance: DashboardInstance): Promise<ProcessList | undefined> {
     const container = await this.engine.inspectContainer(instance.containerName);
     if (!container?.running) return undefined;
     const redact = await this.redactor(instance);
@@ -123,14 +131,14 @@ export class DashboardService {
     return { titles: list.titles, processes: list.processes.map((row) => row.map(redact)) };
   }
 
-  async logs(instance: InstanceRecord, tail: number): Promise<LogLine[] | undefined> {
+  async logs(instance: DashboardInstance, tail: number): Promise<LogLine[] | undefined> {
     if (!(await this.engine.inspectContainer(instance.containerName))) return undefined;
     const redact = await this.redactor(instance);
     return (await this.engine.logs(instance.containerName, tail)).map((line) => ({ ...line, text: redact(line.text) }));
   }
 
   /** Streams new lines, redacted, until the signal aborts; the secrets list is refreshed as bindings come and go. */
-  async follow(instance: InstanceRecord, sinceSeconds: number, onLine: (line: LogLine) => void, signal: AbortSignal): Promise<void> {
+  async follow(instance: DashboardInstance, sinceSeconds: number, onLine: (line: LogLine) => void, signal: AbortSignal): Promise<void> {
     let redact = await this.redactor(instance);
     const refresh = setInterval(() => {
       this.redactor(instance).then((next) => (redact = next), () => {});
@@ -143,9 +151,9 @@ export class DashboardService {
   }
 
   /** Every secret the broker knows for this instance, removed before any byte leaves the broker. */
-  private async redactor(instance: InstanceRecord): Promise<(text: string) => string> {
-    const bindings = await this.store.listBindings(instance.id);
-    const secrets = [instance.secrets.adminPassword, ...bindings.map((binding) => binding.secrets.password)]
+  private async redactor(instance: DashboardInstance): Promise<(text: string) => string> {
+    const [record, bindings] = await Promise.all([this.store.getInstance(instance.id), this.store.listBindings(instance.id)]);
+    const secrets = [record?.secrets.adminPassword ?? '', ...bindings.map((binding) => binding.secrets.password)]
       .flatMap((secret) => [secret, encodeURIComponent(secret)])
       .filter((secret, index, all) => secret.length >= 4 && all.indexOf(secret) === index)
       .sort((a, b) => b.length - a.length);
@@ -153,12 +161,12 @@ export class DashboardService {
   }
 }
 
-function instanceName(instance: InstanceRecord): string | undefined {
+function instanceName(instance: DashboardInstance): string | undefined {
   const name = instance.context.instance_name;
   return typeof name === 'string' && name ? name : undefined;
 }
 
-function explain(instance: InstanceRecord, container: { running: boolean; status: string; exitCode?: number } | undefined): string | undefined {
+function explain(instance: DashboardInstance, container: { running: boolean; status: string; exitCode?: number } | undefined): string | undefined {
   if (instance.state === 'provisioning') return 'The instance is still being provisioned; live data appears once its container runs.';
   if (instance.state === 'deprovisioning') return 'The instance is being deleted.';
   if (!container) {

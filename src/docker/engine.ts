@@ -2,6 +2,7 @@ import Docker from 'dockerode';
 import { PassThrough } from 'node:stream';
 import { readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
+import { waitFor } from '../wait.js';
 
 /** Labels put on everything the broker creates, so it can always find (and reconcile) its own objects. */
 export const LABEL = {
@@ -147,15 +148,17 @@ export class DockerEngine {
 
   /** Removes a volume; waits briefly while a just-removed container still holds it. */
   async removeVolume(name: string): Promise<void> {
-    for (let attempt = 0; ; attempt++) {
+    let inUse: unknown;
+    await waitFor(async () => {
       try {
         await ignoreStatus(this.docker.getVolume(name).remove(), 404);
-        return;
+        return true;
       } catch (error) {
-        if (statusOf(error) !== 409 || attempt >= 50) throw error;
-        await new Promise((resolve) => setTimeout(resolve, 100));
+        if (statusOf(error) !== 409) throw error;
+        inUse = error;
+        return undefined;
       }
-    }
+    }, { intervalMs: 100, timeoutMs: 5_000, onTimeout: () => inUse as Error });
   }
 
   /** Creates the container unless one of that name exists (names are unique per instance). */

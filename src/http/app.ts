@@ -1,6 +1,7 @@
 import Koa, { type Middleware } from 'koa';
 import compose from 'koa-compose';
 import type Router from '@koa/router';
+import type { ListedInstance } from '../api/listing.js';
 import type { Logger } from '../log.js';
 import type { ServiceBroker } from '../osb/types.js';
 import { dashboardRoutes, type DashboardOptions } from './dashboard-routes.js';
@@ -13,7 +14,6 @@ import { originatingIdentity } from './middleware/originating-identity.js';
 import { requestIdentity } from './middleware/request-identity.js';
 import { osbRoutes } from './osb-routes.js';
 import { listingRoutes } from './listing-routes.js';
-import type { InventoryInstance } from '../broker/broker.js';
 
 export interface AppOptions {
   username: string;
@@ -23,7 +23,7 @@ export interface AppOptions {
   /** Without it, no dashboard routes are served (the HTTP status tests run the OSB part alone). */
   dashboard?: Omit<DashboardOptions, 'brokerAuth'>;
   /** Without it, no listing route is served. */
-  inventory?: () => Promise<InventoryInstance[]>;
+  listing?: () => Promise<ListedInstance[]>;
 }
 
 const under = (prefix: string, middleware: Middleware): Middleware => (ctx, next) =>
@@ -51,7 +51,7 @@ export function createApp(broker: ServiceBroker, options: AppOptions): Koa {
     ctx.body = { status: 'ok' };
   });
   app.use(under('/v2', compose([auth, apiVersion, originatingIdentity, jsonBody(options.bodyLimitBytes), ...routerMiddleware(osb)])));
-  if (options.inventory) app.use(under('/broker', compose([auth, ...routerMiddleware(listingRoutes(options.inventory))])));
+  if (options.listing) app.use(under('/broker', compose([auth, ...routerMiddleware(listingRoutes(options.listing))])));
   if (options.dashboard) {
     const dashboard = dashboardRoutes({ ...options.dashboard, brokerAuth: auth });
     app.use(under('/dashboard', compose(routerMiddleware(dashboard))));

@@ -3,10 +3,9 @@ import type { Context, Middleware } from 'koa';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
-import type { DashboardService } from '../dashboard/service.js';
+import type { DashboardInstance, DashboardService } from '../dashboard/service.js';
 import type { DashboardTokens } from '../dashboard/tokens.js';
 import { logLinesHtml, overviewPage, problemPage } from '../dashboard/pages.js';
-import type { InstanceRecord } from '../store/records.js';
 
 export interface DashboardOptions {
   service: DashboardService;
@@ -61,7 +60,7 @@ export function dashboardRoutes(options: DashboardOptions): Router {
   });
 
   /** The instance named in the path, once the token (first visit) or the cookie (afterwards) allows it. */
-  const authorised = (handler: (ctx: Context, instance: InstanceRecord) => Promise<void> | void): Middleware => async (ctx) => {
+  const authorised = (handler: (ctx: Context, instance: DashboardInstance) => Promise<void> | void): Middleware => async (ctx) => {
     const id = ctx.params.id!;
     const cookiePath = `/dashboard/instances/${encodeURIComponent(id)}`;
     const link = typeof ctx.query.token === 'string' ? ctx.query.token : undefined;

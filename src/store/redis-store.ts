@@ -1,5 +1,7 @@
 import { Redis } from 'ioredis';
 import { randomBytes } from 'node:crypto';
+import { waitFor } from '../wait.js';
+import { LockTimeoutError } from './errors.js';
 import type { BindingRecord, InstanceRecord, OperationRecord } from './records.js';
 import type { Sealer } from './sealer.js';
 
@@ -10,8 +12,6 @@ const EXTEND_IF_OWNER = `if redis.call('get', KEYS[1]) == ARGV[1] then return re
 const RESERVE_PORT = `if redis.call('set', KEYS[1], ARGV[1], 'NX') then redis.call('sadd', KEYS[2], ARGV[2]) return 1 else return 0 end`;
 const RELEASE_PORT = `redis.call('srem', KEYS[2], ARGV[2]) if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
 const RELEASE_IF_OWNER = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
-
-export class LockTimeoutError extends Error {}
 
 /**
  * Broker state in Redis. Records are JSON strings; their `secrets` field is sealed before it is written.
@@ -40,18 +40,22 @@ export class RedisStore {
   }
 
   async connect(timeoutMs = 10_000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
+    let failure = '';
+    await waitFor(async () => {
       try {
         if (this.redis.status === 'wait' || this.redis.status === 'end') await this.redis.connect();
         await this.redis.ping();
-        this.reached = true;
-        return;
+        return true;
       } catch (error) {
-        if (Date.now() > deadline) throw new Error(`cannot reach Redis at ${this.where} (${this.lastError ?? (error as Error).message}); check REDIS_URL, or leave it unset to let the broker run its own`);
-        await sleep(200);
+        failure = this.lastError ?? (error as Error).message;
+        return undefined;
       }
-    }
+    }, {
+      intervalMs: 200,
+      timeoutMs,
+      onTimeout: () => new Error(`cannot reach Redis at ${this.where} (${failure}); check REDIS_URL, or leave it unset to let the broker run its own`),
+    });
+    this.reached = true;
   }
 
   async close(): Promise<void> {
@@ -165,11 +169,11 @@ export class RedisStore {
   async withLock<T>(name: string, work: () => Promise<T>, waitMs = 15_000): Promise<T> {
     const key = this.key('lock', name);
     const token = randomBytes(16).toString('hex');
-    const deadline = Date.now() + waitMs;
-    while ((await this.redis.set(key, token, 'PX', LOCK_TTL_MS, 'NX')) !== 'OK') {
-      if (Date.now() > deadline) throw new LockTimeoutError(`lock ${name} is busy`);
-      await sleep(15);
-    }
+    await waitFor(async () => ((await this.redis.set(key, token, 'PX', LOCK_TTL_MS, 'NX')) === 'OK' ? true : undefined), {
+      intervalMs: 15,
+      timeoutMs: waitMs,
+      onTimeout: () => new LockTimeoutError(`lock ${name} is busy`),
+    });
     // Renewed while held, so slow work (a long bind script) never outlives its lock.
     const renewal = setInterval(() => {
       this.redis.eval(EXTEND_IF_OWNER, 1, key, token, LOCK_TTL_MS).catch(() => {});
@@ -214,5 +218,3 @@ export class RedisStore {
     return (sealed === undefined ? rest : { ...rest, secrets: this.sealer.open<unknown>(sealed, key) }) as T;
   }
 }
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -4,7 +4,7 @@ import { loadConfig, type Config } from '../../src/config.js';
 import { DockerEngine, LABEL } from '../../src/docker/engine.js';
 import { createLogger } from '../../src/log.js';
 import { startBroker, type BrokerConfig, type RunningBroker } from '../../src/server.js';
-import { stateImageTag } from '../../src/store/embedded-redis.js';
+import { stateImageTag } from '../../src/embedded-redis.js';
 import { OsbClient } from './osb-client.js';
 
 export const engine = new DockerEngine();

@@ -1,0 +1,199 @@
+import type { ServiceDefinition } from '../catalog/definition.js';
+import { validateParameters } from '../catalog/parameters.js';
+import { badRequest, concurrencyError, conflict, gone, notFound, unavailable, unprocessable } from '../osb/errors.js';
+import type {
+  BindRequest, BindResult, BindingView, Credentials, Endpoint, LastOperation, RequestMeta, ResourceQuery, UnbindResult,
+} from '../osb/types.js';
+import type { BindingRecord, InstanceRecord, OperationRecord } from '../store/records.js';
+import { renderCredentials, renderValue } from './credentials.js';
+import { checkId, newPassword, newUsername } from './ids.js';
+import { locked, operationFor, toLastOperation, type LifecycleParts } from './lifecycle-parts.js';
+import { now, reasonOf } from './operations.js';
+import { optionalObject } from './request-fields.js';
+import { sameJson } from './same.js';
+
+interface Issued {
+  credentials: Credentials;
+  endpoints: Endpoint[];
+  syslogDrainUrl?: string;
+}
+
+/** Bind, fetch and unbind of service bindings, and their last_operation. */
+export class BindingLifecycle {
+  constructor(private readonly parts: LifecycleParts) {}
+
+  async bind(instanceId: string, bindingId: string, request: BindRequest, asyncAllowed: boolean, meta: RequestMeta): Promise<BindResult> {
+    const { offerings, store, runner, log } = this.parts;
+    checkId(instanceId, 'instance_id');
+    checkId(bindingId, 'binding_id');
+    const definition = offerings.service(request.service_id);
+    const plan = offerings.plan(definition, request.plan_id);
+    if (!(plan.bindable ?? definition.offering.bindable)) throw badRequest(`Plan ${plan.name} of ${definition.offering.name} is not bindable.`);
+    const bindResource = optionalObject(request.bind_resource, 'bind_resource');
+    const context = optionalObject(request.context, 'context');
+    const parameters = validateParameters(definition.bindingParameterSchema, request.parameters, 'binding parameters');
+    const appGuid = (typeof bindResource?.app_guid === 'string' ? bindResource.app_guid : undefined) ?? request.app_guid;
+
+    return locked(store, instanceId, async () => {
+      const instance = await store.getInstance(instanceId);
+      if (!instance || instance.state === 'deleted') throw badRequest(`Service instance ${instanceId} does not exist.`);
+      if (instance.serviceId !== definition.offering.id) throw badRequest(`service_id does not match service instance ${instanceId}.`);
+      const existing = await store.getBinding(instanceId, bindingId);
+      if (existing && existing.state !== 'deleted') {
+        const same = existing.appGuid === appGuid && sameJson(existing.parameters, parameters) && sameJson(existing.bindResource ?? {}, bindResource ?? {});
+        if (!same) throw conflict(`Service binding ${bindingId} already exists with other attributes.`);
+        if (existing.state === 'ready') return { async: false, alreadyExists: true, ...this.issue(definition, instance, existing) };
+        if (existing.state === 'creating') return { async: true, alreadyExists: true, operation: existing.lastOperationId };
+        if (existing.state === 'deleting') throw concurrencyError('This service binding is being deleted.');
+      }
+      const instanceOperation = await store.getOperation(instance.lastOperationId);
+      if (instanceOperation?.state === 'in progress') throw concurrencyError();
+      if (instance.state !== 'ready') {
+        throw unprocessable('InstanceNotUsable', `Service instance ${instanceId} is ${instance.state}; it cannot be bound.`);
+      }
+      const operation = runner.create('bind', instanceId, 'Binding requested.', bindingId);
+      const binding: BindingRecord = {
+        id: bindingId,
+        instanceId,
+        serviceId: instance.serviceId,
+        planId: instance.planId,
+        appGuid,
+        bindResource,
+        context,
+        parameters,
+        state: 'creating',
+        username: existing?.username ?? newUsername(),
+        createdAt: now(),
+        lastOperationId: operation.id,
+        secrets: { password: existing?.secrets.password ?? newPassword(), extra: {} },
+      };
+      await store.putOperation(operation);
+      await store.putBinding(binding);
+      log.info({ instanceId, bindingId, operation: operation.id, async: asyncAllowed, ...meta }, 'binding');
+      if (asyncAllowed) {
+        runner.launch(operation, (signal) => this.runBind(operation, signal));
+        return { async: true, alreadyExists: false, operation: operation.id };
+      }
+      const ready = await this.runBind(operation, new AbortController().signal);
+      if (!ready) throw unavailable((await store.getOperation(operation.id))?.description ?? 'Binding failed.');
+      return { async: false, alreadyExists: false, ...this.issue(definition, instance, ready) };
+    });
+  }
+
+  /** Creates the binding's user; returns the ready binding, or undefined when it failed (the operation says why). */
+  async runBind(operation: OperationRecord, signal: AbortSignal): Promise<BindingRecord | undefined> {
+    const { offerings, store, runtime, runner, log } = this.parts;
+    const instance = await store.getInstance(operation.instanceId);
+    const binding = await store.getBinding(operation.instanceId, operation.bindingId!);
+    if (!instance || !binding) return undefined;
+    const definition = offerings.definitionOf(instance);
+    try {
+      const extra = await runtime.bind(definition, instance, binding, signal);
+      const ready: BindingRecord = { ...binding, state: 'ready', secrets: { ...binding.secrets, extra } };
+      await store.putBinding(ready);
+      await runner.finish(operation, 'succeeded', 'The service binding is ready.');
+      return ready;
+    } catch (error) {
+      const reason = reasonOf(error);
+      log.error({ instanceId: instance.id, bindingId: binding.id, operation: operation.id, reason }, 'bind failed');
+      await runtime.unbind(definition, instance, binding, signal).catch(() => undefined);
+      await store.putBinding({ ...binding, state: 'failed' });
+      await runner.finish(operation, 'failed', `Binding failed: ${reason}`);
+      return undefined;
+    }
+  }
+
+  /** The credentials, endpoints and drain URL a ready binding hands out. */
+  private issue(definition: ServiceDefinition, instance: InstanceRecord, binding: BindingRecord): Issued {
+    const host = this.parts.config.advertisedHost;
+    const values = {
+      host,
+      port: instance.hostPort,
+      ports: instance.extraHostPorts ?? {},
+      params: instance.parameters,
+      instance: { id: instance.id },
+      admin: { username: definition.container.adminUsername },
+      binding: { ...binding.secrets.extra, username: binding.username, password: binding.secrets.password },
+    };
+    const drain = definition.syslogDrainUrl === undefined ? undefined : renderValue(definition.syslogDrainUrl, values);
+    const ports = [instance.hostPort, ...Object.values(instance.extraHostPorts ?? {})].map(String);
+    return {
+      credentials: renderCredentials(definition.credentials, values),
+      endpoints: [{ host, ports, protocol: 'tcp' }],
+      ...(drain === undefined ? {} : { syslogDrainUrl: String(drain) }),
+    };
+  }
+
+  async fetch(instanceId: string, bindingId: string, _query: ResourceQuery): Promise<BindingView> {
+    const { offerings, store } = this.parts;
+    checkId(instanceId, 'instance_id');
+    checkId(bindingId, 'binding_id');
+    const instance = await store.getInstance(instanceId);
+    const binding = await store.getBinding(instanceId, bindingId);
+    if (!instance || instance.state === 'deleted' || binding?.state !== 'ready') {
+      throw notFound(`Service binding ${bindingId} does not exist.`);
+    }
+    const { syslogDrainUrl, ...view } = this.issue(offerings.definitionOf(instance), instance, binding);
+    return { ...view, parameters: binding.parameters, ...(syslogDrainUrl ? { syslog_drain_url: syslogDrainUrl } : {}) };
+  }
+
+  async unbind(instanceId: string, bindingId: string, query: ResourceQuery, asyncAllowed: boolean, meta: RequestMeta): Promise<UnbindResult> {
+    const { offerings, store, runner, log } = this.parts;
+    checkId(instanceId, 'instance_id');
+    checkId(bindingId, 'binding_id');
+    const definition = offerings.service(query.service_id);
+    offerings.plan(definition, query.plan_id);
+    return locked(store, instanceId, async () => {
+      const instance = await store.getInstance(instanceId);
+      const binding = await store.getBinding(instanceId, bindingId);
+      if (!instance || instance.state === 'deleted' || !binding || binding.state === 'deleted') {
+        throw gone(`Service binding ${bindingId} does not exist.`);
+      }
+      if (binding.state === 'deleting') return { async: true, operation: binding.lastOperationId };
+      if (binding.state === 'creating') throw concurrencyError('This service binding is being created.');
+      const instanceOperation = await store.getOperation(instance.lastOperationId);
+      if (instanceOperation?.state === 'in progress') throw concurrencyError();
+      const operation = runner.create('unbind', instanceId, 'Unbinding requested.', bindingId);
+      await store.putOperation(operation);
+      await store.putBinding({ ...binding, state: 'deleting', lastOperationId: operation.id });
+      log.info({ instanceId, bindingId, operation: operation.id, async: asyncAllowed, ...meta }, 'unbinding');
+      if (asyncAllowed) {
+        runner.launch(operation, (signal) => this.runUnbind(operation, signal));
+        return { async: true, operation: operation.id };
+      }
+      if (!(await this.runUnbind(operation, new AbortController().signal))) {
+        throw unavailable((await store.getOperation(operation.id))?.description ?? 'Unbinding failed.');
+      }
+      return { async: false };
+    });
+  }
+
+  async runUnbind(operation: OperationRecord, signal: AbortSignal): Promise<boolean> {
+    const { offerings, store, runtime, runner, log } = this.parts;
+    const instance = await store.getInstance(operation.instanceId);
+    const binding = await store.getBinding(operation.instanceId, operation.bindingId!);
+    if (!instance || !binding) return false;
+    try {
+      if (binding.state !== 'failed') await runtime.unbind(offerings.definitionOf(instance), instance, binding, signal);
+      await store.putBinding({ ...binding, state: 'deleted' });
+      await runner.finish(operation, 'succeeded', 'The service binding is deleted.');
+      return true;
+    } catch (error) {
+      const reason = reasonOf(error);
+      log.error({ instanceId: instance.id, bindingId: binding.id, operation: operation.id, reason }, 'unbind failed');
+      await store.putBinding({ ...binding, state: 'ready' });
+      await runner.finish(operation, 'failed', `Unbinding failed: ${reason}`);
+      return false;
+    }
+  }
+
+  async lastOperation(instanceId: string, bindingId: string, query: ResourceQuery): Promise<LastOperation> {
+    const { offerings, store } = this.parts;
+    checkId(instanceId, 'instance_id');
+    checkId(bindingId, 'binding_id');
+    offerings.checkOptionalIds(query);
+    const binding = await store.getBinding(instanceId, bindingId);
+    if (!binding) throw notFound(`Service binding ${bindingId} does not exist.`);
+    return toLastOperation(await operationFor(store, binding.lastOperationId, query.operation, (op) => op.bindingId === bindingId && op.instanceId === instanceId));
+  }
+}

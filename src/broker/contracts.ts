@@ -1,0 +1,55 @@
+import type { ServiceDefinition } from '../catalog/definition.js';
+import type { ContainerSummary } from '../docker/engine.js';
+import type { BindingRecord, InstanceRecord, OperationRecord } from '../store/records.js';
+
+/**
+ * What the lifecycle needs from its two outside parts, in its own terms. The Redis store and the Docker runtime
+ * implement these; tests of the status-code and concurrency rules use in-memory fakes.
+ */
+export interface StateStore {
+  getInstance(id: string): Promise<InstanceRecord | undefined>;
+  putInstance(record: InstanceRecord): Promise<void>;
+  listInstances(): Promise<InstanceRecord[]>;
+
+  getBinding(instanceId: string, bindingId: string): Promise<BindingRecord | undefined>;
+  putBinding(record: BindingRecord): Promise<void>;
+  listBindings(instanceId: string): Promise<BindingRecord[]>;
+  /** Removes every binding record of an instance, tombstones included. */
+  deleteBindingsOf(instanceId: string): Promise<void>;
+
+  getOperation(id: string): Promise<OperationRecord | undefined>;
+  putOperation(record: OperationRecord): Promise<void>;
+
+  /** Reserves the first port of the range nobody holds and `usable` accepts; undefined when none is left. */
+  reservePort(instanceId: string, range: { first: number; last: number }, usable: (port: number) => Promise<boolean>): Promise<number | undefined>;
+  releasePort(port: number, instanceId: string): Promise<void>;
+  releasePortsOf(instanceId: string): Promise<void>;
+  listPortReservations(): Promise<Map<number, string>>;
+
+  /** Runs `work` holding the named lock; throws LockTimeoutError after waiting `waitMs` for it. */
+  withLock<T>(name: string, work: () => Promise<T>, waitMs?: number): Promise<T>;
+}
+
+export type Progress = (description: string) => Promise<void>;
+
+/** Containers, volumes and the scripts inside an offering's image. */
+export interface InstanceRuntime {
+  /** Creates and starts the instance and returns once it accepts a login through its published port. */
+  start(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal, progress: Progress): Promise<void>;
+  /** Replaces the container (new image or settings) keeping volume and ports. */
+  recreate(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal, progress: Progress): Promise<void>;
+  /** Removes container and volume; either may already be gone. */
+  destroy(instance: InstanceRecord): Promise<void>;
+  inspect(instance: InstanceRecord): Promise<ContainerSummary | undefined>;
+  applyLimits(definition: ServiceDefinition, instance: InstanceRecord, planId: string): Promise<void>;
+  configure(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal): Promise<void>;
+  /** Creates the binding's user; returns extra credential fields. */
+  bind(definition: ServiceDefinition, instance: InstanceRecord, binding: BindingRecord, signal: AbortSignal): Promise<Record<string, string | number>>;
+  unbind(definition: ServiceDefinition, instance: InstanceRecord, binding: BindingRecord, signal: AbortSignal): Promise<void>;
+}
+
+/** A host port the runtime found taken by something outside the broker; the provision picks another. */
+export class PortTakenError extends Error {}
+
+/** Free-port check on the publishing address, before a port is reserved. */
+export type PortProbe = (port: number) => Promise<boolean>;

@@ -1,0 +1,43 @@
+import type { Config } from '../config.js';
+import type { ServiceDefinition } from '../catalog/definition.js';
+import type { InstanceRecord, OperationRecord } from '../store/records.js';
+import type { PortProbe, StateStore } from './contracts.js';
+import { Cancelled, now } from './operations.js';
+
+/**
+ * Reserves the instance's main host port and one per extra port of its offering, and records them on the
+ * instance. Reservations live in the store for the instance's life, so two instances never share a port.
+ */
+export async function reserveHostPorts(
+  store: StateStore,
+  config: Pick<Config, 'portRange'>,
+  portIsFree: PortProbe,
+  definition: ServiceDefinition,
+  instance: InstanceRecord,
+  operation: OperationRecord,
+): Promise<InstanceRecord> {
+  if (instance.hostPort) return instance;
+  // The record is the truth: whatever a killed broker reserved without recording it is given back first.
+  await store.releasePortsOf(instance.id);
+  const reserve = async () => {
+    const port = await store.reservePort(instance.id, config.portRange, portIsFree);
+    if (!port) {
+      await store.releasePortsOf(instance.id);
+      throw new Error(`no free host port left in BROKER_PORT_RANGE ${config.portRange.first}-${config.portRange.last}`);
+    }
+    return port;
+  };
+  const hostPort = await reserve();
+  const extraHostPorts: Record<string, number> = {};
+  for (const name of Object.keys(definition.container.extraPorts)) extraHostPorts[name] = await reserve();
+  return store.withLock(instance.id, async () => {
+    const current = await store.getInstance(instance.id);
+    if (!current || current.lastOperationId !== operation.id) {
+      await store.releasePortsOf(instance.id);
+      throw new Cancelled('a deprovision took over this instance');
+    }
+    const updated = { ...current, hostPort, extraHostPorts, updatedAt: now() };
+    await store.putInstance(updated);
+    return updated;
+  }, 60_000);
+}

@@ -1,0 +1,289 @@
+import { findPlan, planUpdateable } from '../catalog/definition.js';
+import { validateParameters } from '../catalog/parameters.js';
+import { asyncRequired, badRequest, concurrencyError, conflict, gone, maintenanceInfoConflict, notFound, unprocessable } from '../osb/errors.js';
+import type {
+  DeprovisionResult, InstanceView, LastOperation, ProvisionRequest, ProvisionResult, RequestMeta, ResourceQuery, UpdateRequest, UpdateResult,
+} from '../osb/types.js';
+import type { InstanceRecord, OperationRecord, UpdateTarget } from '../store/records.js';
+import { PortTakenError } from './contracts.js';
+import { reserveHostPorts } from './host-ports.js';
+import { checkId, instanceResourceNames, newPassword } from './ids.js';
+import { locked, operationFor, toLastOperation, type LifecycleParts } from './lifecycle-parts.js';
+import { now, reasonOf } from './operations.js';
+import { maintenanceVersion, optionalObject, requireString } from './request-fields.js';
+import { sameJson } from './same.js';
+
+/** Provision, fetch, update and deprovision of service instances, and their last_operation. */
+export class InstanceLifecycle {
+  constructor(private readonly parts: LifecycleParts) {}
+
+  async provision(instanceId: string, request: ProvisionRequest, asyncAllowed: boolean, meta: RequestMeta): Promise<ProvisionResult> {
+    const { offerings, store, runner, log, config } = this.parts;
+    checkId(instanceId, 'instance_id');
+    const definition = offerings.service(request.service_id);
+    const plan = offerings.plan(definition, request.plan_id);
+    requireString(request.organization_guid, 'organization_guid');
+    requireString(request.space_guid, 'space_guid');
+    const context = optionalObject(request.context, 'context');
+    const requestedParameters = (request.parameters ?? {}) as Record<string, unknown>;
+    const parameters = validateParameters(definition.parameterSchema, request.parameters, 'parameters');
+    const requestedVersion = maintenanceVersion(request.maintenance_info);
+    if (requestedVersion !== undefined && requestedVersion !== definition.maintenanceInfo.version) {
+      throw maintenanceInfoConflict(definition.maintenanceInfo.version);
+    }
+    const dashboardUrl = this.parts.dashboardUrl(instanceId);
+
+    return locked(store, instanceId, async () => {
+      const existing = await store.getInstance(instanceId);
+      if (existing && existing.state !== 'deleted') {
+        const same =
+          existing.serviceId === request.service_id &&
+          existing.planId === plan.id &&
+          existing.organizationGuid === request.organization_guid &&
+          existing.spaceGuid === request.space_guid &&
+          sameJson(existing.requestedParameters, requestedParameters);
+        if (!same) throw conflict(`Service instance ${instanceId} already exists with other attributes.`);
+        if (existing.state === 'ready') return { async: false, alreadyExists: true, dashboardUrl };
+        if (existing.state === 'provisioning') {
+          return { async: true, alreadyExists: true, operation: existing.lastOperationId, dashboardUrl };
+        }
+        if (existing.state === 'deprovisioning') throw concurrencyError('This service instance is being deprovisioned.');
+        // A failed provision asked again: try again with the same record (and port, if it had one).
+      }
+      if (!asyncAllowed) throw asyncRequired();
+      const operation = runner.create('provision', instanceId, 'Provisioning requested.');
+      const retry = existing?.state === 'failed' ? existing : undefined;
+      const record: InstanceRecord = {
+        id: instanceId,
+        serviceId: definition.offering.id,
+        planId: plan.id,
+        organizationGuid: request.organization_guid,
+        spaceGuid: request.space_guid,
+        context: context ?? {},
+        requestedParameters,
+        parameters,
+        maintenanceVersion: definition.maintenanceInfo.version,
+        state: 'provisioning',
+        ...instanceResourceNames(config.brokerId, instanceId),
+        hostPort: retry?.hostPort,
+        createdAt: retry?.createdAt ?? now(),
+        updatedAt: now(),
+        lastOperationId: operation.id,
+        secrets: retry?.secrets ?? { adminPassword: newPassword() },
+      };
+      await store.putOperation(operation);
+      await store.putInstance(record);
+      log.info({ instanceId, operation: operation.id, service: definition.offering.name, plan: plan.name, ...meta }, 'provisioning');
+      runner.launch(operation, (signal) => this.runProvision(operation, signal));
+      return { async: true, alreadyExists: false, operation: operation.id, dashboardUrl };
+    });
+  }
+
+  /** Runs (or resumes) a provision to its end; everything it made is removed if it fails. */
+  async runProvision(operation: OperationRecord, signal: AbortSignal): Promise<void> {
+    const { offerings, store, runtime, runner, log, config, portIsFree } = this.parts;
+    const instanceId = operation.instanceId;
+    let instance = await store.getInstance(instanceId);
+    if (!instance) return;
+    const definition = offerings.definitionOf(instance);
+    const progress = (description: string) => runner.progress(operation, description);
+    try {
+      for (let attempt = 1; ; attempt++) {
+        instance = await reserveHostPorts(store, config, portIsFree, definition, instance, operation);
+        try {
+          await runtime.start(definition, instance, signal, progress);
+          break;
+        } catch (error) {
+          // Something outside the broker took the port between our check and the start: take another one.
+          if (!(error instanceof PortTakenError) || attempt >= 3) throw error;
+          await runtime.destroy(instance);
+          await store.releasePortsOf(instanceId);
+          log.warn({ instanceId, port: instance.hostPort, extraPorts: instance.extraHostPorts }, 'host port taken by another process; choosing others');
+          instance = { ...instance, hostPort: undefined, extraHostPorts: undefined };
+        }
+      }
+      await runner.finishInstance(operation, (current) => ({ ...current, state: 'ready' }), 'succeeded', 'The service instance is ready.');
+    } catch (error) {
+      if (signal.aborted) {
+        await runner.finish(operation, 'failed', 'Provisioning was cancelled by a deprovision request.');
+        return;
+      }
+      const reason = reasonOf(error);
+      log.error({ instanceId, operation: operation.id, reason }, 'provisioning failed');
+      await runtime.destroy(instance).catch((cleanupError: unknown) =>
+        log.error({ instanceId, reason: reasonOf(cleanupError) }, 'cleanup after failed provision failed'));
+      await store.releasePortsOf(instanceId);
+      await runner.finishInstance(operation, (current) => ({ ...current, state: 'failed', hostPort: undefined, extraHostPorts: undefined }), 'failed', `Provisioning failed: ${reason}`);
+    }
+  }
+
+  async fetch(instanceId: string, _query: ResourceQuery): Promise<InstanceView> {
+    const { store } = this.parts;
+    checkId(instanceId, 'instance_id');
+    const instance = await store.getInstance(instanceId);
+    if (!instance || instance.state === 'deleted' || instance.state === 'provisioning' || (instance.state === 'failed' && !instance.hostPort)) {
+      throw notFound(`Service instance ${instanceId} does not exist.`);
+    }
+    const operation = await store.getOperation(instance.lastOperationId);
+    if (operation?.state === 'in progress' && operation.type === 'update') throw concurrencyError('This service instance is being updated.');
+    return {
+      service_id: instance.serviceId,
+      plan_id: instance.planId,
+      dashboard_url: this.parts.dashboardUrl(instanceId),
+      parameters: instance.parameters,
+      maintenance_info: { version: instance.maintenanceVersion },
+    };
+  }
+
+  async update(instanceId: string, request: UpdateRequest, asyncAllowed: boolean, meta: RequestMeta): Promise<UpdateResult> {
+    const { offerings, store, runner, log } = this.parts;
+    checkId(instanceId, 'instance_id');
+    const definition = offerings.service(request.service_id);
+    if (request.plan_id !== undefined) offerings.plan(definition, request.plan_id);
+    const context = optionalObject(request.context, 'context');
+    const requestedVersion = maintenanceVersion(request.maintenance_info);
+    if (requestedVersion !== undefined && requestedVersion !== definition.maintenanceInfo.version) {
+      throw maintenanceInfoConflict(definition.maintenanceInfo.version);
+    }
+
+    return locked(store, instanceId, async () => {
+      const instance = await store.getInstance(instanceId);
+      if (!instance || instance.state === 'deleted') throw notFound(`Service instance ${instanceId} does not exist.`);
+      if (instance.serviceId !== definition.offering.id) throw badRequest(`service_id does not match service instance ${instanceId}.`);
+      const requestedParameters = request.parameters === undefined
+        ? instance.requestedParameters
+        : { ...instance.requestedParameters, ...(optionalObject(request.parameters, 'parameters') ?? {}) };
+      const target: UpdateTarget = {
+        planId: request.plan_id ?? instance.planId,
+        requestedParameters,
+        parameters: validateParameters(definition.parameterSchema, requestedParameters, 'parameters'),
+        maintenanceVersion: requestedVersion ?? instance.maintenanceVersion,
+      };
+
+      const lastOperation = await store.getOperation(instance.lastOperationId);
+      if (lastOperation?.state === 'in progress') {
+        if (lastOperation.type === 'update' && sameJson(lastOperation.update, target)) {
+          return { async: true, operation: lastOperation.id, dashboardUrl: this.parts.dashboardUrl(instanceId) };
+        }
+        throw concurrencyError();
+      }
+      if (instance.state !== 'ready') {
+        throw unprocessable('InstanceNotUsable', `Service instance ${instanceId} is ${instance.state}; deprovision it and provision again.`);
+      }
+
+      const currentPlan = findPlan(definition, instance.planId)!;
+      const planChange = target.planId !== instance.planId;
+      if (planChange && !planUpdateable(definition, currentPlan)) {
+        throw unprocessable('PlanChangeNotSupported', `Plan ${currentPlan.name} cannot be changed to another plan.`);
+      }
+      const changed = Object.keys({ ...instance.parameters, ...target.parameters })
+        .filter((name) => !sameJson(instance.parameters[name], target.parameters[name]));
+      const fixed = changed.filter((name) => !definition.updatableParameters.includes(name));
+      if (fixed.length > 0) {
+        const updatable = definition.updatableParameters.length ? definition.updatableParameters.join(', ') : 'none';
+        throw unprocessable('ParameterNotUpdatable', `Parameter ${fixed.join(', ')} cannot be changed after provisioning (updatable parameters: ${updatable}).`);
+      }
+      const upgrade = target.maintenanceVersion !== instance.maintenanceVersion;
+      const contextChanged = context !== undefined && !sameJson(context, instance.context);
+
+      if (!planChange && changed.length === 0 && !upgrade) {
+        if (contextChanged) await store.putInstance({ ...instance, context, updatedAt: now() });
+        return { async: false };
+      }
+      if (!asyncAllowed) throw asyncRequired();
+      const operation: OperationRecord = { ...runner.create('update', instanceId, 'Update requested.'), update: target };
+      await store.putOperation(operation);
+      await store.putInstance({ ...instance, context: contextChanged ? context : instance.context, lastOperationId: operation.id, updatedAt: now() });
+      log.info({ instanceId, operation: operation.id, planChange, parameters: changed, upgrade, ...meta }, 'updating');
+      runner.launch(operation, (signal) => this.runUpdate(operation, signal));
+      return { async: true, operation: operation.id, dashboardUrl: this.parts.dashboardUrl(instanceId) };
+    });
+  }
+
+  async runUpdate(operation: OperationRecord, signal: AbortSignal): Promise<void> {
+    const { offerings, store, runtime, runner, log } = this.parts;
+    const instance = await store.getInstance(operation.instanceId);
+    const target = operation.update;
+    if (!instance || !target) return;
+    const definition = offerings.definitionOf(instance);
+    const updated: InstanceRecord = { ...instance, planId: target.planId, parameters: target.parameters, requestedParameters: target.requestedParameters, maintenanceVersion: target.maintenanceVersion };
+    try {
+      if (target.maintenanceVersion !== instance.maintenanceVersion) {
+        await runtime.recreate(definition, updated, signal, (description) => runner.progress(operation, description));
+      } else {
+        const planChange = target.planId !== instance.planId;
+        if (planChange) {
+          await runner.progress(operation, 'Applying the new plan\'s limits to the running container.');
+          await runtime.applyLimits(definition, instance, target.planId);
+        }
+        // configure also follows a plan change, so an engine can size itself to the new limits (e.g. Redis maxmemory).
+        if (planChange || !sameJson(target.parameters, instance.parameters)) {
+          await runner.progress(operation, 'Applying the new settings.');
+          await runtime.configure(definition, updated, signal);
+        }
+      }
+      const { planId, parameters, requestedParameters, maintenanceVersion: version } = updated;
+      await runner.finishInstance(operation, (current) => ({ ...current, planId, parameters, requestedParameters, maintenanceVersion: version }), 'succeeded', 'The service instance is updated.');
+    } catch (error) {
+      const reason = reasonOf(error);
+      log.error({ instanceId: instance.id, operation: operation.id, reason }, 'update failed');
+      const container = await runtime.inspect(instance).catch(() => undefined);
+      await runner.finish(operation, 'failed', `Update failed: ${reason}`, { instanceUsable: Boolean(container?.running), updateRepeatable: true });
+    }
+  }
+
+  async deprovision(instanceId: string, query: ResourceQuery, asyncAllowed: boolean, meta: RequestMeta): Promise<DeprovisionResult> {
+    const { offerings, store, runner, log } = this.parts;
+    checkId(instanceId, 'instance_id');
+    const definition = offerings.service(query.service_id);
+    // Any plan of the offering is accepted: a platform may still hold the plan from before an update.
+    offerings.plan(definition, query.plan_id);
+    return locked(store, instanceId, async () => {
+      const instance = await store.getInstance(instanceId);
+      if (!instance || instance.state === 'deleted') throw gone(`Service instance ${instanceId} does not exist.`);
+      if (instance.serviceId !== definition.offering.id) throw badRequest(`service_id does not match service instance ${instanceId}.`);
+      const lastOperation = await store.getOperation(instance.lastOperationId);
+      if (lastOperation?.state === 'in progress') {
+        if (lastOperation.type === 'deprovision') return { async: true, operation: lastOperation.id };
+        if (lastOperation.type === 'update') throw concurrencyError('This service instance is being updated.');
+      }
+      const busyBinding = (await store.listBindings(instanceId)).find((binding) => binding.state === 'creating' || binding.state === 'deleting');
+      if (busyBinding) throw concurrencyError(`Service binding ${busyBinding.id} is being ${busyBinding.state === 'creating' ? 'created' : 'deleted'}.`);
+      if (!asyncAllowed) throw asyncRequired();
+      // A deprovision during provisioning stops the creation; the runner starts this one once it has let go.
+      runner.cancel(instanceId, 'deprovision requested');
+      const operation = runner.create('deprovision', instanceId, 'Deprovisioning requested.');
+      await store.putOperation(operation);
+      await store.putInstance({ ...instance, state: 'deprovisioning', lastOperationId: operation.id, updatedAt: now() });
+      log.info({ instanceId, operation: operation.id, ...meta }, 'deprovisioning');
+      runner.launch(operation, () => this.runDeprovision(operation));
+      return { async: true, operation: operation.id };
+    });
+  }
+
+  async runDeprovision(operation: OperationRecord): Promise<void> {
+    const { store, runtime, runner, log } = this.parts;
+    const instance = await store.getInstance(operation.instanceId);
+    if (!instance) return;
+    try {
+      await runner.progress(operation, 'Removing the container, its volume and its bindings.');
+      await runtime.destroy(instance);
+      await store.deleteBindingsOf(instance.id);
+      await store.releasePortsOf(instance.id);
+      await runner.finishInstance(operation, (current) => ({ ...current, state: 'deleted', hostPort: undefined, extraHostPorts: undefined }), 'succeeded', 'The service instance is deleted.');
+    } catch (error) {
+      const reason = reasonOf(error);
+      log.error({ instanceId: instance.id, operation: operation.id, reason }, 'deprovision failed');
+      await runner.finishInstance(operation, (current) => ({ ...current, state: 'failed' }), 'failed', `Deprovisioning failed: ${reason}`, { instanceUsable: false });
+    }
+  }
+
+  async lastOperation(instanceId: string, query: ResourceQuery): Promise<LastOperation> {
+    const { offerings, store } = this.parts;
+    checkId(instanceId, 'instance_id');
+    offerings.checkOptionalIds(query);
+    const instance = await store.getInstance(instanceId);
+    if (!instance) throw notFound(`Service instance ${instanceId} does not exist.`);
+    return toLastOperation(await operationFor(store, instance.lastOperationId, query.operation, (op) => op.instanceId === instanceId && !op.bindingId));
+  }
+}

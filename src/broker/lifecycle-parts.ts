@@ -1,0 +1,51 @@
+import type { Config } from '../config.js';
+import type { Logger } from '../log.js';
+import { concurrencyError, notFound } from '../osb/errors.js';
+import type { LastOperation } from '../osb/types.js';
+import { LockTimeoutError } from '../store/errors.js';
+import type { OperationRecord } from '../store/records.js';
+import type { InstanceRuntime, PortProbe, StateStore } from './contracts.js';
+import type { Offerings } from './offerings.js';
+import type { OperationRunner } from './operations.js';
+
+/** What the instance and binding lifecycles are built from. */
+export interface LifecycleParts {
+  config: Pick<Config, 'brokerId' | 'portRange' | 'advertisedHost'>;
+  offerings: Offerings;
+  store: StateStore;
+  runtime: InstanceRuntime;
+  runner: OperationRunner;
+  log: Logger;
+  /** Whether nothing on this host listens on a port, before it is reserved. */
+  portIsFree: PortProbe;
+  /** The instance's dashboard URL, with a fresh access token each time. */
+  dashboardUrl: (instanceId: string) => string;
+}
+
+/** Runs a request's read-check-write under the instance lock; a lock held too long is the spec's ConcurrencyError. */
+export async function locked<T>(store: StateStore, instanceId: string, work: () => Promise<T>): Promise<T> {
+  try {
+    return await store.withLock(instanceId, work);
+  } catch (error) {
+    if (error instanceof LockTimeoutError) throw concurrencyError();
+    throw error;
+  }
+}
+
+/** The operation last_operation reports: the requested one if it belongs here, else the resource's latest. */
+export async function operationFor(store: StateStore, latestId: string, requestedId: string | undefined, belongs: (operation: OperationRecord) => boolean): Promise<OperationRecord> {
+  const requested = requestedId ? await store.getOperation(requestedId) : undefined;
+  const operation = requested && belongs(requested) ? requested : await store.getOperation(latestId);
+  if (!operation) throw notFound('No operation is known for this resource.');
+  return operation;
+}
+
+export function toLastOperation(operation: OperationRecord): LastOperation {
+  const failedUpdateOrDelete = operation.state === 'failed' && (operation.type === 'update' || operation.type === 'deprovision');
+  return {
+    state: operation.state,
+    description: operation.description,
+    ...(failedUpdateOrDelete && operation.instanceUsable !== undefined ? { instance_usable: operation.instanceUsable } : {}),
+    ...(failedUpdateOrDelete && operation.type === 'update' && operation.updateRepeatable !== undefined ? { update_repeatable: operation.updateRepeatable } : {}),
+  };
+}

@@ -1,0 +1,77 @@
+import { randomBytes } from 'node:crypto';
+import type { StateStore } from '../../src/broker/contracts.js';
+import { LockTimeoutError } from '../../src/store/errors.js';
+import type { BindingRecord, InstanceRecord, OperationRecord } from '../../src/store/records.js';
+import { waitFor } from '../../src/wait.js';
+
+const copy = <T>(value: T): T => structuredClone(value);
+
+/** The StateStore in memory, for fast tests of the lifecycle rules; the Redis store has its own tests against Redis. */
+export class MemoryStore implements StateStore {
+  readonly instances = new Map<string, InstanceRecord>();
+  readonly bindings = new Map<string, BindingRecord>();
+  readonly operations = new Map<string, OperationRecord>();
+  readonly ports = new Map<number, string>();
+  private readonly locks = new Map<string, string>();
+
+  async getInstance(id: string) {
+    const record = this.instances.get(id);
+    return record && copy(record);
+  }
+  async putInstance(record: InstanceRecord) {
+    this.instances.set(record.id, copy(record));
+  }
+  async listInstances() {
+    return [...this.instances.values()].filter((record) => record.state !== 'deleted').map(copy);
+  }
+  async getBinding(instanceId: string, bindingId: string) {
+    const record = this.bindings.get(`${instanceId}/${bindingId}`);
+    return record && copy(record);
+  }
+  async putBinding(record: BindingRecord) {
+    this.bindings.set(`${record.instanceId}/${record.id}`, copy(record));
+  }
+  async listBindings(instanceId: string) {
+    return [...this.bindings.values()].filter((record) => record.instanceId === instanceId && record.state !== 'deleted').map(copy);
+  }
+  async deleteBindingsOf(instanceId: string) {
+    for (const key of [...this.bindings.keys()]) if (key.startsWith(`${instanceId}/`)) this.bindings.delete(key);
+  }
+  async getOperation(id: string) {
+    const record = this.operations.get(id);
+    return record && copy(record);
+  }
+  async putOperation(record: OperationRecord) {
+    this.operations.set(record.id, copy(record));
+  }
+  async reservePort(instanceId: string, range: { first: number; last: number }, usable: (port: number) => Promise<boolean>) {
+    for (let port = range.first; port <= range.last; port++) {
+      if (this.ports.has(port) || !(await usable(port))) continue;
+      this.ports.set(port, instanceId);
+      return port;
+    }
+    return undefined;
+  }
+  async releasePort(port: number, instanceId: string) {
+    if (this.ports.get(port) === instanceId) this.ports.delete(port);
+  }
+  async releasePortsOf(instanceId: string) {
+    for (const [port, holder] of [...this.ports]) if (holder === instanceId) this.ports.delete(port);
+  }
+  async listPortReservations() {
+    return new Map(this.ports);
+  }
+  async withLock<T>(name: string, work: () => Promise<T>, waitMs = 2_000): Promise<T> {
+    const token = randomBytes(8).toString('hex');
+    await waitFor(() => (this.locks.has(name) ? undefined : (this.locks.set(name, token), true)), {
+      intervalMs: 2,
+      timeoutMs: waitMs,
+      onTimeout: () => new LockTimeoutError(`lock ${name} is busy`),
+    });
+    try {
+      return await work();
+    } finally {
+      if (this.locks.get(name) === token) this.locks.delete(name);
+    }
+  }
+}

@@ -1,0 +1,149 @@
+import test from 'ava';
+import type { Server } from 'node:http';
+import { DockerBroker } from '../../src/broker/broker.js';
+import { loadCatalog } from '../../src/catalog/load.js';
+import { PACKAGE_ROOT } from '../../src/config.js';
+import { createApp } from '../../src/http/app.js';
+import { createLogger } from '../../src/log.js';
+import { MemoryStore } from '../helpers/memory-store.js';
+import { OsbClient, provisionBody } from '../helpers/osb-client.js';
+import { ScriptedRuntime } from '../helpers/scripted-runtime.js';
+import path from 'node:path';
+
+// The lifecycle's status-code and concurrency rules with an in-memory store and a scripted runtime: fast, so every
+// rule gets a case. The same rules are exercised against Redis and the Docker engine in the engine tests.
+const PG = { service: 'd0fc228f-54d1-4bed-8dd0-38c7a33c4500', small: 'fdc3b78d-156f-4bac-aba4-242250cc5840', medium: '95ea88b7-404d-4f29-bb9b-7c69ceb825bb' };
+const definitions = loadCatalog(path.join(PACKAGE_ROOT, 'catalog'), 'osb-broker/');
+
+async function setUp(t: { teardown(fn: () => Promise<void>): void }) {
+  const store = new MemoryStore();
+  const runtime = new ScriptedRuntime();
+  const config = { brokerId: 'rules', portRange: { first: 50000, last: 50009 }, advertisedHost: 'db.example' };
+  const broker = new DockerBroker(config, definitions, store, runtime, createLogger('silent'), async () => true, (id) => `http://broker/dashboard/${id}`);
+  const app = createApp(broker, { username: 'u', password: 'p', bodyLimitBytes: 65536, log: createLogger('silent') });
+  const server = await new Promise<Server>((resolve) => {
+    const listening = app.listen(0, '127.0.0.1', () => resolve(listening));
+  });
+  t.teardown(async () => {
+    await broker.settle();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  const client = new OsbClient(`http://127.0.0.1:${(server.address() as { port: number }).port}`, 'u', 'p');
+  return { store, runtime, broker, client };
+}
+
+test('provision: 422 without accepts_incomplete and nothing stored; 202, the same 202 again, 409 for other attributes, 200 once ready', async (t) => {
+  const { store, runtime, client } = await setUp(t);
+  runtime.delays.start = 200;
+  const sync = await client.provision('a', provisionBody(PG.service, PG.small), false);
+  t.is(sync.status, 422);
+  t.is(sync.body.error, 'AsyncRequired');
+  t.is(store.instances.size + store.operations.size, 0);
+
+  const first = await client.provision('a', provisionBody(PG.service, PG.small));
+  t.is(first.status, 202);
+  const again = await client.provision('a', provisionBody(PG.service, PG.small));
+  t.is(again.status, 202);
+  t.is(again.body.operation, first.body.operation);
+  t.is((await client.provision('a', provisionBody(PG.service, PG.medium))).status, 409);
+  t.is((await client.waitForInstance('a', first.body.operation)).body.state, 'succeeded');
+  t.is((await client.provision('a', provisionBody(PG.service, PG.small))).status, 200);
+  t.is(runtime.calls.filter((call) => call.step === 'start').length, 1);
+});
+
+test('an update while provisioning is a ConcurrencyError; a second update while one runs too, unless it is the same', async (t) => {
+  const { runtime, client } = await setUp(t);
+  runtime.delays.start = 300;
+  await client.provision('b', provisionBody(PG.service, PG.small));
+  const early = await client.request('PATCH', '/v2/service_instances/b?accepts_incomplete=true', { service_id: PG.service, plan_id: PG.medium });
+  t.is(early.status, 422);
+  t.is(early.body.error, 'ConcurrencyError');
+  await client.waitForInstance('b');
+
+  runtime.delays.configure = 300;
+  const update = await client.request('PATCH', '/v2/service_instances/b?accepts_incomplete=true', { service_id: PG.service, plan_id: PG.medium });
+  t.is(update.status, 202);
+  const same = await client.request('PATCH', '/v2/service_instances/b?accepts_incomplete=true', { service_id: PG.service, plan_id: PG.medium });
+  t.is(same.status, 202);
+  t.is(same.body.operation, update.body.operation);
+  const other = await client.request('PATCH', '/v2/service_instances/b?accepts_incomplete=true', { service_id: PG.service, plan_id: PG.small });
+  t.is(other.status, 422);
+  t.is((await client.waitForInstance('b', update.body.operation)).body.state, 'succeeded');
+});
+
+test('a deprovision during provisioning cancels it, removes what it made and frees its ports', async (t) => {
+  const { store, runtime, client } = await setUp(t);
+  runtime.delays.start = 5_000;
+  const provision = await client.provision('c', provisionBody(PG.service, PG.small));
+  t.is(provision.status, 202);
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  const started = Date.now();
+  const deprovision = await client.deprovision('c', PG.service, PG.small);
+  t.is(deprovision.status, 202);
+  t.is((await client.waitForInstance('c', deprovision.body.operation)).body.state, 'succeeded');
+  t.true(Date.now() - started < 4_000, 'the running start was aborted, not waited out');
+  t.is((await client.lastOperation('c', provision.body.operation)).body.state, 'failed');
+  t.false(runtime.running.has('c'));
+  t.is(store.ports.size, 0);
+  t.is((await client.deprovision('c', PG.service, PG.small)).status, 410);
+});
+
+test('a failed start leaves a failed instance with no ports; asking again provisions it again', async (t) => {
+  const { store, runtime, client } = await setUp(t);
+  runtime.failures.start = 'the engine said no';
+  const first = await client.provision('d', provisionBody(PG.service, PG.small));
+  const failed = await client.waitForInstance('d', first.body.operation);
+  t.is(failed.body.state, 'failed');
+  t.regex(failed.body.description, /the engine said no/);
+  t.is(store.ports.size, 0);
+  runtime.failures = {};
+  const retry = await client.provision('d', provisionBody(PG.service, PG.small));
+  t.is(retry.status, 202);
+  t.is((await client.waitForInstance('d', retry.body.operation)).body.state, 'succeeded');
+  t.is(store.ports.size, 1);
+});
+
+test('bind: synchronous for 2.13, idempotent, 409 for other attributes, 410 to unbind what does not exist', async (t) => {
+  const { client } = await setUp(t);
+  await client.provision('e', provisionBody(PG.service, PG.small));
+  await client.waitForInstance('e');
+  const body = { service_id: PG.service, plan_id: PG.small, bind_resource: { app_guid: 'app-1' } };
+  const created = await client.request('PUT', '/v2/service_instances/e/service_bindings/b1?accepts_incomplete=true', body, { version: '2.13' });
+  t.is(created.status, 201);
+  t.is(created.body.credentials.host, 'db.example');
+  const again = await client.bind('e', 'b1', body);
+  t.is(again.status, 200);
+  t.deepEqual(again.body.credentials, created.body.credentials);
+  t.is((await client.bind('e', 'b1', { ...body, bind_resource: { app_guid: 'app-2' } })).status, 409);
+  t.is((await client.unbind('e', 'nope', PG.service, PG.small)).status, 410);
+  t.is((await client.unbind('e', 'b1', PG.service, PG.small)).status, 200);
+  t.is((await client.unbind('e', 'b1', PG.service, PG.small)).status, 410);
+});
+
+test('bind: asynchronous for 2.14+ clients that accept it; a deprovision waits while a binding is being created', async (t) => {
+  const { runtime, client } = await setUp(t);
+  await client.provision('f', provisionBody(PG.service, PG.small));
+  await client.waitForInstance('f');
+  runtime.delays.bind = 300;
+  const started = await client.bind('f', 'b1', { service_id: PG.service, plan_id: PG.small }, true);
+  t.is(started.status, 202);
+  const deprovision = await client.deprovision('f', PG.service, PG.small);
+  t.is(deprovision.status, 422);
+  t.is(deprovision.body.error, 'ConcurrencyError');
+  t.is((await client.waitForBinding('f', 'b1')).body.state, 'succeeded');
+  t.is((await client.request('GET', '/v2/service_instances/f/service_bindings/b1')).status, 200);
+});
+
+test('two instances never share a host port, and a full range fails the provision with a clear reason', async (t) => {
+  const { store, client } = await setUp(t);
+  for (const id of ['g1', 'g2']) {
+    await client.provision(id, provisionBody(PG.service, PG.small));
+    await client.waitForInstance(id);
+  }
+  t.deepEqual([...store.ports.values()].sort(), ['g1', 'g2']);
+  for (let port = 50002; port <= 50009; port++) store.ports.set(port, 'someone-else');
+  const full = await client.provision('g3', provisionBody(PG.service, PG.small));
+  const failed = await client.waitForInstance('g3', full.body.operation);
+  t.is(failed.body.state, 'failed');
+  t.regex(failed.body.description, /no free host port left in BROKER_PORT_RANGE 50000-50009/);
+});
