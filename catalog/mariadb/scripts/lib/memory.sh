@@ -8,6 +8,7 @@ memory_limit_bytes() {
   elif [[ -r /sys/fs/cgroup/memory/memory.limit_in_bytes ]]; then
     v="$(< /sys/fs/cgroup/memory/memory.limit_in_bytes)"
   fi
-  # "max" or a huge number means unlimited.
+  # "max" (v2) or a huge number (v1: 9223372036854771712) means unlimited. The
+  # length decides, so no arithmetic on a value that might overflow 64 bits.
   if [[ "$v" =~ ^[0-9]+$ ]] && (( ${#v} < 16 )); then printf '%s' "$v"; fi
 }

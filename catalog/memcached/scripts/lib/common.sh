@@ -17,6 +17,7 @@ DATA_DIR=/var/lib/memcached
 SASLDB="$DATA_DIR/sasldb2"
 SETTINGS="$DATA_DIR/settings"
 LOCK_FILE="$DATA_DIR/.osb.lock"
+LOCK_WAIT_SECONDS=30
 WAITING=/tmp/osb-memcached-waiting-for-settings
 SASL_APP=memcached
 MC_PORT=11211
@@ -60,10 +61,11 @@ realm() {
 }
 
 # with_lock : serialises every change of the sasldb (BDB has no writer locking
-# of its own here). Holds the lock until the script exits.
+# of its own here). Waits at most LOCK_WAIT_SECONDS; holds the lock until the
+# script exits.
 with_lock() {
   exec 9>"$LOCK_FILE"
-  flock -w 30 9 || die "timed out waiting for another lifecycle script"
+  flock -w "$LOCK_WAIT_SECONDS" 9 || die "timed out waiting for another script"
 }
 
 # sasl_load_entries : fills SASL_ENTRIES with the "user@realm" of every user

@@ -16,6 +16,8 @@ LOG_DIR="$DATA_DIR/logs"
 CURRENT="$LOG_DIR/drain.log"
 SETTING="$DATA_DIR/max_file_mb"
 LOCK_FILE="$DATA_DIR/.osb.lock"
+# rsyslog waits for the rotation hook, which takes the same lock: keep waits short.
+LOCK_WAIT_SECONDS=10
 PORT=1514
 DEFAULT_MAX_FILE_MB=10
 # rsyslog hands the current file over at SEGMENT_BYTES (rotation.sizeLimit in
@@ -31,10 +33,11 @@ die() {
 
 [[ "$(id -un)" == syslog ]] || die "must run as the syslog OS user (docker exec -u syslog)"
 
-# with_lock : serialises rotation and pruning; held until the script exits.
+# with_lock : serialises rotation and pruning. Waits at most
+# LOCK_WAIT_SECONDS; holds the lock until the script exits.
 with_lock() {
   exec 9>"$LOCK_FILE"
-  flock -w 10 9 || die "timed out waiting for another script"
+  flock -w "$LOCK_WAIT_SECONDS" 9 || die "timed out waiting for another script"
 }
 
 # max_file_mb : the cap in effect (the setting file, else the default).
