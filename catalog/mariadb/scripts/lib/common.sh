@@ -16,6 +16,7 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 OSB_OP="${0##*/}"
 OSB_SOCKET=/run/mysqld/mysqld.sock
 OSB_VOLUME=/var/lib/mysql
+# shellcheck disable=SC2034 # used by the scripts that source this file
 OSB_SETTINGS="$OSB_VOLUME/osb.cnf"
 
 die() {
@@ -59,6 +60,7 @@ sql_str() {
 }
 
 # sql_ident VALUE : VALUE as a quoted identifier.
+# shellcheck disable=SC2016 # the backquotes are MariaDB identifier quotes, not a command substitution
 sql_ident() { printf '`%s`' "${1//\`/\`\`}"; }
 
 # check_user_name NAME : the value of env var NAME is an account name we may

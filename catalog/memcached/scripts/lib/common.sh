@@ -15,9 +15,11 @@ umask 077                # the sasldb holds passwords: files are mode 600
 OSB_OP="${0##*/}"
 DATA_DIR=/var/lib/memcached
 SASLDB="$DATA_DIR/sasldb2"
+# shellcheck disable=SC2034 # used by the scripts that source this file
 SETTINGS="$DATA_DIR/settings"
 LOCK_FILE="$DATA_DIR/.osb.lock"
 LOCK_WAIT_SECONDS=30
+# shellcheck disable=SC2034 # used by the scripts that source this file
 WAITING=/tmp/osb-memcached-waiting-for-settings
 SASL_APP=memcached
 MC_PORT=11211

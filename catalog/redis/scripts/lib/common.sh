@@ -15,6 +15,7 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 OSB_OP="${0##*/}"
 OSB_SOCKET=/run/redis/redis.sock
 OSB_VOLUME=/var/lib/redis
+# shellcheck disable=SC2034 # used by the scripts that source this file
 OSB_SETTINGS="$OSB_VOLUME/osb.conf"
 OSB_LOCAL_USER=osb-local
 OSB_LOCAL_SECRET=/run/redis/local.secret
@@ -33,8 +34,10 @@ OSB_LOCAL_SECRET=/run/redis/local.secret
 # connections to other servers) and RESTORE (parses raw serialized payloads)
 # stay denied. Transactions, pub/sub and Lua/functions are plain @all
 # members; scripts run with the caller's permissions.
+# shellcheck disable=SC2034 # used by the scripts that source this file
 OSB_BINDING_RULES=(reset on '~*' '&*' '+@all' '-@admin' '-@dangerous'
   +flushdb +flushall +keys +sort +sort_ro +swapdb +info)
+# shellcheck disable=SC2034 # used by the scripts that source this file
 OSB_ADMIN_RULES=(reset on '~*' '&*' '+@all')
 
 die() {

@@ -13,6 +13,7 @@ umask 027
 OSB_OP="${0##*/}"
 DATA_DIR=/var/lib/syslog-drain
 LOG_DIR="$DATA_DIR/logs"
+# shellcheck disable=SC2034 # used by the scripts that source this file
 CURRENT="$LOG_DIR/drain.log"
 SETTING="$DATA_DIR/max_file_mb"
 LOCK_FILE="$DATA_DIR/.osb.lock"
