@@ -97,10 +97,15 @@ function reportDashboard(samples: DashboardSamples | string): void {
     return;
   }
   console.log();
-  console.log(table(['measure', 'median', 'p95'], [
-    ['open link -> first log lines on screen (Chromium)', ms(median(samples.firstLinesMs)), ms(p95(samples.firstLinesMs))],
-    ['docker logs --tail 500 (CLI, same container)', ms(median(samples.dockerTailMs)), ms(p95(samples.dockerTailMs))],
-  ]));
+  console.log(
+    table(
+      ['measure', 'median', 'p95'],
+      [
+        ['open link -> first log lines on screen (Chromium)', ms(median(samples.firstLinesMs)), ms(p95(samples.firstLinesMs))],
+        ['docker logs --tail 500 (CLI, same container)', ms(median(samples.dockerTailMs)), ms(p95(samples.dockerTailMs))],
+      ],
+    ),
+  );
   console.log('  the page arrives with the latest 500 lines already in it; its script follows on from them.');
 }
 
@@ -116,18 +121,24 @@ provision -> ready for every offering (first plan; N=${ENGINE_N} each)
           and run /osb/setup and /osb/check (where the offering has them): the steps the broker takes before "succeeded".`);
 }
 
-function report(machine: string, provision: Record<'broker' | 'raw', number[]>, bind: Record<'broker' | 'raw', number[]>, phases: Record<'broker' | 'raw', Array<Record<string, number>>>): void {
+function report(
+  machine: string,
+  provision: Record<'broker' | 'raw', number[]>,
+  bind: Record<'broker' | 'raw', number[]>,
+  phases: Record<'broker' | 'raw', Array<Record<string, number>>>,
+): void {
   const row = (name: string, samples: Record<'broker' | 'raw', number[]>) => [
     name,
-    ms(median(samples.broker)), ms(p95(samples.broker)),
-    ms(median(samples.raw)), ms(p95(samples.raw)),
+    ms(median(samples.broker)),
+    ms(p95(samples.broker)),
+    ms(median(samples.raw)),
+    ms(p95(samples.raw)),
     `${(median(samples.broker) / median(samples.raw)).toFixed(2)}x`,
   ];
   console.log(`\nosb-docker-broker vs the raw engine's own docker CLI\n${machine}\n`);
-  console.log(table(
-    ['operation', 'broker median', 'broker p95', 'raw median', 'raw p95', 'broker/raw'],
-    [row('provision -> ready', provision), row('bind', bind)],
-  ));
+  console.log(
+    table(['operation', 'broker median', 'broker p95', 'raw median', 'raw p95', 'broker/raw'], [row('provision -> ready', provision), row('bind', bind)]),
+  );
 
   // Per-phase medians: broker phases come from its last_operation descriptions, so they are +-50 ms.
   const steps: Array<[string, string]> = [
@@ -140,14 +151,21 @@ function report(machine: string, provision: Record<'broker' | 'raw', number[]>, 
   const phase = (runs: Array<Record<string, number>>, step: string) => median(runs.map((run) => run[step] ?? 0));
   const gaps = steps.map(([step, label]) => ({ label, broker: phase(phases.broker, step), raw: phase(phases.raw, step) }));
   console.log();
-  console.log(table(
-    ['provision phase (medians)', 'broker', 'raw', 'gap'],
-    gaps.map(({ label, broker, raw }) => [label, ms(broker), ms(raw), `${broker >= raw ? '+' : ''}${(broker - raw).toFixed(0)} ms`]),
-  ));
-  const biggest = [...gaps].sort((a, b) => (b.broker - b.raw) - (a.broker - a.raw)).filter((gap) => gap.broker > gap.raw).slice(0, 3);
-  console.log(`\nwhat's in the gap: ${biggest.map((gap) => `${gap.label} +${(gap.broker - gap.raw).toFixed(0)} ms`).join(', ') || 'nothing measurable'}`
-    + '\n  (broker phases are read from its last_operation progress descriptions, polled every 50 ms, so +-50 ms;'
-    + '\n   broker login check = /osb/check exec + published-port probe + final Redis writes; raw = one pg login)');
+  console.log(
+    table(
+      ['provision phase (medians)', 'broker', 'raw', 'gap'],
+      gaps.map(({ label, broker, raw }) => [label, ms(broker), ms(raw), `${broker >= raw ? '+' : ''}${(broker - raw).toFixed(0)} ms`]),
+    ),
+  );
+  const biggest = [...gaps]
+    .sort((a, b) => b.broker - b.raw - (a.broker - a.raw))
+    .filter((gap) => gap.broker > gap.raw)
+    .slice(0, 3);
+  console.log(
+    `\nwhat's in the gap: ${biggest.map((gap) => `${gap.label} +${(gap.broker - gap.raw).toFixed(0)} ms`).join(', ') || 'nothing measurable'}` +
+      '\n  (broker phases are read from its last_operation progress descriptions, polled every 50 ms, so +-50 ms;' +
+      '\n   broker login check = /osb/check exec + published-port probe + final Redis writes; raw = one pg login)',
+  );
 
   console.log(`
 notes:

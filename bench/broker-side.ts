@@ -68,7 +68,10 @@ export async function startBrokerSide(): Promise<BrokerSide> {
       const started = performance.now();
       // Each phase lasts from its first sighting to the next one's; the first starts at the PUT.
       const seen: Array<[string, number]> = [['accept+port', started]];
-      const accepted = await client.provision(id, provisionBody(offering.serviceId, offering.planId, offering.parameters ? { parameters: offering.parameters } : {}));
+      const accepted = await client.provision(
+        id,
+        provisionBody(offering.serviceId, offering.planId, offering.parameters ? { parameters: offering.parameters } : {}),
+      );
       if (accepted.status !== 202) throw new Error(`provision answered ${accepted.status}: ${JSON.stringify(accepted.body)}`);
       const done = await waitForOperation(client, id, accepted.body.operation, (description) => {
         const phase = phaseOf(description);
@@ -123,7 +126,12 @@ export async function startBrokerSide(): Promise<BrokerSide> {
 }
 
 /** Polls last_operation every 50 ms (so polling adds little) until it leaves "in progress". */
-async function waitForOperation(client: OsbClient, id: string, operation: string | undefined, onProgress: (description: string) => void = () => {}): Promise<Reply> {
+async function waitForOperation(
+  client: OsbClient,
+  id: string,
+  operation: string | undefined,
+  onProgress: (description: string) => void = () => {},
+): Promise<Reply> {
   const deadline = Date.now() + 180_000;
   for (;;) {
     const reply = await client.lastOperation(id, operation);

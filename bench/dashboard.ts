@@ -22,7 +22,10 @@ export async function benchDashboard(broker: BrokerSide, rounds: number): Promis
   try {
     // Written to the server's own stderr, so they are the container's log like any server output.
     await docker(['exec', '-u', 'postgres', container, 'sh', '-c', `seq 1 ${LOG_LINES} | sed 's/^/bench log line /' > /proc/1/fd/2`]);
-    const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] });
+    const browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+    });
     const samples: DashboardSamples = { firstLinesMs: [], dockerTailMs: [] };
     try {
       for (let round = 0; round <= rounds; round++) {

@@ -24,17 +24,39 @@ export async function rawEngine(definition: ServiceDefinition): Promise<{ name: 
   }
   const ports = [container.port, ...Object.values(container.extraPorts)];
   const publish = (await Promise.all(ports.map(async (port) => ['-p', `127.0.0.1:${await freePort()}:${port}`]))).flat();
-  const exec = (script: string) => docker(['exec', ...(container.execUser ? ['-u', container.execUser] : []), ...Object.keys(env).flatMap((key) => ['-e', key]), name, `/osb/${script}`], env);
+  const exec = (script: string) =>
+    docker(['exec', ...(container.execUser ? ['-u', container.execUser] : []), ...Object.keys(env).flatMap((key) => ['-e', key]), name, `/osb/${script}`], env);
 
   const started = performance.now();
   await docker([
-    'run', '-d', '--name', name, '-v', `${volume}:${container.dataPath}`, ...publish,
-    '--memory', `${limits.memoryMb}m`, '--memory-swap', `${limits.memoryMb}m`, '--cpus', String(limits.cpus), '--pids-limit', String(limits.pids),
-    '--security-opt', 'no-new-privileges', ...container.capDrop.flatMap((cap) => ['--cap-drop', cap]), ...container.capAdd.flatMap((cap) => ['--cap-add', cap]),
+    'run',
+    '-d',
+    '--name',
+    name,
+    '-v',
+    `${volume}:${container.dataPath}`,
+    ...publish,
+    '--memory',
+    `${limits.memoryMb}m`,
+    '--memory-swap',
+    `${limits.memoryMb}m`,
+    '--cpus',
+    String(limits.cpus),
+    '--pids-limit',
+    String(limits.pids),
+    '--security-opt',
+    'no-new-privileges',
+    ...container.capDrop.flatMap((cap) => ['--cap-drop', cap]),
+    ...container.capAdd.flatMap((cap) => ['--cap-add', cap]),
     imageTag(definition),
   ]);
   const deadline = Date.now() + container.readyTimeoutSeconds * 1000;
-  while (!(await exec('ready').then(() => true, () => false))) {
+  while (
+    !(await exec('ready').then(
+      () => true,
+      () => false,
+    ))
+  ) {
     if (Date.now() > deadline) throw new Error(`${name} (${definition.offering.name}) was not ready in time`);
     await sleep(50);
   }
@@ -74,8 +96,10 @@ export async function benchEngines(broker: BrokerSide, definitions: ServiceDefin
 export function engineTableRow(row: EngineRow): string[] {
   return [
     row.offering,
-    ms(median(row.broker)), ms(p95(row.broker)),
-    ms(median(row.raw)), ms(p95(row.raw)),
+    ms(median(row.broker)),
+    ms(p95(row.broker)),
+    ms(median(row.raw)),
+    ms(p95(row.raw)),
     `${(median(row.broker) / median(row.raw)).toFixed(2)}x`,
   ];
 }

@@ -17,7 +17,7 @@ export async function docker(args: string[], env: Record<string, string> = {}): 
     return stdout.trim();
   } catch (error) {
     const { stderr, message } = error as { stderr?: string; message: string };
-    throw new Error(`docker ${args[0]} failed: ${stderr?.trim() || message}`);
+    throw new Error(`docker ${args[0]} failed: ${stderr?.trim() || message}`, { cause: error });
   }
 }
 
@@ -66,13 +66,34 @@ export async function startRaw(): Promise<RawInstance> {
   };
 
   await docker([
-    'run', '-d', '--name', name, '-v', `${volume}:/var/lib/postgresql/data`, '-p', `127.0.0.1:${port}:5432`,
-    '--memory', '256m', '--cpus', '0.5', '--pids-limit', '128', '--security-opt', 'no-new-privileges', '--cap-drop', 'ALL',
+    'run',
+    '-d',
+    '--name',
+    name,
+    '-v',
+    `${volume}:/var/lib/postgresql/data`,
+    '-p',
+    `127.0.0.1:${port}:5432`,
+    '--memory',
+    '256m',
+    '--cpus',
+    '0.5',
+    '--pids-limit',
+    '128',
+    '--security-opt',
+    'no-new-privileges',
+    '--cap-drop',
+    'ALL',
     IMAGE,
   ]);
   lap('create+start');
   const deadline = Date.now() + 60_000;
-  while (!(await docker(['exec', '-u', 'postgres', name, '/osb/ready']).then(() => true, () => false))) {
+  while (
+    !(await docker(['exec', '-u', 'postgres', name, '/osb/ready']).then(
+      () => true,
+      () => false,
+    ))
+  ) {
     if (Date.now() > deadline) throw new Error(`${name} was not ready within a minute`);
     await sleep(50);
   }
@@ -81,7 +102,12 @@ export async function startRaw(): Promise<RawInstance> {
   lap('setup');
   for (let attempt = 0; ; attempt++) {
     const client = new pg.Client({
-      host: '127.0.0.1', port, user: admin.ADMIN_USERNAME, password: admin.ADMIN_PASSWORD, database: DATABASE, connectionTimeoutMillis: 2000,
+      host: '127.0.0.1',
+      port,
+      user: admin.ADMIN_USERNAME,
+      password: admin.ADMIN_PASSWORD,
+      database: DATABASE,
+      connectionTimeoutMillis: 2000,
     });
     client.on('error', () => {});
     try {

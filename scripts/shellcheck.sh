@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs shellcheck on every shell script of the project and exits non-zero on any finding.
 #
-# The scripts are the files under catalog/, scripts/ and images/ (node_modules and dist excepted) whose name ends
+# The scripts are the files under catalog/, scripts/, images/ and .ci/ (node_modules and dist excepted) whose name ends
 # in .sh, whose first line is a sh/bash/dash/ksh shebang, or whose first line is a "# shellcheck shell=" directive
 # (the sourced libraries). Lifecycle scripts have no extension, so the shebang is what counts.
 #
@@ -30,7 +30,7 @@ is_shell() {
 files=()
 while IFS= read -r -d '' file; do
   if is_shell "$file"; then files+=("$file"); fi
-done < <(find catalog scripts images \( -name node_modules -o -name dist \) -prune -o -type f -print0 | sort -z)
+done < <(find catalog scripts images .ci \( -name node_modules -o -name dist \) -prune -o -type f -print0 | sort -z)
 
 if (( ${#files[@]} == 0 )); then
   printf 'shellcheck.sh: no shell scripts found under %s\n' "$root" >&2

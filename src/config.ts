@@ -30,6 +30,8 @@ export interface Config {
   dashboardLinkSeconds: number;
   dashboardSessionSeconds: number;
   bodyLimitBytes: number;
+  /** How long a lifecycle script (setup, bind, ...) may run inside the container before it is stopped. */
+  scriptTimeoutSeconds: number;
   logLevel: string;
 }
 
@@ -97,6 +99,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     dashboardLinkSeconds: int(env, 'BROKER_DASHBOARD_LINK_SECONDS', 86400, 10, 30 * 86400),
     dashboardSessionSeconds: int(env, 'BROKER_DASHBOARD_SESSION_SECONDS', 8 * 3600, 10, 30 * 86400),
     bodyLimitBytes: int(env, 'BROKER_BODY_LIMIT_BYTES', 1024 * 1024, 1024, 64 * 1024 * 1024),
+    scriptTimeoutSeconds: int(env, 'BROKER_SCRIPT_TIMEOUT_SECONDS', 60, 1, 3600),
     logLevel: env.LOG_LEVEL || 'info',
   };
 }

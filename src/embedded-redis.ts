@@ -1,6 +1,7 @@
 import path from 'node:path';
 import type { Config } from './config.js';
-import { LABEL, type DockerEngine } from './docker/engine.js';
+import type { DockerEngine } from './docker/engine.js';
+import { LABEL } from './docker/types.js';
 import type { ImageBuilder } from './images/builder.js';
 import type { Logger } from './log.js';
 import { newPassword } from './broker/ids.js';

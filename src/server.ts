@@ -37,12 +37,13 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   try {
     await engine.ping();
   } catch (error) {
-    throw new Error(`cannot reach the Docker engine at ${process.env.DOCKER_HOST || '/var/run/docker.sock'}: ${(error as Error).message}`);
+    throw new Error(`cannot reach the Docker engine at ${process.env.DOCKER_HOST || '/var/run/docker.sock'}: ${(error as Error).message}`, { cause: error });
   }
   const images = new ImageBuilder(engine, path.join(PACKAGE_ROOT, 'scripts'), log, config.baseImage);
   const redisUrl = config.redisUrl ?? (await startEmbeddedRedis(engine, images, config, log));
   const store = new RedisStore(redisUrl, config.brokerId, new Sealer(config.encryptionKey), (error) =>
-    log.warn({ reason: error.message }, 'Redis connection problem'));
+    log.warn({ reason: error.message }, 'Redis connection problem'),
+  );
   store.tombstoneSeconds = config.tombstoneSeconds;
   await store.connect();
   const tokens = new DashboardTokens(config.encryptionKey);
@@ -72,11 +73,15 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
     });
     server = await new Promise<Server>((resolve, reject) => {
       const listening = app.listen(config.listenPort, config.listenHost, () => resolve(listening));
-      listening.once('error', (error: NodeJS.ErrnoException) => reject(new Error(
-        error.code === 'EADDRINUSE'
-          ? `${config.listenHost}:${config.listenPort} is already in use; set PORT (or BROKER_LISTEN_HOST) to another address`
-          : `cannot listen on ${config.listenHost}:${config.listenPort}: ${error.message}`,
-      )));
+      listening.once('error', (error: NodeJS.ErrnoException) =>
+        reject(
+          new Error(
+            error.code === 'EADDRINUSE'
+              ? `${config.listenHost}:${config.listenPort} is already in use; set PORT (or BROKER_LISTEN_HOST) to another address`
+              : `cannot listen on ${config.listenHost}:${config.listenPort}: ${error.message}`,
+          ),
+        ),
+      );
     });
   } catch (error) {
     await store.close();

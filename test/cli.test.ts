@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { PACKAGE_ROOT } from '../src/config.js';
-import { LABEL } from '../src/docker/engine.js';
+import { LABEL } from '../src/docker/types.js';
 import { pgQuery } from './helpers/engine-watch.js';
 import { engine, startTestBroker, type TestBroker } from './helpers/env.js';
 
@@ -41,8 +41,12 @@ function run(command: string, args: string[], options: { env?: NodeJS.ProcessEnv
     const child = spawn(command, args, { cwd: options.cwd ?? PACKAGE_ROOT, env: options.env ?? brokerEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (chunk) => { stdout += chunk; });
-    child.stderr.on('data', (chunk) => { stderr += chunk; });
+    child.stdout.on('data', (chunk) => {
+      stdout += chunk;
+    });
+    child.stderr.on('data', (chunk) => {
+      stderr += chunk;
+    });
     child.once('error', reject);
     child.once('close', (code) => resolve({ code, stdout, stderr }));
   });
@@ -58,7 +62,10 @@ test.serial('create, list, bind, env and delete PostgreSQL and Redis; the exampl
   const createdPg = await cli(['create', 'postgresql', 'small', 'orders-db', '-c', '{"database":"orders"}']);
   t.is(createdPg.code, 0, show(createdPg));
   t.regex(createdPg.stderr, /Creating orders-db \(postgresql small\)…\n {2}Provisioning requested\.\n/);
-  t.regex(createdPg.stdout, /^Created orders-db: postgresql small \(instance [0-9a-f-]{36}\)\.\nDashboard: http:\/\/\S+\/dashboard\/instances\/[0-9a-f-]{36}\?token=\S+\n$/);
+  t.regex(
+    createdPg.stdout,
+    /^Created orders-db: postgresql small \(instance [0-9a-f-]{36}\)\.\nDashboard: http:\/\/\S+\/dashboard\/instances\/[0-9a-f-]{36}\?token=\S+\n$/,
+  );
   const createdRedis = await cli(['create', 'redis', 'small', 'cache']);
   t.is(createdRedis.code, 0, show(createdRedis));
 
@@ -68,14 +75,28 @@ test.serial('create, list, bind, env and delete PostgreSQL and Redis; the exampl
   t.regex(duplicate.stderr, /a service instance named "cache" already exists \(redis small, ready\)/);
 
   // The broker kept the names the CLI sent in the provision context.
-  const listing = (await env.client.request('GET', '/broker/v1/instances')).body.instances as Array<{ id: string; name: string; service_name: string; bindings: Array<{ id: string; name: string }> }>;
-  t.deepEqual(listing.map((instance) => [instance.name, instance.service_name]), [['orders-db', 'postgresql'], ['cache', 'redis']]);
-  const [pgInstance, redisInstance] = listing as [typeof listing[number], typeof listing[number]];
+  const listing = (await env.client.request('GET', '/broker/v1/instances')).body.instances as Array<{
+    id: string;
+    name: string;
+    service_name: string;
+    bindings: Array<{ id: string; name: string }>;
+  }>;
+  t.deepEqual(
+    listing.map((instance) => [instance.name, instance.service_name]),
+    [
+      ['orders-db', 'postgresql'],
+      ['cache', 'redis'],
+    ],
+  );
+  const [pgInstance, redisInstance] = listing as [(typeof listing)[number], (typeof listing)[number]];
   t.true(createdPg.stdout.includes(pgInstance.id));
 
   const listed = await cli(['list']);
   t.is(listed.code, 0, show(listed));
-  const rows = listed.stdout.trim().split('\n').map((line) => line.split(/\s{2,}/));
+  const rows = listed.stdout
+    .trim()
+    .split('\n')
+    .map((line) => line.split(/\s{2,}/));
   t.deepEqual(rows, [
     ['NAME', 'OFFERING', 'PLAN', 'STATE', 'BINDINGS', 'LAST OPERATION'],
     ['orders-db', 'postgresql', 'small', 'ready', '-', 'provision succeeded'],
@@ -94,7 +115,10 @@ test.serial('create, list, bind, env and delete PostgreSQL and Redis; the exampl
   // bind: a summary, never the secrets unless asked.
   const boundPg = await cli(['bind', 'orders-db']);
   t.is(boundPg.code, 0, show(boundPg));
-  t.regex(boundPg.stdout, /^Bound orders-db as orders-db-binding \(binding [0-9a-f-]{36}\)\.\nEndpoint: 127\.0\.0\.1:\d+\nCredential fields: uri, jdbcUrl, host, hostname, port, name, database, username, password\n$/);
+  t.regex(
+    boundPg.stdout,
+    /^Bound orders-db as orders-db-binding \(binding [0-9a-f-]{36}\)\.\nEndpoint: 127\.0\.0\.1:\d+\nCredential fields: uri, jdbcUrl, host, hostname, port, name, database, username, password\n$/,
+  );
   const boundRedis = await cli(['bind', 'cache', '--as', 'app-cache']);
   t.is(boundRedis.code, 0, show(boundRedis));
   t.regex(boundRedis.stdout, /^Bound cache as app-cache /);
@@ -107,7 +131,10 @@ test.serial('create, list, bind, env and delete PostgreSQL and Redis; the exampl
   t.is(vcap.postgresql.length, 1);
   t.is(vcap.redis.length, 1);
   const listedAfterBind = (await env.client.request('GET', '/broker/v1/instances')).body.instances as typeof listing;
-  for (const [key, instance, bindingName] of [['postgresql', pgInstance, 'orders-db-binding'], ['redis', redisInstance, 'app-cache']] as const) {
+  for (const [key, instance, bindingName] of [
+    ['postgresql', pgInstance, 'orders-db-binding'],
+    ['redis', redisInstance, 'app-cache'],
+  ] as const) {
     const entry = vcap[key][0];
     const binding = listedAfterBind.find((candidate) => candidate.id === instance.id)!.bindings[0]!;
     t.is(binding.name, bindingName);
@@ -207,12 +234,18 @@ test('unknown offerings and plans list the valid ones', async (t) => {
 test('missing or wrong arguments print the usage line and exit 2, without calling the broker', async (t) => {
   const unreachable = { ...baseEnv(), OSB_BROKER_URL: 'http://127.0.0.1:9' };
   const cases: Array<[string[], string]> = [
-    [['create', 'postgresql', 'small'], 'osb-docker: create: missing <name>\nusage: osb-docker create <offering> <plan> <name> [-c JSON|FILE] [--org GUID] [--space GUID]\n'],
+    [
+      ['create', 'postgresql', 'small'],
+      'osb-docker: create: missing <name>\nusage: osb-docker create <offering> <plan> <name> [-c JSON|FILE] [--org GUID] [--space GUID]\n',
+    ],
     [['bind'], 'osb-docker: bind: missing <name>\nusage: osb-docker bind <name> [--as <binding-name>] [--show-credentials]\n'],
     [['env'], 'osb-docker: env: missing <name>\nusage: osb-docker env <name>... [--json]\n'],
     [['delete', 'a', 'b'], 'osb-docker: delete: too many arguments ("b")\nusage: osb-docker delete <name>\n'],
     [['list', '--as', 'x'], 'osb-docker: list does not take --as\nusage: osb-docker list [--json]\n'],
-    [['create', 'postgresql', 'small', 'db', '-c', '{"database":'], 'osb-docker: -c is not valid JSON: Unexpected end of JSON input\nusage: osb-docker create <offering> <plan> <name> [-c JSON|FILE] [--org GUID] [--space GUID]\n'],
+    [
+      ['create', 'postgresql', 'small', 'db', '-c', '{"database":'],
+      'osb-docker: -c is not valid JSON: Unexpected end of JSON input\nusage: osb-docker create <offering> <plan> <name> [-c JSON|FILE] [--org GUID] [--space GUID]\n',
+    ],
   ];
   for (const [args, stderr] of cases) {
     const result = await cli(args, { env: unreachable });
@@ -244,7 +277,12 @@ test('an unreachable broker: the message says where the CLI looked', async (t) =
 test('refused credentials: the message says so and where the password came from', async (t) => {
   const wrong = await cli(['list'], { env: { ...brokerEnv(), OSB_BROKER_PASSWORD: 'not-the-password' } });
   t.is(wrong.code, 1);
-  t.regex(wrong.stderr, new RegExp(`^osb-docker: the broker at ${env.broker.url.replaceAll('.', '\\.')} refused the credentials of user "broker" \\(password from OSB_BROKER_PASSWORD\\);`));
+  t.regex(
+    wrong.stderr,
+    new RegExp(
+      `^osb-docker: the broker at ${env.broker.url.replaceAll('.', '\\.')} refused the credentials of user "broker" \\(password from OSB_BROKER_PASSWORD\\);`,
+    ),
+  );
   t.regex(wrong.stderr, /OSB_BROKER_PASSWORD \(or --user and --password\)/);
 
   // Without OSB_BROKER_PASSWORD, the password a local broker saved is read from .broker-state/secrets.json ...
@@ -253,7 +291,10 @@ test('refused credentials: the message says so and where the password came from'
   const noPassword = { ...baseEnv(), OSB_BROKER_URL: env.broker.url };
   const none = await cli(['list'], { env: noPassword, cwd: folder });
   t.is(none.code, 1);
-  t.true(none.stderr.includes(`password from nowhere: OSB_BROKER_PASSWORD is unset and there is no ${path.join(folder, '.broker-state', 'secrets.json')}`), none.stderr);
+  t.true(
+    none.stderr.includes(`password from nowhere: OSB_BROKER_PASSWORD is unset and there is no ${path.join(folder, '.broker-state', 'secrets.json')}`),
+    none.stderr,
+  );
   mkdirSync(path.join(folder, '.broker-state'));
   writeFileSync(path.join(folder, '.broker-state', 'secrets.json'), JSON.stringify({ password: env.config.password, encryptionKey: 'x' }));
   const fromFile = await cli(['list', '--json'], { env: noPassword, cwd: folder });
@@ -271,10 +312,11 @@ test('refused credentials: the message says so and where the password came from'
 });
 
 /** A stand-in broker whose provision fails, to see what the CLI sends and how it reports the failure. */
-test('a failed provision shows the broker\'s description; requests carry the platform headers and context', async (t) => {
+test("a failed provision shows the broker's description; requests carry the platform headers and context", async (t) => {
   const seen: Array<{ method: string; url: string; headers: IncomingMessage['headers']; body: any }> = [];
   let polls = 0;
-  const server = createServer(async (request, response) => {
+  const server = createServer((request, response) => void answer(request, response));
+  async function answer(request: IncomingMessage, response: import('node:http').ServerResponse): Promise<void> {
     let text = '';
     for await (const chunk of request) text += chunk;
     seen.push({ method: request.method!, url: request.url!, headers: request.headers, body: text ? JSON.parse(text) : undefined });
@@ -282,7 +324,8 @@ test('a failed provision shows the broker\'s description; requests carry the pla
       response.writeHead(status, { 'Content-Type': 'application/json', ...headers });
       response.end(JSON.stringify(body));
     };
-    if (request.url === '/v2/catalog') return send(200, { services: [{ id: 'svc', name: 'thing', description: 'd', bindable: true, plans: [{ id: 'p1', name: 'one', description: 'd' }] }] });
+    if (request.url === '/v2/catalog')
+      return send(200, { services: [{ id: 'svc', name: 'thing', description: 'd', bindable: true, plans: [{ id: 'p1', name: 'one', description: 'd' }] }] });
     if (request.url === '/broker/v1/instances') return send(200, { instances: [] });
     if (request.method === 'PUT') return send(202, { operation: 'op-1', dashboard_url: 'http://x/d' });
     if (request.url?.includes('/last_operation')) {
@@ -291,20 +334,25 @@ test('a failed provision shows the broker\'s description; requests carry the pla
       return send(200, { state: 'failed', description: 'Provisioning failed: the image build failed: no space left on device' });
     }
     send(404, { error: 'NotFound', description: 'no' });
-  });
+  }
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   try {
     const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
     const started = Date.now();
-    const result = await cli(['create', 'thing', 'one', 'my-thing', '-c', '{"size":3}', '--org', 'o-1'], { env: { ...baseEnv(), OSB_BROKER_URL: url, OSB_BROKER_PASSWORD: 'pw' } });
+    const result = await cli(['create', 'thing', 'one', 'my-thing', '-c', '{"size":3}', '--org', 'o-1'], {
+      env: { ...baseEnv(), OSB_BROKER_URL: url, OSB_BROKER_PASSWORD: 'pw' },
+    });
     t.is(result.code, 1, show(result));
-    t.is(result.stderr, [
-      'Creating my-thing (thing one)…',
-      '  Building the image.',
-      'osb-docker: creating my-thing failed: Provisioning failed: the image build failed: no space left on device',
-      'The name stays taken until `osb-docker delete my-thing` removes what is left.',
-      '',
-    ].join('\n'));
+    t.is(
+      result.stderr,
+      [
+        'Creating my-thing (thing one)…',
+        '  Building the image.',
+        'osb-docker: creating my-thing failed: Provisioning failed: the image build failed: no space left on device',
+        'The name stays taken until `osb-docker delete my-thing` removes what is left.',
+        '',
+      ].join('\n'),
+    );
     t.is(result.stdout, '');
     t.true(Date.now() - started >= 1000, 'Retry-After was honoured');
 
@@ -312,8 +360,12 @@ test('a failed provision shows the broker\'s description; requests carry the pla
     const id = /^\/v2\/service_instances\/([0-9a-f-]{36})\?accepts_incomplete=true$/.exec(put.url)?.[1];
     t.truthy(id, put.url);
     t.deepEqual(put.body, {
-      service_id: 'svc', plan_id: 'p1', organization_guid: 'o-1', space_guid: 'local',
-      context: { platform: 'osb-docker-cli', instance_name: 'my-thing' }, parameters: { size: 3 },
+      service_id: 'svc',
+      plan_id: 'p1',
+      organization_guid: 'o-1',
+      space_guid: 'local',
+      context: { platform: 'osb-docker-cli', instance_name: 'my-thing' },
+      parameters: { size: 3 },
     });
     t.true(seen.some((request) => request.url === `/v2/service_instances/${id}/last_operation?operation=op-1`));
     for (const request of seen) {

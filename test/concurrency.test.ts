@@ -2,7 +2,7 @@ import test, { type ExecutionContext } from 'ava';
 import { Redis } from 'ioredis';
 import net from 'node:net';
 import { isDeepStrictEqual } from 'node:util';
-import { LABEL } from '../src/docker/engine.js';
+import { LABEL } from '../src/docker/types.js';
 import { pgQuery, stopAllWatchers, watchContainerCreations } from './helpers/engine-watch.js';
 import { brokerObjects, PG, redisKeys, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody, type Reply } from './helpers/osb-client.js';
@@ -58,7 +58,10 @@ const identicalProvisions = test.macro({
     const accepted = replies.filter((reply) => reply.status === 202);
     t.true(accepted.length >= 1, statuses(replies));
     // 202 with the one operation while it runs; 200 only if it had already finished (it takes seconds).
-    t.true(replies.every((reply) => reply.status === 202 || reply.status === 200), statuses(replies));
+    t.true(
+      replies.every((reply) => reply.status === 202 || reply.status === 200),
+      statuses(replies),
+    );
     const operations = new Set(accepted.map((reply) => reply.body.operation));
     t.is(operations.size, 1, `several operations: ${[...operations].join(', ')}`);
     const [operation] = operations;
@@ -75,7 +78,7 @@ const identicalProvisions = test.macro({
     t.is((await env.client.provision(id, body)).status, 200);
     await deprovisionAndWait(t, id);
   },
-  title: (_provided, count) => `${count} concurrent identical provisions share one operation and one container`,
+  title: (_provided, count) => `${String(count)} concurrent identical provisions share one operation and one container`,
 });
 
 test(identicalProvisions, 2);
@@ -110,7 +113,11 @@ test('concurrent binds of distinct ids on one instance all succeed with distinct
   const bindingIds = Array.from({ length: 6 }, (_, index) => `b-${index}`);
   const bindBody = (app: string) => ({ service_id: PG.service, plan_id: PG.small, bind_resource: { app_guid: app } });
   const replies = await Promise.all(bindingIds.map((bindingId) => env.client.bind(id, bindingId, bindBody(`app-${bindingId}`))));
-  t.deepEqual(replies.map((reply) => reply.status), bindingIds.map(() => 201), statuses(replies));
+  t.deepEqual(
+    replies.map((reply) => reply.status),
+    bindingIds.map(() => 201),
+    statuses(replies),
+  );
   const credentials = replies.map((reply) => reply.body.credentials);
   t.is(new Set(credentials.map((c) => c.username)).size, bindingIds.length, 'distinct users');
   t.is(new Set(credentials.map((c) => c.password)).size, bindingIds.length, 'distinct passwords');
@@ -197,10 +204,12 @@ test('a DELETE right after the 202 stops the provision and leaves nothing behind
   for (let round = 1; round <= 3; round++) {
     const ids = Array.from({ length: 6 }, () => uniqueId());
     const outcomes = await Promise.allSettled(ids.map((id) => afterDeleteDuringProvision(id, 'right after the 202')));
-    const observed = Object.fromEntries(ids.map((id, index) => {
-      const outcome = outcomes[index]!;
-      return [id, outcome.status === 'fulfilled' ? outcome.value : String(outcome.reason)];
-    }));
+    const observed = Object.fromEntries(
+      ids.map((id, index) => {
+        const outcome = outcomes[index]!;
+        return [id, outcome.status === 'fulfilled' ? outcome.value : String(outcome.reason)];
+      }),
+    );
     t.deepEqual(observed, Object.fromEntries(ids.map((id) => [id, nothingLeft])), `round ${round}`);
   }
 });

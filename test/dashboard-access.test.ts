@@ -15,7 +15,9 @@ test.before(async () => {
   env = await startTestBroker(16);
   first = uniqueId('dash');
   second = uniqueId('dash');
-  const replies = await Promise.all([first, second].map((id) => env.client.provision(id, provisionBody(PG.service, PG.small, { context: { instance_name: `name-of-${id}` } }))));
+  const replies = await Promise.all(
+    [first, second].map((id) => env.client.provision(id, provisionBody(PG.service, PG.small, { context: { instance_name: `name-of-${id}` } }))),
+  );
   firstLink = replies[0]!.body.dashboard_url;
   for (const [index, id] of [first, second].entries()) {
     const done = await env.client.waitForInstance(id, replies[index]!.body.operation);
@@ -84,7 +86,7 @@ test('missing, forged and expired tokens get a clear 401 page', async (t) => {
   t.is((await get(`${pathOf(first)}?token=${wrongKey.mint('link', first, 600)}`)).status, 401, 'a token signed with another key is refused');
 });
 
-test('one instance\'s token or cookie never opens another', async (t) => {
+test("one instance's token or cookie never opens another", async (t) => {
   const token = new URL(firstLink).searchParams.get('token')!;
   const crossLink = await get(`${pathOf(second)}?token=${token}`);
   t.is(crossLink.status, 401);
@@ -97,7 +99,7 @@ test('one instance\'s token or cookie never opens another', async (t) => {
   t.is((await get(`${pathOf(first)}?token=${sessionValue}`)).status, 401);
 });
 
-test('the overview lists every instance behind the broker\'s credentials, with fresh links', async (t) => {
+test("the overview lists every instance behind the broker's credentials, with fresh links", async (t) => {
   t.is((await get('/dashboard')).status, 401);
   t.regex((await get('/dashboard')).headers.get('www-authenticate') ?? '', /Basic/);
   t.is((await get('/dashboard', { authorization: `Basic ${Buffer.from('broker:wrong').toString('base64')}` })).status, 401);
@@ -116,7 +118,10 @@ test('the overview lists every instance behind the broker\'s credentials, with f
 
 test('no password ever reaches the dashboard: details, processes and logs are redacted on the server', async (t) => {
   const { client } = env;
-  const updated = await client.request('PATCH', `/v2/service_instances/${first}?accepts_incomplete=true`, { service_id: PG.service, parameters: { log_min_duration_statement: 0 } });
+  const updated = await client.request('PATCH', `/v2/service_instances/${first}?accepts_incomplete=true`, {
+    service_id: PG.service,
+    parameters: { log_min_duration_statement: 0 },
+  });
   t.is(updated.status, 202);
   t.is((await client.waitForInstance(first, updated.body.operation)).body.state, 'succeeded');
   const bound = await client.bind(first, 'leaky', { service_id: PG.service, plan_id: PG.small });
@@ -158,6 +163,9 @@ test('a stopped container shows its state and an explanation instead of an error
   t.deepEqual(top.processes, []);
   t.regex(top.explanation, /not running/);
   const logs = (await (await get(`${pathOf(second)}/api/logs`, { cookie })).json()) as any;
-  t.true(logs.lines.some((line: { text: string }) => /shutting down|shut down/.test(line.text)), 'the logs say why it ended');
+  t.true(
+    logs.lines.some((line: { text: string }) => /shutting down|shut down/.test(line.text)),
+    'the logs say why it ended',
+  );
   execFileSync('docker', ['start', name]);
 });

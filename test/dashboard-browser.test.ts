@@ -18,7 +18,16 @@ test.before(async () => {
   env = await startTestBroker(17);
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync'],
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
   });
 });
 test.after.always(async () => {
@@ -29,7 +38,10 @@ test.after.always(async () => {
 test('a developer opens the dashboard_url: processes, startup logs, live log lines, no secrets', async (t) => {
   const { client } = env;
   const id = uniqueId('browser');
-  const accepted = await client.provision(id, provisionBody(PG.service, PG.small, { context: { instance_name: 'orders-db' }, parameters: { database: 'orders' } }));
+  const accepted = await client.provision(
+    id,
+    provisionBody(PG.service, PG.small, { context: { instance_name: 'orders-db' }, parameters: { database: 'orders' } }),
+  );
   t.is((await client.waitForInstance(id, accepted.body.operation)).body.state, 'succeeded');
   const bindings = await Promise.all(['web', 'worker'].map((name) => client.bind(id, name, { service_id: PG.service, plan_id: PG.small })));
   const secrets = bindings.map((reply) => reply.body.credentials.password as string);
@@ -46,7 +58,10 @@ test('a developer opens the dashboard_url: processes, startup logs, live log lin
   // The engine's process list, with the postgres processes.
   await page.locator('#top tbody tr').first().waitFor();
   const commands = await page.locator('#top td.command').allTextContents();
-  t.true(commands.some((command) => command.includes('/usr/lib/postgresql/15/bin/postgres')), commands.join(' | '));
+  t.true(
+    commands.some((command) => command.includes('/usr/lib/postgresql/15/bin/postgres')),
+    commands.join(' | '),
+  );
   t.true(commands.some((command) => command.includes('postgres: checkpointer')));
 
   // The startup lines of the server log.
@@ -56,7 +71,7 @@ test('a developer opens the dashboard_url: processes, startup logs, live log lin
   const box = (await page.locator('#logs').boundingBox())!;
   const newest = (await page.locator('#logs .line').last().boundingBox())!;
   t.true(newest.height > 0 && newest.y >= box.y && newest.y + newest.height <= box.y + box.height + 1, JSON.stringify({ box, newest }));
-  t.true(await page.locator('#logs .line.stderr').count() > 0, 'stderr lines are told apart');
+  t.true((await page.locator('#logs .line.stderr').count()) > 0, 'stderr lines are told apart');
   t.is(await page.locator('#details dd', { hasText: 'small' }).count(), 1);
   t.is(await page.locator('#details dd', { hasText: '127.0.0.1:' }).count(), 1);
   t.regex(await page.locator('#details').innerText(), /Bindings\s+2/);
@@ -72,7 +87,7 @@ test('a developer opens the dashboard_url: processes, startup logs, live log lin
 
   // The filter narrows the lines.
   await page.fill('#log-filter', marker);
-  t.true(await page.locator('#logs .line').count() >= 1);
+  t.true((await page.locator('#logs .line').count()) >= 1);
   t.is(await page.locator('#logs .line').count(), await page.locator('#logs .line', { hasText: marker }).count());
   await page.fill('#log-filter', '');
 
@@ -99,7 +114,10 @@ test('a developer opens the dashboard_url: processes, startup logs, live log lin
   await phone.close();
 
   // The overview, behind the broker's credentials.
-  const context = await browser.newContext({ viewport: { width: 1100, height: 500 }, httpCredentials: { username: env.config.username, password: env.config.password } });
+  const context = await browser.newContext({
+    viewport: { width: 1100, height: 500 },
+    httpCredentials: { username: env.config.username, password: env.config.password },
+  });
   const overview = await context.newPage();
   await overview.goto(`${client.url}/dashboard`);
   await overview.getByRole('link', { name: 'orders-db' }).waitFor();

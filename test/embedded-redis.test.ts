@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { Redis } from 'ioredis';
-import { LABEL } from '../src/docker/engine.js';
+import { LABEL } from '../src/docker/types.js';
 import { inspectRaw, inspectVolume, pgQuery } from './helpers/engine-watch.js';
 import { brokerObjects, engine, PG, removeEverything, uniqueId } from './helpers/env.js';
 import { OsbClient, provisionBody } from './helpers/osb-client.js';

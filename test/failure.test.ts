@@ -22,7 +22,15 @@ function brokenCatalog(): string {
   writeFileSync(file, JSON.stringify(service));
   // A second offering whose image recipe fails to build.
   cpSync(path.join(PACKAGE_ROOT, 'catalog', 'postgresql'), path.join(dir, 'unbuildable'), { recursive: true });
-  const other = { ...service, offering: { ...service.offering, id: '6a0b7f7e-0000-4000-8000-000000000001', name: 'unbuildable', plans: service.offering.plans.map((plan: any, index: number) => ({ ...plan, id: `6a0b7f7e-0000-4000-8000-00000000001${index}` })) } };
+  const other = {
+    ...service,
+    offering: {
+      ...service.offering,
+      id: '6a0b7f7e-0000-4000-8000-000000000001',
+      name: 'unbuildable',
+      plans: service.offering.plans.map((plan: any, index: number) => ({ ...plan, id: `6a0b7f7e-0000-4000-8000-00000000001${index}` })),
+    },
+  };
   writeFileSync(path.join(dir, 'unbuildable', 'service.json'), JSON.stringify(other));
   appendFileSync(path.join(dir, 'unbuildable', 'Dockerfile'), '\nRUN echo "this recipe is broken on purpose" >&2 && false\n');
   return dir;
@@ -66,5 +74,11 @@ test.serial('nothing answering on the published port fails the provision and lea
 });
 
 test.serial('an image that does not build fails the provision with the build error', async (t) => {
-  await assertFailedAndCleanedUp(t, uniqueId(), '6a0b7f7e-0000-4000-8000-000000000001', '6a0b7f7e-0000-4000-8000-000000000010', /^Provisioning failed: building .*unbuildable:15\.0\.0 failed: .*returned a non-zero code: 1/);
+  await assertFailedAndCleanedUp(
+    t,
+    uniqueId(),
+    '6a0b7f7e-0000-4000-8000-000000000001',
+    '6a0b7f7e-0000-4000-8000-000000000010',
+    /^Provisioning failed: building .*unbuildable:15\.0\.0 failed: .*returned a non-zero code: 1/,
+  );
 });

@@ -35,7 +35,10 @@ test('a missing image is built during provisioning, with a description that says
     }
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
-  t.true([...descriptions].some((description) => description.startsWith(`Building image ${prefix}postgresql:15.0.0`)), [...descriptions].join(' | '));
+  t.true(
+    [...descriptions].some((description) => description.startsWith(`Building image ${prefix}postgresql:15.0.0`)),
+    [...descriptions].join(' | '),
+  );
   const labels = JSON.parse(execFileSync('docker', ['image', 'inspect', '--format', '{{json .Config.Labels}}', `${prefix}postgresql:15.0.0`]).toString());
   t.regex(labels['io.osb-broker.recipe'], /^[0-9a-f]{16}$/);
 });

@@ -77,7 +77,14 @@ test('full PostgreSQL lifecycle through bound credentials', async (t) => {
   t.is(listing.status, 200);
   const listed = listing.body.instances.find((instance: { id: string }) => instance.id === id);
   t.like(listed, { name: 'my-db', service_name: 'postgresql', plan_name: 'small', state: 'ready', service_id: PG.service, plan_id: PG.small });
-  t.deepEqual(listed.bindings.map((binding: { id: string; name?: string }) => [binding.id, binding.name]), [['b-one', undefined], ['b-two', undefined], ['b-named', 'reporting']]);
+  t.deepEqual(
+    listed.bindings.map((binding: { id: string; name?: string }) => [binding.id, binding.name]),
+    [
+      ['b-one', undefined],
+      ['b-two', undefined],
+      ['b-named', 'reporting'],
+    ],
+  );
   t.true(listed.dashboard_url.includes('?token='));
   t.false(JSON.stringify(listing.body).includes(one.password));
   t.is((await client.unbind(id, 'b-named', PG.service, PG.small)).status, 200);
@@ -86,7 +93,10 @@ test('full PostgreSQL lifecycle through bound credentials', async (t) => {
   await query(one.uri, "INSERT INTO items (name) VALUES ('from one')");
   await query(two.uri, "INSERT INTO items (name) VALUES ('from two')");
   const rows = await query(two.uri, 'SELECT name FROM items ORDER BY id');
-  t.deepEqual(rows.rows.map((row) => row.name), ['from one', 'from two']);
+  t.deepEqual(
+    rows.rows.map((row) => row.name),
+    ['from one', 'from two'],
+  );
   await query(two.uri, "UPDATE items SET name = 'changed by two' WHERE name = 'from one'");
   t.is((await query(one.uri, 'SELECT count(*)::int AS n FROM items WHERE name = $1', ['changed by two'])).rows[0].n, 1);
 

@@ -294,7 +294,12 @@ async function objectsOf(id: string) {
 }
 
 function dockerInspect(name: string): Promise<string> {
-  return import('node:child_process').then(({ execFile }) => new Promise((resolve, reject) => {
-    execFile('docker', ['inspect', '--type', 'container', '--format', '{{json .}}', name], (error, stdout) => (error ? reject(error) : resolve(stdout)));
-  }));
+  return import('node:child_process').then(
+    ({ execFile }) =>
+      new Promise((resolve, reject) => {
+        execFile('docker', ['inspect', '--type', 'container', '--format', '{{json .}}', name], (error, stdout) =>
+          error ? reject(new Error(error.message, { cause: error })) : resolve(stdout),
+        );
+      }),
+  );
 }

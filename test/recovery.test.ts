@@ -1,6 +1,6 @@
 import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
-import { LABEL } from '../src/docker/engine.js';
+import { LABEL } from '../src/docker/types.js';
 import { stateImageTag } from '../src/embedded-redis.js';
 import { pgQuery, stopAllWatchers, watchContainerCreations } from './helpers/engine-watch.js';
 import { brokerObjects, engine, PG, redisKeys, removeEverything, startTestRedis, uniqueId } from './helpers/env.js';
@@ -83,8 +83,12 @@ const provisionKilled = test.macro({
     const operation = accepted.body.operation as string;
     if (killPoint === 'once its container runs') {
       // The operation's own progress says when the container has started (setup still takes most of a second).
-      await waitUntil('the instance container to start', async () =>
-        /^(Starting|Setting up)/.test((await storedRecord(redis.url, brokerId, 'operation', operation))?.description ?? ''), 30_000, 5);
+      await waitUntil(
+        'the instance container to start',
+        async () => /^(Starting|Setting up)/.test((await storedRecord(redis.url, brokerId, 'operation', operation))?.description ?? ''),
+        30_000,
+        5,
+      );
     }
     t.is((await first.kill('SIGKILL')).signal, 'SIGKILL');
     // The killed process left the operation unfinished.
@@ -119,7 +123,7 @@ const provisionKilled = test.macro({
     await deprovisionAndCheckNothingLeft(t, second.client, brokerId, id);
     await second.kill('SIGTERM');
   },
-  title: (_provided, killPoint) => `a provision killed ${killPoint} resumes at the next start and succeeds`,
+  title: (_provided, killPoint) => `a provision killed ${String(killPoint)} resumes at the next start and succeeds`,
 });
 
 test(provisionKilled, 'right after the 202', '41500-41519');
@@ -165,12 +169,18 @@ test('containers and volumes no instance owns are reported, and removed only wit
   t.true(removed.removed);
   t.is(await engine.inspectContainer(orphan), undefined);
   t.false(await engine.volumeExists(`${orphan}-data`));
-  t.truthy(await engine.inspectContainer(foreign), 'another broker\'s container is left alone');
+  t.truthy(await engine.inspectContainer(foreign), "another broker's container is left alone");
 
   // The real instance survived the clean-up and still works.
   const { containers, volumes } = await brokerObjects(brokerId);
-  t.deepEqual(containers.map((container) => container.labels[LABEL.instance]), [id]);
-  t.deepEqual(volumes.map((volume) => volume.labels[LABEL.instance]), [id]);
+  t.deepEqual(
+    containers.map((container) => container.labels[LABEL.instance]),
+    [id],
+  );
+  t.deepEqual(
+    volumes.map((volume) => volume.labels[LABEL.instance]),
+    [id],
+  );
   t.is((await broker.client.request('GET', `/v2/service_instances/${id}`)).status, 200);
   const bound = await broker.client.bind(id, 'b-1', bindBody);
   t.is(bound.status, 201, JSON.stringify(bound.body));

@@ -70,11 +70,17 @@ test('a maintenance upgrade replaces the container on the new image and keeps da
   t.is(postgres.plans[0].maintenance_info.version, '15.0.1');
   t.is((await client.request('GET', `/v2/service_instances/${id}`)).body.maintenance_info.version, '15.0.0');
 
-  const stale = await client.request('PATCH', `/v2/service_instances/${id}?accepts_incomplete=true`, { service_id: PG.service, maintenance_info: { version: '15.0.0' } });
+  const stale = await client.request('PATCH', `/v2/service_instances/${id}?accepts_incomplete=true`, {
+    service_id: PG.service,
+    maintenance_info: { version: '15.0.0' },
+  });
   t.is(stale.status, 422);
   t.is(stale.body.error, 'MaintenanceInfoConflict');
 
-  const upgrade = await client.request('PATCH', `/v2/service_instances/${id}?accepts_incomplete=true`, { service_id: PG.service, maintenance_info: { version: '15.0.1' } });
+  const upgrade = await client.request('PATCH', `/v2/service_instances/${id}?accepts_incomplete=true`, {
+    service_id: PG.service,
+    maintenance_info: { version: '15.0.1' },
+  });
   t.is(upgrade.status, 202);
   const done = await client.waitForInstance(id, upgrade.body.operation);
   t.is(done.body.state, 'succeeded', done.body.description);

@@ -1,9 +1,7 @@
 import type { ServiceDefinition } from '../catalog/definition.js';
 import { validateParameters } from '../catalog/parameters.js';
 import { badRequest, concurrencyError, conflict, gone, notFound, unavailable, unprocessable } from '../osb/errors.js';
-import type {
-  BindRequest, BindResult, BindingView, Credentials, Endpoint, LastOperation, RequestMeta, ResourceQuery, UnbindResult,
-} from '../osb/types.js';
+import type { BindRequest, BindResult, BindingView, Credentials, Endpoint, LastOperation, RequestMeta, ResourceQuery, UnbindResult } from '../osb/types.js';
 import type { BindingRecord, InstanceRecord, OperationRecord } from '../store/records.js';
 import { renderCredentials, renderValue } from './credentials.js';
 import { checkId, newPassword, newUsername } from './ids.js';
@@ -194,6 +192,8 @@ export class BindingLifecycle {
     offerings.checkOptionalIds(query);
     const binding = await store.getBinding(instanceId, bindingId);
     if (!binding) throw notFound(`Service binding ${bindingId} does not exist.`);
-    return toLastOperation(await operationFor(store, binding.lastOperationId, query.operation, (op) => op.bindingId === bindingId && op.instanceId === instanceId));
+    return toLastOperation(
+      await operationFor(store, binding.lastOperationId, query.operation, (op) => op.bindingId === bindingId && op.instanceId === instanceId),
+    );
   }
 }

@@ -3,8 +3,21 @@ import type { ServiceDefinition } from '../catalog/definition.js';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import type {
-  BindRequest, BindResult, BindingView, DeprovisionResult, InstanceView, LastOperation, ProvisionRequest, ProvisionResult, RequestMeta,
-  ResourceQuery, ServiceBroker, ServiceOffering, UnbindResult, UpdateRequest, UpdateResult,
+  BindRequest,
+  BindResult,
+  BindingView,
+  DeprovisionResult,
+  InstanceView,
+  LastOperation,
+  ProvisionRequest,
+  ProvisionResult,
+  RequestMeta,
+  ResourceQuery,
+  ServiceBroker,
+  ServiceOffering,
+  UnbindResult,
+  UpdateRequest,
+  UpdateResult,
 } from '../osb/types.js';
 import type { OperationRecord, OperationType } from '../store/records.js';
 import { BindingLifecycle } from './bindings.js';

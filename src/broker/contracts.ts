@@ -1,5 +1,5 @@
 import type { ServiceDefinition } from '../catalog/definition.js';
-import type { ContainerSummary } from '../docker/engine.js';
+import type { ContainerSummary } from '../docker/types.js';
 import type { BindingRecord, InstanceRecord, OperationRecord } from '../store/records.js';
 
 /**

@@ -42,7 +42,8 @@ export function renderValue(pattern: string, values: TemplateValues): string | n
       missing = true;
       return '';
     }
-    return uri ? encodeURIComponent(String(value)) : String(value);
+    const text = typeof value === 'string' ? value : JSON.stringify(value);
+    return uri ? encodeURIComponent(text) : text;
   });
   return missing ? undefined : text;
 }

@@ -30,14 +30,18 @@ export async function reserveHostPorts(
   const hostPort = await reserve();
   const extraHostPorts: Record<string, number> = {};
   for (const name of Object.keys(definition.container.extraPorts)) extraHostPorts[name] = await reserve();
-  return store.withLock(instance.id, async () => {
-    const current = await store.getInstance(instance.id);
-    if (!current || current.lastOperationId !== operation.id) {
-      await store.releasePortsOf(instance.id);
-      throw new Cancelled('a deprovision took over this instance');
-    }
-    const updated = { ...current, hostPort, extraHostPorts, updatedAt: now() };
-    await store.putInstance(updated);
-    return updated;
-  }, 60_000);
+  return store.withLock(
+    instance.id,
+    async () => {
+      const current = await store.getInstance(instance.id);
+      if (!current || current.lastOperationId !== operation.id) {
+        await store.releasePortsOf(instance.id);
+        throw new Cancelled('a deprovision took over this instance');
+      }
+      const updated = { ...current, hostPort, extraHostPorts, updatedAt: now() };
+      await store.putInstance(updated);
+      return updated;
+    },
+    60_000,
+  );
 }

@@ -2,7 +2,15 @@ import { findPlan, planUpdateable } from '../catalog/definition.js';
 import { validateParameters } from '../catalog/parameters.js';
 import { asyncRequired, badRequest, concurrencyError, conflict, gone, maintenanceInfoConflict, notFound, unprocessable } from '../osb/errors.js';
 import type {
-  DeprovisionResult, InstanceView, LastOperation, ProvisionRequest, ProvisionResult, RequestMeta, ResourceQuery, UpdateRequest, UpdateResult,
+  DeprovisionResult,
+  InstanceView,
+  LastOperation,
+  ProvisionRequest,
+  ProvisionResult,
+  RequestMeta,
+  ResourceQuery,
+  UpdateRequest,
+  UpdateResult,
 } from '../osb/types.js';
 import type { InstanceRecord, OperationRecord, UpdateTarget } from '../store/records.js';
 import { PortTakenError } from './contracts.js';
@@ -25,7 +33,7 @@ export class InstanceLifecycle {
     requireString(request.organization_guid, 'organization_guid');
     requireString(request.space_guid, 'space_guid');
     const context = optionalObject(request.context, 'context');
-    const requestedParameters = (request.parameters ?? {}) as Record<string, unknown>;
+    const requestedParameters = request.parameters ?? {};
     const parameters = validateParameters(definition.parameterSchema, request.parameters, 'parameters');
     const requestedVersion = maintenanceVersion(request.maintenance_info);
     if (requestedVersion !== undefined && requestedVersion !== definition.maintenanceInfo.version) {
@@ -110,10 +118,16 @@ export class InstanceLifecycle {
       }
       const reason = reasonOf(error);
       log.error({ instanceId, operation: operation.id, reason }, 'provisioning failed');
-      await runtime.destroy(instance).catch((cleanupError: unknown) =>
-        log.error({ instanceId, reason: reasonOf(cleanupError) }, 'cleanup after failed provision failed'));
+      await runtime
+        .destroy(instance)
+        .catch((cleanupError: unknown) => log.error({ instanceId, reason: reasonOf(cleanupError) }, 'cleanup after failed provision failed'));
       await store.releasePortsOf(instanceId);
-      await runner.finishInstance(operation, (current) => ({ ...current, state: 'failed', hostPort: undefined, extraHostPorts: undefined }), 'failed', `Provisioning failed: ${reason}`);
+      await runner.finishInstance(
+        operation,
+        (current) => ({ ...current, state: 'failed', hostPort: undefined, extraHostPorts: undefined }),
+        'failed',
+        `Provisioning failed: ${reason}`,
+      );
     }
   }
 
@@ -150,9 +164,10 @@ export class InstanceLifecycle {
       const instance = await store.getInstance(instanceId);
       if (!instance || instance.state === 'deleted') throw notFound(`Service instance ${instanceId} does not exist.`);
       if (instance.serviceId !== definition.offering.id) throw badRequest(`service_id does not match service instance ${instanceId}.`);
-      const requestedParameters = request.parameters === undefined
-        ? instance.requestedParameters
-        : { ...instance.requestedParameters, ...(optionalObject(request.parameters, 'parameters') ?? {}) };
+      const requestedParameters =
+        request.parameters === undefined
+          ? instance.requestedParameters
+          : { ...instance.requestedParameters, ...(optionalObject(request.parameters, 'parameters') ?? {}) };
       const target: UpdateTarget = {
         planId: request.plan_id ?? instance.planId,
         requestedParameters,
@@ -176,12 +191,16 @@ export class InstanceLifecycle {
       if (planChange && !planUpdateable(definition, currentPlan)) {
         throw unprocessable('PlanChangeNotSupported', `Plan ${currentPlan.name} cannot be changed to another plan.`);
       }
-      const changed = Object.keys({ ...instance.parameters, ...target.parameters })
-        .filter((name) => !sameJson(instance.parameters[name], target.parameters[name]));
+      const changed = Object.keys({ ...instance.parameters, ...target.parameters }).filter(
+        (name) => !sameJson(instance.parameters[name], target.parameters[name]),
+      );
       const fixed = changed.filter((name) => !definition.updatableParameters.includes(name));
       if (fixed.length > 0) {
         const updatable = definition.updatableParameters.length ? definition.updatableParameters.join(', ') : 'none';
-        throw unprocessable('ParameterNotUpdatable', `Parameter ${fixed.join(', ')} cannot be changed after provisioning (updatable parameters: ${updatable}).`);
+        throw unprocessable(
+          'ParameterNotUpdatable',
+          `Parameter ${fixed.join(', ')} cannot be changed after provisioning (updatable parameters: ${updatable}).`,
+        );
       }
       const upgrade = target.maintenanceVersion !== instance.maintenanceVersion;
       const contextChanged = context !== undefined && !sameJson(context, instance.context);
@@ -206,14 +225,20 @@ export class InstanceLifecycle {
     const target = operation.update;
     if (!instance || !target) return;
     const definition = offerings.definitionOf(instance);
-    const updated: InstanceRecord = { ...instance, planId: target.planId, parameters: target.parameters, requestedParameters: target.requestedParameters, maintenanceVersion: target.maintenanceVersion };
+    const updated: InstanceRecord = {
+      ...instance,
+      planId: target.planId,
+      parameters: target.parameters,
+      requestedParameters: target.requestedParameters,
+      maintenanceVersion: target.maintenanceVersion,
+    };
     try {
       if (target.maintenanceVersion !== instance.maintenanceVersion) {
         await runtime.recreate(definition, updated, signal, (description) => runner.progress(operation, description));
       } else {
         const planChange = target.planId !== instance.planId;
         if (planChange) {
-          await runner.progress(operation, 'Applying the new plan\'s limits to the running container.');
+          await runner.progress(operation, "Applying the new plan's limits to the running container.");
           await runtime.applyLimits(definition, instance, target.planId);
         }
         // configure also follows a plan change, so an engine can size itself to the new limits (e.g. Redis maxmemory).
@@ -223,7 +248,12 @@ export class InstanceLifecycle {
         }
       }
       const { planId, parameters, requestedParameters, maintenanceVersion: version } = updated;
-      await runner.finishInstance(operation, (current) => ({ ...current, planId, parameters, requestedParameters, maintenanceVersion: version }), 'succeeded', 'The service instance is updated.');
+      await runner.finishInstance(
+        operation,
+        (current) => ({ ...current, planId, parameters, requestedParameters, maintenanceVersion: version }),
+        'succeeded',
+        'The service instance is updated.',
+      );
     } catch (error) {
       const reason = reasonOf(error);
       log.error({ instanceId: instance.id, operation: operation.id, reason }, 'update failed');
@@ -270,11 +300,18 @@ export class InstanceLifecycle {
       await runtime.destroy(instance);
       await store.deleteBindingsOf(instance.id);
       await store.releasePortsOf(instance.id);
-      await runner.finishInstance(operation, (current) => ({ ...current, state: 'deleted', hostPort: undefined, extraHostPorts: undefined }), 'succeeded', 'The service instance is deleted.');
+      await runner.finishInstance(
+        operation,
+        (current) => ({ ...current, state: 'deleted', hostPort: undefined, extraHostPorts: undefined }),
+        'succeeded',
+        'The service instance is deleted.',
+      );
     } catch (error) {
       const reason = reasonOf(error);
       log.error({ instanceId: instance.id, operation: operation.id, reason }, 'deprovision failed');
-      await runner.finishInstance(operation, (current) => ({ ...current, state: 'failed' }), 'failed', `Deprovisioning failed: ${reason}`, { instanceUsable: false });
+      await runner.finishInstance(operation, (current) => ({ ...current, state: 'failed' }), 'failed', `Deprovisioning failed: ${reason}`, {
+        instanceUsable: false,
+      });
     }
   }
 

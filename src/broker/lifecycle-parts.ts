@@ -33,7 +33,12 @@ export async function locked<T>(store: StateStore, instanceId: string, work: () 
 }
 
 /** The operation last_operation reports: the requested one if it belongs here, else the resource's latest. */
-export async function operationFor(store: StateStore, latestId: string, requestedId: string | undefined, belongs: (operation: OperationRecord) => boolean): Promise<OperationRecord> {
+export async function operationFor(
+  store: StateStore,
+  latestId: string,
+  requestedId: string | undefined,
+  belongs: (operation: OperationRecord) => boolean,
+): Promise<OperationRecord> {
   const requested = requestedId ? await store.getOperation(requestedId) : undefined;
   const operation = requested && belongs(requested) ? requested : await store.getOperation(latestId);
   if (!operation) throw notFound('No operation is known for this resource.');
@@ -46,6 +51,8 @@ export function toLastOperation(operation: OperationRecord): LastOperation {
     state: operation.state,
     description: operation.description,
     ...(failedUpdateOrDelete && operation.instanceUsable !== undefined ? { instance_usable: operation.instanceUsable } : {}),
-    ...(failedUpdateOrDelete && operation.type === 'update' && operation.updateRepeatable !== undefined ? { update_repeatable: operation.updateRepeatable } : {}),
+    ...(failedUpdateOrDelete && operation.type === 'update' && operation.updateRepeatable !== undefined
+      ? { update_repeatable: operation.updateRepeatable }
+      : {}),
   };
 }

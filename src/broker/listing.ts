@@ -10,26 +10,32 @@ const contextName = (context: Record<string, unknown> | undefined, field: string
 /** Every live instance with its bindings, oldest first, named from the platform context. No secrets. */
 export async function listInstances(store: StateStore, offerings: Offerings, dashboardUrl: (instanceId: string) => string): Promise<ListedInstance[]> {
   const instances = await store.listInstances();
-  return Promise.all(instances.sort((a, b) => a.createdAt.localeCompare(b.createdAt)).map(async (instance) => {
-    const names = offerings.namesOf(instance);
-    const [operation, bindings] = await Promise.all([store.getOperation(instance.lastOperationId), store.listBindings(instance.id)]);
-    return {
-      id: instance.id,
-      ...contextName(instance.context, 'instance_name'),
-      service_id: instance.serviceId,
-      service_name: names.service,
-      plan_id: instance.planId,
-      plan_name: names.plan,
-      state: instance.state,
-      ...(operation ? { last_operation: { type: operation.type, state: operation.state, description: operation.description } } : {}),
-      dashboard_url: dashboardUrl(instance.id),
-      created_at: instance.createdAt,
-      bindings: bindings.sort((a, b) => a.createdAt.localeCompare(b.createdAt)).map((binding) => ({
-        id: binding.id,
-        ...contextName(binding.context, 'binding_name'),
-        state: binding.state,
-        created_at: binding.createdAt,
-      })),
-    };
-  }));
+  return Promise.all(
+    instances
+      .sort((a, b) => a.createdAt.localeCompare(b.createdAt))
+      .map(async (instance) => {
+        const names = offerings.namesOf(instance);
+        const [operation, bindings] = await Promise.all([store.getOperation(instance.lastOperationId), store.listBindings(instance.id)]);
+        return {
+          id: instance.id,
+          ...contextName(instance.context, 'instance_name'),
+          service_id: instance.serviceId,
+          service_name: names.service,
+          plan_id: instance.planId,
+          plan_name: names.plan,
+          state: instance.state,
+          ...(operation ? { last_operation: { type: operation.type, state: operation.state, description: operation.description } } : {}),
+          dashboard_url: dashboardUrl(instance.id),
+          created_at: instance.createdAt,
+          bindings: bindings
+            .sort((a, b) => a.createdAt.localeCompare(b.createdAt))
+            .map((binding) => ({
+              id: binding.id,
+              ...contextName(binding.context, 'binding_name'),
+              state: binding.state,
+              created_at: binding.createdAt,
+            })),
+        };
+      }),
+  );
 }

@@ -83,10 +83,14 @@ export class OperationRunner {
     description: string,
     extra: Partial<OperationRecord> = {},
   ): Promise<void> {
-    await this.store.withLock(operation.instanceId, async () => {
-      const current = await this.store.getInstance(operation.instanceId);
-      if (current && current.lastOperationId === operation.id) await this.store.putInstance({ ...change(current), updatedAt: now() });
-      await this.finish(operation, state, description, extra);
-    }, 60_000);
+    await this.store.withLock(
+      operation.instanceId,
+      async () => {
+        const current = await this.store.getInstance(operation.instanceId);
+        if (current && current.lastOperationId === operation.id) await this.store.putInstance({ ...change(current), updatedAt: now() });
+        await this.finish(operation, state, description, extra);
+      },
+      60_000,
+    );
   }
 }

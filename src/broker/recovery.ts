@@ -1,5 +1,6 @@
 import type { Config } from '../config.js';
-import { LABEL, type DockerEngine } from '../docker/engine.js';
+import type { DockerEngine } from '../docker/engine.js';
+import { LABEL } from '../docker/types.js';
 import type { Logger } from '../log.js';
 import type { RedisStore } from '../store/redis-store.js';
 import type { DockerBroker } from './broker.js';
@@ -19,7 +20,14 @@ export interface RecoveryReport {
  */
 export async function recover(broker: DockerBroker, store: RedisStore, engine: DockerEngine, config: Config, log: Logger): Promise<RecoveryReport> {
   await store.clearLocks();
-  const report: RecoveryReport = { resumed: 0, orphanContainers: [], orphanVolumes: [], removedOrphans: config.removeOrphans, missingContainers: [], releasedPorts: [] };
+  const report: RecoveryReport = {
+    resumed: 0,
+    orphanContainers: [],
+    orphanVolumes: [],
+    removedOrphans: config.removeOrphans,
+    missingContainers: [],
+    releasedPorts: [],
+  };
   const instances = await store.listInstances();
   const known = new Set(instances.map((instance) => instance.id));
   const containers = await engine.listContainers({ [LABEL.broker]: config.brokerId, [LABEL.role]: 'instance' });
@@ -32,7 +40,10 @@ export async function recover(broker: DockerBroker, store: RedisStore, engine: D
       report.resumed++;
     } else if (instance.state === 'ready' && !containerOf.has(instance.id)) {
       report.missingContainers.push(instance.id);
-      log.error({ instanceId: instance.id, container: instance.containerName }, 'the container of a ready instance is missing; deprovision and provision it again');
+      log.error(
+        { instanceId: instance.id, container: instance.containerName },
+        'the container of a ready instance is missing; deprovision and provision it again',
+      );
     }
     for (const binding of await store.listBindings(instance.id)) {
       const bindingOperation = await store.getOperation(binding.lastOperationId);
@@ -58,7 +69,9 @@ export async function recover(broker: DockerBroker, store: RedisStore, engine: D
   if (report.orphanContainers.length || report.orphanVolumes.length) {
     log.warn(
       { containers: report.orphanContainers, volumes: report.orphanVolumes, removed: config.removeOrphans },
-      config.removeOrphans ? 'removed containers and volumes no instance owns' : 'found containers and volumes no instance owns; set BROKER_REMOVE_ORPHANS=true to remove them',
+      config.removeOrphans
+        ? 'removed containers and volumes no instance owns'
+        : 'found containers and volumes no instance owns; set BROKER_REMOVE_ORPHANS=true to remove them',
     );
   }
 

@@ -1,6 +1,7 @@
 import type { Config } from '../config.js';
-import { imageTag, type Limits, type ServiceDefinition } from '../catalog/definition.js';
-import { LABEL, PortInUseError, type ContainerLimits, type DockerEngine } from '../docker/engine.js';
+import { displayName, imageTag, type Limits, type ServiceDefinition } from '../catalog/definition.js';
+import { PortInUseError, type DockerEngine } from '../docker/engine.js';
+import { LABEL, type ContainerLimits } from '../docker/types.js';
 import type { ImageBuilder } from '../images/builder.js';
 import type { BindingRecord, InstanceRecord } from '../store/records.js';
 import { waitFor } from '../wait.js';
@@ -8,11 +9,11 @@ import { PortTakenError, type InstanceRuntime, type Progress } from './contracts
 import { publishedPortAnswers } from './probe.js';
 
 const READY_POLL_MS = 100;
-const SCRIPT_TIMEOUT_SECONDS = 60;
 /** After the time-out, `timeout` sends TERM; a script that ignores it is killed this much later. */
 const SCRIPT_KILL_AFTER_SECONDS = 5;
-/** coreutils `timeout` exits with 124 when it had to stop the command. */
+/** coreutils `timeout` exits with 124 when TERM stopped the command, 137 (128 + KILL) when it had to kill it. */
 const TIMED_OUT = 124;
+const KILLED = 137;
 
 export class ScriptError extends Error {}
 
@@ -69,7 +70,7 @@ export class DockerRuntime implements InstanceRuntime {
       if (error instanceof PortInUseError) throw new PortTakenError(error.message);
       throw error;
     }
-    await progress(`Starting ${definition.offering.metadata?.displayName ?? definition.offering.name}.`);
+    await progress(`Starting ${displayName(definition)}.`);
     await this.waitReady(definition, instance, signal);
     // The server listens from here on, so the published port can be probed while setup and the login check run.
     const published = this.waitForPublishedPort(instance, signal);
@@ -83,20 +84,25 @@ export class DockerRuntime implements InstanceRuntime {
 
   private async waitReady(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal): Promise<void> {
     const seconds = definition.container.readyTimeoutSeconds;
-    await waitFor(async () => {
-      const result = await this.engine.exec(instance.containerName, ['timeout', '-k', '2s', '10s', '/osb/ready'], {
-        user: definition.container.execUser,
-        env: this.env(definition, instance),
-        timeoutMs: 15_000,
-        signal,
-      }).catch((error: Error) => ({ exitCode: -1, stdout: '', stderr: error.message }));
-      if (result.exitCode === 0) return true;
-      const container = await this.engine.inspectContainer(instance.containerName);
-      if (!container?.running) {
-        throw new Error(`the container stopped while starting (state: ${container?.status ?? 'missing'}); see its logs`);
-      }
-      return undefined;
-    }, { intervalMs: READY_POLL_MS, timeoutMs: seconds * 1000, signal, onTimeout: () => new Error(`the service was not ready within ${seconds} s`) });
+    await waitFor(
+      async () => {
+        const result = await this.engine
+          .exec(instance.containerName, ['timeout', '-k', '2s', '10s', '/osb/ready'], {
+            user: definition.container.execUser,
+            env: this.env(definition, instance),
+            timeoutMs: 15_000,
+            signal,
+          })
+          .catch((error: Error) => ({ exitCode: -1, stdout: '', stderr: error.message }));
+        if (result.exitCode === 0) return true;
+        const container = await this.engine.inspectContainer(instance.containerName);
+        if (!container?.running) {
+          throw new Error(`the container stopped while starting (state: ${container?.status ?? 'missing'}); see its logs`);
+        }
+        return undefined;
+      },
+      { intervalMs: READY_POLL_MS, timeoutMs: seconds * 1000, signal, onTimeout: () => new Error(`the service was not ready within ${seconds} s`) },
+    );
   }
 
   private async waitForPublishedPort(instance: InstanceRecord, signal: AbortSignal): Promise<void> {
@@ -173,18 +179,27 @@ export class DockerRuntime implements InstanceRuntime {
    * Runs /osb/<name> in the container; its output is returned, a failure carries its stderr with secrets removed.
    * An offering without that script has nothing to do at that step.
    */
-  private async script(definition: ServiceDefinition, instance: InstanceRecord, name: string, extraEnv: Record<string, string>, signal: AbortSignal): Promise<string> {
+  private async script(
+    definition: ServiceDefinition,
+    instance: InstanceRecord,
+    name: string,
+    extraEnv: Record<string, string>,
+    signal: AbortSignal,
+  ): Promise<string> {
     if (!definition.scripts.has(name)) return '';
     const env = { ...this.env(definition, instance), ...extraEnv };
     // `timeout` stops the script inside the container; the broker's own deadline is only the last resort.
-    const command = ['timeout', '-k', `${SCRIPT_KILL_AFTER_SECONDS}s`, `${SCRIPT_TIMEOUT_SECONDS}s`, `/osb/${name}`];
+    const command = ['timeout', '-k', `${SCRIPT_KILL_AFTER_SECONDS}s`, `${this.config.scriptTimeoutSeconds}s`, `/osb/${name}`];
+    const started = Date.now();
     const result = await this.engine.exec(instance.containerName, command, {
       user: definition.container.execUser,
       env,
-      timeoutMs: (SCRIPT_TIMEOUT_SECONDS + SCRIPT_KILL_AFTER_SECONDS + 5) * 1000,
+      timeoutMs: (this.config.scriptTimeoutSeconds + SCRIPT_KILL_AFTER_SECONDS + 5) * 1000,
       signal,
     });
-    if (result.exitCode === TIMED_OUT) throw new ScriptError(`${name} script did not finish within ${SCRIPT_TIMEOUT_SECONDS} s and was stopped`);
+    const overran = Date.now() - started >= this.config.scriptTimeoutSeconds * 1000;
+    if (result.exitCode === TIMED_OUT || (result.exitCode === KILLED && overran))
+      throw new ScriptError(`${name} script did not finish within ${this.config.scriptTimeoutSeconds} s and was stopped`);
     if (result.exitCode !== 0) {
       const secrets = [env.ADMIN_PASSWORD, env.BINDING_PASSWORD].filter((value): value is string => Boolean(value));
       const reason = redact(result.stderr.trim().split('\n').slice(-3).join(' '), secrets) || `exit code ${result.exitCode}`;

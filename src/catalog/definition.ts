@@ -54,3 +54,9 @@ export function findPlan(definition: ServiceDefinition, planId: string): Plan | 
 export function planUpdateable(definition: ServiceDefinition, plan: Plan): boolean {
   return plan.plan_updateable ?? definition.offering.plan_updateable ?? false;
 }
+
+/** The offering's display name from its catalog metadata, else its name. */
+export function displayName(definition: ServiceDefinition): string {
+  const name = definition.offering.metadata?.displayName;
+  return typeof name === 'string' && name ? name : definition.offering.name;
+}

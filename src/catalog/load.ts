@@ -92,8 +92,8 @@ function fieldName(data: unknown, instancePath: string, ...more: string[]): stri
 /** A schema reached through a local `$ref` (`#/definitions/...`), or the schema itself. */
 function resolveRef(root: AnySchemaObject, schema: unknown): AnySchemaObject | undefined {
   if (typeof schema !== 'object' || schema === null) return undefined;
-  const ref = (schema as AnySchemaObject).$ref;
-  if (typeof ref !== 'string' || !ref.startsWith('#/')) return schema as AnySchemaObject;
+  const ref: unknown = (schema as AnySchemaObject).$ref;
+  if (typeof ref !== 'string' || !ref.startsWith('#/')) return schema;
   let target: unknown = root;
   for (const part of ref.slice(2).split('/')) target = (target as Record<string, unknown> | undefined)?.[part];
   return resolveRef(root, target);

@@ -18,26 +18,40 @@ const GLOBAL_OPTIONS = ['url', 'user', 'password', 'help'];
 
 export const COMMANDS: CommandSpec[] = [
   {
-    name: 'catalog', synopsis: '[--json]', summary: 'list the offerings and their plans', min: 0, max: 0, options: ['json'],
+    name: 'catalog',
+    synopsis: '[--json]',
+    summary: 'list the offerings and their plans',
+    min: 0,
+    max: 0,
+    options: ['json'],
   },
   {
     name: 'create',
     synopsis: '<offering> <plan> <name> [-c JSON|FILE] [--org GUID] [--space GUID]',
     summary: 'provision an instance and wait until it is ready',
-    min: 3, max: 3, options: ['parameters', 'org', 'space'],
+    min: 3,
+    max: 3,
+    options: ['parameters', 'org', 'space'],
     details: [
       '-c takes the provision parameters as a JSON object, or the name of a file holding one.',
       'Progress goes to stderr; the dashboard address is printed at the end. A name already in use is refused.',
     ].join('\n'),
   },
   {
-    name: 'list', synopsis: '[--json]', summary: 'list the instances with their bindings and last operation', min: 0, max: 0, options: ['json'],
+    name: 'list',
+    synopsis: '[--json]',
+    summary: 'list the instances with their bindings and last operation',
+    min: 0,
+    max: 0,
+    options: ['json'],
   },
   {
     name: 'bind',
     synopsis: '<name> [--as <binding-name>] [--show-credentials]',
     summary: 'create a binding (credentials) for an instance',
-    min: 1, max: 1, options: ['as', 'show-credentials'],
+    min: 1,
+    max: 1,
+    options: ['as', 'show-credentials'],
     details: [
       'The binding is named <name>-binding (then <name>-binding-2, …) unless --as names it.',
       'Credentials are printed only with --show-credentials; `osb-docker env <name>` hands them to an app.',
@@ -47,26 +61,40 @@ export const COMMANDS: CommandSpec[] = [
     name: 'unbind',
     synopsis: '<name> [--as <binding-name> | --all]',
     summary: 'delete a binding of an instance',
-    min: 1, max: 1, options: ['as', 'all'],
-    details: 'Without --as, the instance\'s only binding is deleted; when it has several, name one with --as or pass --all.',
+    min: 1,
+    max: 1,
+    options: ['as', 'all'],
+    details: "Without --as, the instance's only binding is deleted; when it has several, name one with --as or pass --all.",
   },
   {
-    name: 'delete', synopsis: '<name>', summary: 'unbind every binding, then deprovision the instance and wait', min: 1, max: 1, options: [],
+    name: 'delete',
+    synopsis: '<name>',
+    summary: 'unbind every binding, then deprovision the instance and wait',
+    min: 1,
+    max: 1,
+    options: [],
   },
   {
-    name: 'dashboard', synopsis: '<name> [--open]', summary: 'print (or open) the instance\'s dashboard address', min: 1, max: 1, options: ['open'],
+    name: 'dashboard',
+    synopsis: '<name> [--open]',
+    summary: "print (or open) the instance's dashboard address",
+    min: 1,
+    max: 1,
+    options: ['open'],
   },
   {
     name: 'env',
     synopsis: '<name>... [--json]',
     summary: 'print VCAP_SERVICES for the bindings of these instances',
-    min: 1, max: Infinity, options: ['json'],
+    min: 1,
+    max: Infinity,
+    options: ['json'],
     details: [
       'Prints `export VCAP_SERVICES=\'…\'` for eval "$(osb-docker env …)", or the JSON itself with --json.',
       'Each instance needs a binding (osb-docker bind <name>); every binding of a named instance is included.',
     ].join('\n'),
   },
-  { name: 'help', synopsis: '[<command>]', summary: 'show this help, or a command\'s', min: 0, max: 1, options: [] },
+  { name: 'help', synopsis: '[<command>]', summary: "show this help, or a command's", min: 0, max: 1, options: [] },
 ];
 
 const OPTION_HELP: Record<string, string> = {
@@ -146,7 +174,10 @@ export function parseCommandLine(argv: string[]): CommandLine {
   if (name === undefined) return { positionals: [], flags };
   const command = commandNamed(name);
   if (!command) {
-    throw new UsageError(`unknown command "${name}"; commands: ${COMMANDS.map((spec) => spec.name).join(', ')}`, 'usage: osb-docker <command> [arguments] [options]; osb-docker --help');
+    throw new UsageError(
+      `unknown command "${name}"; commands: ${COMMANDS.map((spec) => spec.name).join(', ')}`,
+      'usage: osb-docker <command> [arguments] [options]; osb-docker --help',
+    );
   }
   if (flags.help) return { command, positionals, flags };
   for (const token of tokens) {
@@ -160,9 +191,20 @@ export function parseCommandLine(argv: string[]): CommandLine {
     throw new UsageError(`${command.name}: missing ${missing}`, usageOf(command));
   }
   if (positionals.length > command.max) {
-    throw new UsageError(`${command.name}: too many arguments (${positionals.slice(command.max).map((value) => JSON.stringify(value)).join(' ')})`, usageOf(command));
+    throw new UsageError(
+      `${command.name}: too many arguments (${positionals
+        .slice(command.max)
+        .map((value) => JSON.stringify(value))
+        .join(' ')})`,
+      usageOf(command),
+    );
   }
-  for (const [option, value] of [['--as', flags.as], ['--org', flags.org], ['--space', flags.space], ['--url', flags.url]] as const) {
+  for (const [option, value] of [
+    ['--as', flags.as],
+    ['--org', flags.org],
+    ['--space', flags.space],
+    ['--url', flags.url],
+  ] as const) {
     if (value !== undefined && value.trim() === '') throw new UsageError(`${option} needs a value`, usageOf(command));
   }
   if (positionals.some((value) => value.trim() === '')) throw new UsageError(`${command.name}: an empty name was given`, usageOf(command));
@@ -221,7 +263,7 @@ export function helpText(): string {
     '  OSB_BROKER_USERNAME  basic-auth user, default broker',
     '  OSB_BROKER_PASSWORD  basic-auth password. When unset, the password a locally started broker generated is',
     '                       read from $BROKER_STATE_DIR/secrets.json, or ./.broker-state/secrets.json (where',
-    '                       `npm start` keeps it), so in the broker\'s checkout nothing needs to be set.',
+    "                       `npm start` keeps it), so in the broker's checkout nothing needs to be set.",
     '',
     'Example:',
     '  osb-docker create postgresql small orders-db && osb-docker bind orders-db',
@@ -233,16 +275,19 @@ export function helpText(): string {
 }
 
 export function commandHelp(command: CommandSpec): string {
-  const options = command.options.map((option) => ({
-    parameters: '-c JSON|FILE       provision parameters, e.g. -c \'{"database":"shop"}\'',
-    org: '--org GUID         organization_guid sent to the broker (default "local")',
-    space: '--space GUID       space_guid sent to the broker (default "local")',
-    as: command.name === 'bind' ? '--as NAME          name of the new binding' : '--as NAME          the binding to delete',
-    'show-credentials': '--show-credentials print the credentials (secrets!) as JSON',
-    all: '--all              delete every binding of the instance',
-    json: command.name === 'env' ? '--json             print the JSON alone, not an export line' : '--json             print JSON instead of a table',
-    open: '--open             also open it in a browser (xdg-open, open or start)',
-  })[option]);
+  const options = command.options.map(
+    (option) =>
+      ({
+        parameters: '-c JSON|FILE       provision parameters, e.g. -c \'{"database":"shop"}\'',
+        org: '--org GUID         organization_guid sent to the broker (default "local")',
+        space: '--space GUID       space_guid sent to the broker (default "local")',
+        as: command.name === 'bind' ? '--as NAME          name of the new binding' : '--as NAME          the binding to delete',
+        'show-credentials': '--show-credentials print the credentials (secrets!) as JSON',
+        all: '--all              delete every binding of the instance',
+        json: command.name === 'env' ? '--json             print the JSON alone, not an export line' : '--json             print JSON instead of a table',
+        open: '--open             also open it in a browser (xdg-open, open or start)',
+      })[option],
+  );
   return [
     usageOf(command),
     '',

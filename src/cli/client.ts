@@ -67,7 +67,6 @@ export interface LastOperation {
   description?: string;
 }
 
-
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function whoAmI(): string {
@@ -115,13 +114,11 @@ export class BrokerClient {
     } catch {
       // Not JSON: the text is kept for the message.
     }
-    const replyBody: ReplyBody = parsed && typeof parsed === 'object' && !Array.isArray(parsed)
-      ? (parsed as ReplyBody)
-      : { description: text.trim().slice(0, 300) };
+    const replyBody: ReplyBody = parsed && typeof parsed === 'object' && !Array.isArray(parsed) ? parsed : { description: text.trim().slice(0, 300) };
     if (response.status === 401) {
       throw new CliError(
         `the broker at ${this.settings.url} refused the credentials of user "${this.settings.username}" (password from ${this.settings.passwordSource}); ` +
-          'set OSB_BROKER_USERNAME and OSB_BROKER_PASSWORD (or --user and --password) to the broker\'s BROKER_USERNAME and BROKER_PASSWORD',
+          "set OSB_BROKER_USERNAME and OSB_BROKER_PASSWORD (or --user and --password) to the broker's BROKER_USERNAME and BROKER_PASSWORD",
       );
     }
     const retryAfter = Number(response.headers.get('Retry-After'));
@@ -138,7 +135,9 @@ export class BrokerClient {
   async instances(): Promise<ListedInstance[]> {
     const reply = await this.request('GET', '/broker/v1/instances');
     if (reply.status === 404) {
-      throw new CliError(`the broker at ${this.settings.url} has no listing endpoint (GET /broker/v1/instances answered 404); osb-docker needs an osb-docker-broker`);
+      throw new CliError(
+        `the broker at ${this.settings.url} has no listing endpoint (GET /broker/v1/instances answered 404); osb-docker needs an osb-docker-broker`,
+      );
     }
     expect(reply, [200], 'listing the instances');
     return (reply.body as Partial<InstanceListing>).instances ?? [];
@@ -162,7 +161,9 @@ export class BrokerClient {
       }
       if (operation.state !== 'in progress') return operation;
       if (Date.now() > deadline) {
-        throw new CliError(`the operation is still in progress after ${timeoutSeconds} s (last: ${shown ?? 'no description'}); \`osb-docker list\` shows how it ends`);
+        throw new CliError(
+          `the operation is still in progress after ${timeoutSeconds} s (last: ${shown ?? 'no description'}); \`osb-docker list\` shows how it ends`,
+        );
       }
       await sleep(Math.min(Math.max((reply.retryAfterSeconds ?? 1) * 1000, 200), 30_000));
     }

@@ -27,8 +27,7 @@ const list = (values: string[]) => (values.length ? values.join(', ') : 'none');
 const bindingLabel = (binding: ListedBinding) => binding.name ?? binding.id;
 const instancePath = (id: string) => `/v2/service_instances/${encodeURIComponent(id)}`;
 const bindingPath = (instanceId: string, bindingId: string) => `${instancePath(instanceId)}/service_bindings/${encodeURIComponent(bindingId)}`;
-const idQuery = (instance: ListedInstance) =>
-  `service_id=${encodeURIComponent(instance.service_id)}&plan_id=${encodeURIComponent(instance.plan_id)}`;
+const idQuery = (instance: ListedInstance) => `service_id=${encodeURIComponent(instance.service_id)}&plan_id=${encodeURIComponent(instance.plan_id)}`;
 
 export const COMMAND_RUNNERS: Record<string, (run: Run) => Promise<void>> = {
   catalog: catalogCommand,
@@ -46,11 +45,13 @@ export const COMMAND_RUNNERS: Record<string, (run: Run) => Promise<void>> = {
 async function catalogCommand({ client, flags, io }: Run): Promise<void> {
   const offerings = await client.catalog();
   if (flags.json) return io.out(JSON.stringify(offerings, null, 2));
-  io.out(formatTable(
-    ['OFFERING', 'PLANS', 'DESCRIPTION', 'TAGS'],
-    offerings.map((offering) => [offering.name, offering.plans.map((plan) => plan.name).join(', '), offering.description, (offering.tags ?? []).join(', ')]),
-    { maxWidth: { DESCRIPTION: 60 } },
-  ));
+  io.out(
+    formatTable(
+      ['OFFERING', 'PLANS', 'DESCRIPTION', 'TAGS'],
+      offerings.map((offering) => [offering.name, offering.plans.map((plan) => plan.name).join(', '), offering.description, (offering.tags ?? []).join(', ')]),
+      { maxWidth: { DESCRIPTION: 60 } },
+    ),
+  );
 }
 
 // create
@@ -74,7 +75,9 @@ async function create({ client, args, flags, io, command }: Run): Promise<void> 
   const plan = findPlan(offering, planName);
   const taken = (await client.instances()).find((instance) => instance.name === name);
   if (taken) {
-    throw new CliError(`a service instance named "${name}" already exists (${taken.service_name} ${taken.plan_name}, ${taken.state}); pick another name or remove it with \`osb-docker delete ${name}\``);
+    throw new CliError(
+      `a service instance named "${name}" already exists (${taken.service_name} ${taken.plan_name}, ${taken.state}); pick another name or remove it with \`osb-docker delete ${name}\``,
+    );
   }
   const id = randomUUID();
   io.err(`Creating ${name} (${offering.name} ${plan.name})…`);
@@ -89,11 +92,16 @@ async function create({ client, args, flags, io, command }: Run): Promise<void> 
   if (![200, 201, 202].includes(reply.status)) throw new CliError(`the broker refused to create ${name}: ${describeBody(reply.body)}`);
   if (reply.status === 202) {
     const operation = typeof reply.body.operation === 'string' ? `?operation=${encodeURIComponent(reply.body.operation)}` : '';
-    const done = await client.waitFor(`${instancePath(id)}/last_operation${operation}`, (description) => io.err(`  ${description}`),
-      plan.maximum_polling_duration ?? 3600);
+    const done = await client.waitFor(
+      `${instancePath(id)}/last_operation${operation}`,
+      (description) => io.err(`  ${description}`),
+      plan.maximum_polling_duration ?? 3600,
+    );
     if (done.state !== 'succeeded') {
-      throw new CliError(`creating ${name} failed: ${done.description ?? 'the instance disappeared'}\n` +
-        `The name stays taken until \`osb-docker delete ${name}\` removes what is left.`);
+      throw new CliError(
+        `creating ${name} failed: ${done.description ?? 'the instance disappeared'}\n` +
+          `The name stays taken until \`osb-docker delete ${name}\` removes what is left.`,
+      );
     }
   }
   const fetched = await client.request('GET', instancePath(id));
@@ -109,19 +117,22 @@ async function listCommand({ client, flags, io }: Run): Promise<void> {
   const instances = await client.instances();
   if (flags.json) return io.out(JSON.stringify(instances, null, 2));
   if (instances.length === 0) return io.out('No service instances. Create one with: osb-docker create <offering> <plan> <name>');
-  io.out(formatTable(
-    ['NAME', 'OFFERING', 'PLAN', 'STATE', 'BINDINGS', 'LAST OPERATION'],
-    instances.map((instance) => [
-      instance.name ?? instance.id,
-      instance.service_name,
-      instance.plan_name,
-      instance.state,
-      instance.bindings.map((binding) => (binding.state === 'ready' ? bindingLabel(binding) : `${bindingLabel(binding)} (${binding.state})`)).join(', ') || '-',
-      instance.last_operation
-        ? `${instance.last_operation.type} ${instance.last_operation.state}${instance.last_operation.state === 'failed' ? `: ${instance.last_operation.description}` : ''}`
-        : '-',
-    ]),
-  ));
+  io.out(
+    formatTable(
+      ['NAME', 'OFFERING', 'PLAN', 'STATE', 'BINDINGS', 'LAST OPERATION'],
+      instances.map((instance) => [
+        instance.name ?? instance.id,
+        instance.service_name,
+        instance.plan_name,
+        instance.state,
+        instance.bindings.map((binding) => (binding.state === 'ready' ? bindingLabel(binding) : `${bindingLabel(binding)} (${binding.state})`)).join(', ') ||
+          '-',
+        instance.last_operation
+          ? `${instance.last_operation.type} ${instance.last_operation.state}${instance.last_operation.state === 'failed' ? `: ${instance.last_operation.description}` : ''}`
+          : '-',
+      ]),
+    ),
+  );
 }
 
 /** Finds an instance by its name (or id); unknown names list the names there are. */
@@ -129,14 +140,18 @@ function resolve(instances: ListedInstance[], name: string): ListedInstance {
   const named = instances.filter((instance) => instance.name === name);
   if (named.length === 1) return named[0]!;
   if (named.length > 1) {
-    throw new CliError(`${named.length} service instances are named "${name}" (created by another platform?); use an id: ${named.map((instance) => instance.id).join(', ')}`);
+    throw new CliError(
+      `${named.length} service instances are named "${name}" (created by another platform?); use an id: ${named.map((instance) => instance.id).join(', ')}`,
+    );
   }
   const byId = instances.find((instance) => instance.id === name);
   if (byId) return byId;
   const names = instances.map((instance) => instance.name ?? instance.id);
-  throw new CliError(names.length
-    ? `no service instance named "${name}"; instances: ${list(names)}`
-    : `no service instance named "${name}"; there are none yet (osb-docker create <offering> <plan> <name>)`);
+  throw new CliError(
+    names.length
+      ? `no service instance named "${name}"; instances: ${list(names)}`
+      : `no service instance named "${name}"; there are none yet (osb-docker create <offering> <plan> <name>)`,
+  );
 }
 
 // bind
@@ -173,7 +188,9 @@ async function bind({ client, args, flags, io }: Run): Promise<void> {
   }
   io.out(`Bound ${name} as ${bindingName} (binding ${id}).`);
   if (flags.showCredentials) {
-    io.out(JSON.stringify({ credentials: result.credentials ?? {}, ...(result.syslog_drain_url ? { syslog_drain_url: result.syslog_drain_url } : {}) }, null, 2));
+    io.out(
+      JSON.stringify({ credentials: result.credentials ?? {}, ...(result.syslog_drain_url ? { syslog_drain_url: result.syslog_drain_url } : {}) }, null, 2),
+    );
     return;
   }
   const endpoints = (result.endpoints ?? []).map((endpoint) => `${endpoint.host}:${endpoint.ports.join(',')}`);
@@ -240,7 +257,8 @@ async function dashboard({ client, args, flags, io }: Run): Promise<void> {
   const instance = resolve(await client.instances(), args[0]!);
   const name = instance.name ?? instance.id;
   const reply = await client.request('GET', instancePath(instance.id));
-  if (reply.status === 404 && instance.state === 'provisioning') throw new CliError(`${name} is still being created; its dashboard opens once \`osb-docker list\` shows it ready`);
+  if (reply.status === 404 && instance.state === 'provisioning')
+    throw new CliError(`${name} is still being created; its dashboard opens once \`osb-docker list\` shows it ready`);
   expect(reply, [200], `fetching ${name}`);
   const url = reply.body.dashboard_url;
   if (!url) throw new CliError(`the broker gave no dashboard address for ${name}`);
@@ -251,7 +269,7 @@ async function dashboard({ client, args, flags, io }: Run): Promise<void> {
 function openInBrowser(url: string): Promise<void> {
   const [command, ...args] = process.platform === 'darwin' ? ['open'] : process.platform === 'win32' ? ['cmd', '/c', 'start', '""'] : ['xdg-open'];
   return new Promise((resolve, reject) => {
-    const child = spawn(command!, [...args, url], { stdio: 'ignore', detached: true });
+    const child = spawn(command, [...args, url], { stdio: 'ignore', detached: true });
     const fail = (why: string) => reject(new CliError(`could not open a browser (${command} ${why}); the address is printed above`));
     // A launcher that is still running after a few seconds has handed the address to a browser.
     const settled = setTimeout(() => {
@@ -281,7 +299,9 @@ async function env({ client, args, flags, io }: Run): Promise<void> {
     const ready = instance.bindings.filter((binding) => binding.state === 'ready');
     if (ready.length === 0) {
       const others = instance.bindings.map((binding) => `${bindingLabel(binding)} is ${binding.state}`);
-      throw new CliError(`${name} has no ${others.length ? 'ready ' : ''}binding${others.length ? ` (${others.join(', ')})` : ''}; create one with \`osb-docker bind ${name}\``);
+      throw new CliError(
+        `${name} has no ${others.length ? 'ready ' : ''}binding${others.length ? ` (${others.join(', ')})` : ''}; create one with \`osb-docker bind ${name}\``,
+      );
     }
     const offering = offerings.find((candidate) => candidate.id === instance.service_id);
     for (const binding of ready) {

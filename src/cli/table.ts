@@ -8,10 +8,14 @@ const cut = (text: string, width: number | undefined) =>
 
 /** A plain text table: a header row, columns two spaces apart, the last column not padded. */
 export function formatTable(headers: string[], rows: string[][], options: TableOptions = {}): string {
-  const cells = [headers, ...rows.map((row) =>
-    headers.map((header, column) => cut((row[column] ?? '').replace(/\s+/g, ' '), options.maxWidth?.[header])))];
+  const cells = [headers, ...rows.map((row) => headers.map((header, column) => cut((row[column] ?? '').replace(/\s+/g, ' '), options.maxWidth?.[header])))];
   const widths = headers.map((_, column) => Math.max(...cells.map((row) => [...row[column]!].length)));
   return cells
-    .map((row) => row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]!))).join('  ').trimEnd())
+    .map((row) =>
+      row
+        .map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]!)))
+        .join('  ')
+        .trimEnd(),
+    )
     .join('\n');
 }

@@ -1,7 +1,6 @@
 import type { OverviewRow } from './service.js';
 
-const escape = (text: string) =>
-  text.replace(/[&<>"']/g, (char) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[char]!);
+const escape = (text: string) => text.replace(/[&<>"']/g, (char) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[char]!);
 
 function page(title: string, body: string): string {
   return `<!doctype html>
@@ -23,7 +22,12 @@ ${body}
 
 /** Log lines as the page shows them; the script renders later lines the same way (see lineElement in app.js). */
 export function logLinesHtml(lines: Array<{ stream: string; time: string; text: string }>): string {
-  return lines.map((line) => `<div class="line ${line.stream === 'stderr' ? 'stderr' : 'stdout'}" title="${escape(line.time)}"><span class="time">${escape(line.time.slice(11, 23))}</span><span class="stream ${line.stream === 'stderr' ? 'stderr' : 'stdout'}">${line.stream === 'stderr' ? 'stderr' : 'stdout'}</span><span class="text">${escape(line.text)}</span></div>`).join('');
+  return lines
+    .map(
+      (line) =>
+        `<div class="line ${line.stream === 'stderr' ? 'stderr' : 'stdout'}" title="${escape(line.time)}"><span class="time">${escape(line.time.slice(11, 23))}</span><span class="stream ${line.stream === 'stderr' ? 'stderr' : 'stdout'}">${line.stream === 'stderr' ? 'stderr' : 'stdout'}</span><span class="text">${escape(line.text)}</span></div>`,
+    )
+    .join('');
 }
 
 export function problemPage(title: string, text: string): string {
@@ -40,19 +44,27 @@ function age(iso: string): string {
 
 /** Every instance of this broker, for operators (behind the broker's credentials). */
 export function overviewPage(rows: OverviewRow[], link: (id: string) => string): string {
-  const body = rows.length === 0
-    ? '<p class="muted">No service instances yet.</p>'
-    : `<div class="scroll"><table class="overview">
+  const body =
+    rows.length === 0
+      ? '<p class="muted">No service instances yet.</p>'
+      : `<div class="scroll"><table class="overview">
 <thead><tr><th>Instance</th><th>Offering</th><th>Plan</th><th>State</th><th>Host:port</th><th>Age</th></tr></thead>
 <tbody>
-${rows.map((row) => `<tr>
+${rows
+  .map(
+    (row) => `<tr>
 <td><a href="${escape(link(row.id))}">${escape(row.name ?? row.id)}</a>${row.name ? `<div class="muted small">${escape(row.id)}</div>` : ''}</td>
 <td>${escape(row.offering)}</td><td>${escape(row.plan)}</td>
 <td><span class="state state-${escape(row.state)}">${escape(row.state)}</span></td>
 <td class="mono">${escape(row.endpoint ?? '—')}</td>
 <td title="${escape(row.createdAt)}">${age(row.createdAt)}</td>
-</tr>`).join('\n')}
+</tr>`,
+  )
+  .join('\n')}
 </tbody></table></div>`;
-  return page('Service instances', `<header class="bar"><h1>Service instances</h1><span class="muted">${rows.length} in all</span></header>
-<main>${body}</main>`);
+  return page(
+    'Service instances',
+    `<header class="bar"><h1>Service instances</h1><span class="muted">${rows.length} in all</span></header>
+<main>${body}</main>`,
+  );
 }

@@ -1,6 +1,7 @@
-import type { ServiceDefinition } from '../catalog/definition.js';
+import { displayName, type ServiceDefinition } from '../catalog/definition.js';
 import type { Config } from '../config.js';
-import type { ContainerUsage, DockerEngine, LogLine, ProcessList } from '../docker/engine.js';
+import type { DockerEngine } from '../docker/engine.js';
+import type { ContainerUsage, LogLine, ProcessList } from '../docker/types.js';
 import type { InstanceRecord } from '../store/records.js';
 import type { RedisStore } from '../store/redis-store.js';
 
@@ -95,10 +96,15 @@ export class DashboardService {
     return {
       id: instance.id,
       name: instanceName(instance),
-      offering: { name: definition?.offering.name ?? instance.serviceId, displayName: String(definition?.offering.metadata?.displayName ?? definition?.offering.name ?? '') },
+      offering: { name: definition?.offering.name ?? instance.serviceId, displayName: definition ? displayName(definition) : '' },
       plan: { name: plan?.name ?? instance.planId, limits: definition?.limits.get(instance.planId) },
       state: instance.state,
-      lastOperation: operation && { type: operation.type, state: operation.state, description: operation.description, at: operation.finishedAt ?? operation.createdAt },
+      lastOperation: operation && {
+        type: operation.type,
+        state: operation.state,
+        description: operation.description,
+        at: operation.finishedAt ?? operation.createdAt,
+      },
       image: definition ? `${definition.imageRepository}:${instance.maintenanceVersion}` : '',
       version: instance.maintenanceVersion,
       createdAt: instance.createdAt,
@@ -141,7 +147,10 @@ export class DashboardService {
   async follow(instance: DashboardInstance, sinceSeconds: number, onLine: (line: LogLine) => void, signal: AbortSignal): Promise<void> {
     let redact = await this.redactor(instance);
     const refresh = setInterval(() => {
-      this.redactor(instance).then((next) => (redact = next), () => {});
+      this.redactor(instance).then(
+        (next) => (redact = next),
+        () => {},
+      );
     }, 2000);
     try {
       await this.engine.followLogs(instance.containerName, sinceSeconds, (line) => onLine({ ...line, text: redact(line.text) }), signal);

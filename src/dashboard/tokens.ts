@@ -10,7 +10,10 @@ export type TokenCheck = { ok: true } | { ok: false; reason: 'invalid' | 'expire
 export class DashboardTokens {
   private readonly key: Buffer;
 
-  constructor(secret: Buffer, private readonly now: () => number = Date.now) {
+  constructor(
+    secret: Buffer,
+    private readonly now: () => number = Date.now,
+  ) {
     this.key = Buffer.from(hkdfSync('sha256', secret, 'osb-docker-broker', 'dashboard tokens', 32));
   }
 
@@ -28,7 +31,7 @@ export class DashboardTokens {
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) return { ok: false, reason: 'invalid' };
     let claims: { p?: string; i?: string; e?: number };
     try {
-      claims = JSON.parse(Buffer.from(body, 'base64url').toString('utf8'));
+      claims = JSON.parse(Buffer.from(body, 'base64url').toString('utf8')) as typeof claims;
     } catch {
       return { ok: false, reason: 'invalid' };
     }

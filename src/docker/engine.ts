@@ -3,87 +3,17 @@ import { PassThrough } from 'node:stream';
 import { readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { waitFor } from '../wait.js';
-
-/** Labels put on everything the broker creates, so it can always find (and reconcile) its own objects. */
-export const LABEL = {
-  broker: 'io.osb-broker.broker',
-  role: 'io.osb-broker.role',
-  instance: 'io.osb-broker.instance',
-  service: 'io.osb-broker.service',
-  plan: 'io.osb-broker.plan',
-} as const;
-
-export interface ContainerLimits {
-  memoryBytes: number;
-  nanoCpus: number;
-  pids: number;
-}
-
-export interface ContainerPlan {
-  name: string;
-  image: string;
-  labels: Record<string, string>;
-  env?: string[];
-  /** hostPort 0: the engine picks one. */
-  publish?: Array<{ containerPort: number; hostIp: string; hostPort: number }>;
-  volume?: { name: string; path: string };
-  limits?: ContainerLimits;
-  capDrop?: string[];
-  capAdd?: string[];
-  stopTimeoutSeconds?: number;
-}
-
-export interface ContainerSummary {
-  id: string;
-  name: string;
-  image: string;
-  running: boolean;
-  status: string;
-  labels: Record<string, string>;
-  env: string[];
-  restartCount: number;
-  startedAt?: string;
-  finishedAt?: string;
-  exitCode?: number;
-  error?: string;
-  health?: string;
-  createdAt: string;
-  hostPort?: number;
-}
-
-export interface LogLine {
-  stream: 'stdout' | 'stderr';
-  /** RFC 3339 time the engine received the line. */
-  time: string;
-  text: string;
-}
-
-export interface ProcessList {
-  titles: string[];
-  processes: string[][];
-}
-
-export interface ContainerUsage {
-  cpuPercent: number;
-  memoryBytes: number;
-  memoryLimitBytes: number;
-  networkRxBytes: number;
-  networkTxBytes: number;
-  pids: number;
-}
-
-export interface ExecResult {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-}
-
-export interface ExecOptions {
-  env?: Record<string, string>;
-  user?: string;
-  timeoutMs?: number;
-  signal?: AbortSignal;
-}
+import {
+  type ContainerLimits,
+  type ContainerPlan,
+  type ContainerSummary,
+  type ContainerUsage,
+  type ExecOptions,
+  type ExecResult,
+  type LogLine,
+  type ProcessList,
+} from './types.js';
+import { demuxLogs, parseLogLine } from './log-lines.js';
 
 export class PortInUseError extends Error {}
 
@@ -116,7 +46,13 @@ export class DockerEngine {
   }
 
   /** Builds `contextDir` into `tag`, reporting each line of build output. */
-  async buildImage(contextDir: string, tag: string, buildArgs: Record<string, string>, labels: Record<string, string>, onLine: (line: string) => void): Promise<void> {
+  async buildImage(
+    contextDir: string,
+    tag: string,
+    buildArgs: Record<string, string>,
+    labels: Record<string, string>,
+    onLine: (line: string) => void,
+  ): Promise<void> {
     const stream = await this.docker.buildImage(
       { context: contextDir, src: listFiles(contextDir) },
       { t: tag, buildargs: buildArgs, labels, rm: true, forcerm: true },
@@ -149,16 +85,19 @@ export class DockerEngine {
   /** Removes a volume; waits briefly while a just-removed container still holds it. */
   async removeVolume(name: string): Promise<void> {
     let inUse: unknown;
-    await waitFor(async () => {
-      try {
-        await ignoreStatus(this.docker.getVolume(name).remove(), 404);
-        return true;
-      } catch (error) {
-        if (statusOf(error) !== 409) throw error;
-        inUse = error;
-        return undefined;
-      }
-    }, { intervalMs: 100, timeoutMs: 5_000, onTimeout: () => inUse as Error });
+    await waitFor(
+      async () => {
+        try {
+          await ignoreStatus(this.docker.getVolume(name).remove(), 404);
+          return true;
+        } catch (error) {
+          if (statusOf(error) !== 409) throw error;
+          inUse = error;
+          return undefined;
+        }
+      },
+      { intervalMs: 100, timeoutMs: 5_000, onTimeout: () => inUse as Error },
+    );
   }
 
   /** Creates the container unless one of that name exists (names are unique per instance). */
@@ -180,10 +119,9 @@ export class DockerEngine {
           CapDrop: plan.capDrop,
           CapAdd: plan.capAdd,
           Binds: plan.volume ? [`${plan.volume.name}:${plan.volume.path}`] : undefined,
-          PortBindings: Object.fromEntries(publish.map((port) => [
-            key(port.containerPort),
-            [{ HostIp: port.hostIp, HostPort: port.hostPort ? String(port.hostPort) : '' }],
-          ])),
+          PortBindings: Object.fromEntries(
+            publish.map((port) => [key(port.containerPort), [{ HostIp: port.hostIp, HostPort: port.hostPort ? String(port.hostPort) : '' }]]),
+          ),
           ...(plan.limits ? limitsConfig(plan.limits) : {}),
           LogConfig: { Type: 'json-file', Config: { 'max-size': '10m', 'max-file': '3' } },
         },
@@ -206,7 +144,7 @@ export class DockerEngine {
   async inspectContainer(name: string): Promise<ContainerSummary | undefined> {
     const info = await ignoreStatus(this.docker.getContainer(name).inspect(), 404);
     if (!info) return undefined;
-    const bindings = Object.values(info.HostConfig.PortBindings ?? {})[0] as Array<{ HostPort: string }> | undefined;
+    const bindings = Object.values((info.HostConfig.PortBindings ?? {}) as Record<string, Array<{ HostPort: string }>>)[0];
     const published = Object.values(info.NetworkSettings.Ports ?? {})[0] as Array<{ HostPort: string }> | null | undefined;
     const hostPort = Number(published?.[0]?.HostPort || bindings?.[0]?.HostPort) || undefined;
     return {
@@ -230,7 +168,10 @@ export class DockerEngine {
 
   /** The engine's process list for a running container. */
   async top(name: string): Promise<ProcessList> {
-    const result = (await this.docker.getContainer(name).top({ ps_args: '-o pid,user,%cpu,%mem,rss,etime,args' })) as { Titles: string[]; Processes: string[][] };
+    const result = (await this.docker.getContainer(name).top({ ps_args: '-o pid,user,%cpu,%mem,rss,etime,args' })) as {
+      Titles: string[];
+      Processes: string[][];
+    };
     return { titles: result.Titles, processes: result.Processes ?? [] };
   }
 
@@ -242,14 +183,17 @@ export class DockerEngine {
     const cpus = stats.cpu_stats.online_cpus || stats.cpu_stats.cpu_usage.percpu_usage?.length || 1;
     const networks = Object.values(stats.networks ?? {});
     // The page cache is not the container's own memory; `docker stats` leaves it out the same way.
-    const cache = (stats.memory_stats.stats as Record<string, number> | undefined)?.total_inactive_file ?? (stats.memory_stats.stats as Record<string, number> | undefined)?.inactive_file ?? 0;
+    const cache =
+      (stats.memory_stats.stats as Record<string, number> | undefined)?.total_inactive_file ??
+      (stats.memory_stats.stats as Record<string, number> | undefined)?.inactive_file ??
+      0;
     return {
       cpuPercent: systemDelta > 0 && cpuDelta > 0 ? (cpuDelta / systemDelta) * cpus * 100 : 0,
       memoryBytes: Math.max(0, (stats.memory_stats.usage ?? 0) - cache),
       memoryLimitBytes: stats.memory_stats.limit ?? 0,
       networkRxBytes: networks.reduce((sum, network) => sum + network.rx_bytes, 0),
       networkTxBytes: networks.reduce((sum, network) => sum + network.tx_bytes, 0),
-      pids: (stats.pids_stats as { current?: number } | undefined)?.current ?? 0,
+      pids: stats.pids_stats?.current ?? 0,
     };
   }
 
@@ -324,7 +268,8 @@ export class DockerEngine {
         : undefined;
       const onAbort = () => {
         stream.destroy();
-        reject(options.signal?.reason ?? new Error('aborted'));
+        const reason: unknown = options.signal?.reason;
+        reject(reason instanceof Error ? reason : new Error('aborted'));
       };
       options.signal?.addEventListener('abort', onAbort, { once: true });
       const done = (error?: Error) => {
@@ -365,32 +310,6 @@ export class DockerEngine {
     const { Volumes } = await this.docker.listVolumes({ filters: { label: labelFilter(labels) } });
     return (Volumes ?? []).map((volume) => ({ name: volume.Name, labels: volume.Labels ?? {} }));
   }
-}
-
-/** Splits the engine's multiplexed log format (8-byte frame headers: stream, 0, 0, 0, size) into lines. */
-export function demuxLogs(buffer: Buffer): LogLine[] {
-  const pending = { stdout: '', stderr: '' };
-  const lines: LogLine[] = [];
-  let offset = 0;
-  while (offset + 8 <= buffer.length) {
-    const kind = buffer[offset] === 2 ? 'stderr' : 'stdout';
-    const size = buffer.readUInt32BE(offset + 4);
-    pending[kind] += buffer.subarray(offset + 8, offset + 8 + size).toString('utf8');
-    offset += 8 + size;
-    const parts = pending[kind].split('\n');
-    pending[kind] = parts.pop()!;
-    for (const part of parts) lines.push(parseLogLine(kind, part));
-  }
-  for (const kind of ['stdout', 'stderr'] as const) if (pending[kind]) lines.push(parseLogLine(kind, pending[kind]));
-  return lines;
-}
-
-function parseLogLine(stream: 'stdout' | 'stderr', raw: string): LogLine {
-  const space = raw.indexOf(' ');
-  const stamp = space > 0 ? raw.slice(0, space) : '';
-  return /^\d{4}-\d\d-\d\dT/.test(stamp)
-    ? { stream, time: stamp, text: raw.slice(space + 1).replace(/\r$/, '') }
-    : { stream, time: '', text: raw.replace(/\r$/, '') };
 }
 
 function limitsConfig(limits: ContainerLimits) {

@@ -26,8 +26,10 @@ export interface AppOptions {
   listing?: () => Promise<ListedInstance[]>;
 }
 
-const under = (prefix: string, middleware: Middleware): Middleware => (ctx, next) =>
-  ctx.path === prefix || ctx.path.startsWith(`${prefix}/`) ? middleware(ctx, next) : next();
+const under =
+  (prefix: string, middleware: Middleware): Middleware =>
+  (ctx, next) =>
+    ctx.path === prefix || ctx.path.startsWith(`${prefix}/`) ? (middleware(ctx, next) as Promise<void>) : next();
 
 // The router's context type is narrower than Koa's; at run time they are the same middleware.
 const routerMiddleware = (router: Router) => [router.routes(), router.allowedMethods({ throw: false })] as unknown as Middleware[];
@@ -47,7 +49,10 @@ export function createApp(broker: ServiceBroker, options: AppOptions): Koa {
   app.use(accessLog(options.log));
   app.use(errors(options.log));
   app.use(async (ctx, next) => {
-    if (ctx.path !== '/healthz') return next();
+    if (ctx.path !== '/healthz') {
+      await next();
+      return;
+    }
     ctx.body = { status: 'ok' };
   });
   app.use(under('/v2', compose([auth, apiVersion, originatingIdentity, jsonBody(options.bodyLimitBytes), ...routerMiddleware(osb)])));

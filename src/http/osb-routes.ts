@@ -1,11 +1,12 @@
 import Router from '@koa/router';
 import type { Context } from 'koa';
 import type { RequestMeta, ResourceQuery, ServiceBroker } from '../osb/types.js';
-import { atLeast, type ApiVersion } from '../osb/version.js';
+import { atLeast } from '../osb/version.js';
 import { catalogFor } from './presenters.js';
+import './request-state.js';
 
 const asyncAllowed = (ctx: Context) => ctx.query.accepts_incomplete === 'true';
-const version = (ctx: Context) => ctx.state.apiVersion as ApiVersion;
+const version = (ctx: Context) => ctx.state.apiVersion!;
 const meta = (ctx: Context): RequestMeta => ({ requestId: ctx.state.requestId, originatingUser: ctx.state.originatingUser });
 const body = <T>(ctx: Context) => ctx.state.body as T;
 
@@ -55,11 +56,16 @@ export function osbRoutes(broker: ServiceBroker): Router {
   router.get('/service_instances/:instance_id/last_operation', async (ctx) => {
     const operation = await broker.lastInstanceOperation(ctx.params.instance_id!, query(ctx));
     const knowsUsable = atLeast(version(ctx), 16);
-    reply(ctx, 200, {
-      ...operation,
-      instance_usable: knowsUsable ? operation.instance_usable : undefined,
-      update_repeatable: knowsUsable ? operation.update_repeatable : undefined,
-    }, operation.state === 'in progress' ? 1 : undefined);
+    reply(
+      ctx,
+      200,
+      {
+        ...operation,
+        instance_usable: knowsUsable ? operation.instance_usable : undefined,
+        update_repeatable: knowsUsable ? operation.update_repeatable : undefined,
+      },
+      operation.state === 'in progress' ? 1 : undefined,
+    );
   });
 
   router.put('/service_instances/:instance_id/service_bindings/:binding_id', async (ctx) => {

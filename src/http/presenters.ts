@@ -6,12 +6,19 @@ export function catalogFor(offerings: ServiceOffering[], version: ApiVersion): {
   return {
     services: offerings.map((offering) => {
       const service: Record<string, unknown> = { ...offering };
-      if (!atLeast(version, 14)) delete service.instances_retrievable, delete service.bindings_retrievable;
+      if (!atLeast(version, 14)) {
+        delete service.instances_retrievable;
+        delete service.bindings_retrievable;
+      }
       if (!atLeast(version, 15)) delete service.allow_context_updates;
       if (!atLeast(version, 17)) delete service.binding_rotatable;
       service.plans = offering.plans.map((plan) => {
         const copy: Record<string, unknown> = { ...plan };
-        if (!atLeast(version, 15)) delete copy.plan_updateable, delete copy.maintenance_info, delete copy.maximum_polling_duration;
+        if (!atLeast(version, 15)) {
+          delete copy.plan_updateable;
+          delete copy.maintenance_info;
+          delete copy.maximum_polling_duration;
+        }
         return copy;
       });
       return service;

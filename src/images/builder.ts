@@ -87,7 +87,11 @@ export function recipeHash(dir: string): string {
       const full = path.join(current, entry);
       const stat = statSync(full);
       if (stat.isDirectory()) walk(full);
-      else hash.update(`${path.relative(dir, full)}\0${stat.mode & 0o777}\0`).update(readFileSync(full)).update('\0');
+      else
+        hash
+          .update(`${path.relative(dir, full)}\0${stat.mode & 0o777}\0`)
+          .update(readFileSync(full))
+          .update('\0');
     }
   };
   walk(dir);

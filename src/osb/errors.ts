@@ -26,8 +26,7 @@ export const notFound = (description: string) => new BrokerError(404, 'NotFound'
 export const gone = (description: string) => new BrokerError(410, undefined, description);
 export const conflict = (description: string) => new BrokerError(409, 'Conflict', description);
 export const preconditionFailed = (description: string) => new BrokerError(412, 'PreconditionFailed', description);
-export const payloadTooLarge = (limit: number) =>
-  new BrokerError(413, 'PayloadTooLarge', `Request body exceeds the limit of ${limit} bytes.`);
+export const payloadTooLarge = (limit: number) => new BrokerError(413, 'PayloadTooLarge', `Request body exceeds the limit of ${limit} bytes.`);
 
 export const asyncRequired = () =>
   new BrokerError(422, 'AsyncRequired', 'This request requires client support for asynchronous operations: add accepts_incomplete=true.');
@@ -42,6 +41,5 @@ export const maintenanceInfoConflict = (expected: string | undefined) =>
       : 'This plan has no maintenance_info; fetch the catalog again.',
   );
 /** 422 for a change the broker cannot make (not one of the four spec keys). */
-export const unprocessable = (key: string, description: string, extra: BrokerError['extra'] = {}) =>
-  new BrokerError(422, key, description, extra);
+export const unprocessable = (key: string, description: string, extra: BrokerError['extra'] = {}) => new BrokerError(422, key, description, extra);
 export const unavailable = (description: string) => new BrokerError(503, 'ServiceUnavailable', description);

@@ -27,7 +27,12 @@ export class RedisStore {
   /** The URL without credentials, for messages. */
   private readonly where: string;
 
-  constructor(url: string, brokerId: string, private readonly sealer: Sealer, onError: (error: Error) => void = () => {}) {
+  constructor(
+    url: string,
+    brokerId: string,
+    private readonly sealer: Sealer,
+    onError: (error: Error) => void = () => {},
+  ) {
     this.redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 3, enableOfflineQueue: true });
     // Commands fail on their own when Redis is away; the event is only worth a log line once Redis was reached
     // (before that, connect() retries while a freshly started Redis boots).
@@ -41,20 +46,23 @@ export class RedisStore {
 
   async connect(timeoutMs = 10_000): Promise<void> {
     let failure = '';
-    await waitFor(async () => {
-      try {
-        if (this.redis.status === 'wait' || this.redis.status === 'end') await this.redis.connect();
-        await this.redis.ping();
-        return true;
-      } catch (error) {
-        failure = this.lastError ?? (error as Error).message;
-        return undefined;
-      }
-    }, {
-      intervalMs: 200,
-      timeoutMs,
-      onTimeout: () => new Error(`cannot reach Redis at ${this.where} (${failure}); check REDIS_URL, or leave it unset to let the broker run its own`),
-    });
+    await waitFor(
+      async () => {
+        try {
+          if (this.redis.status === 'wait' || this.redis.status === 'end') await this.redis.connect();
+          await this.redis.ping();
+          return true;
+        } catch (error) {
+          failure = this.lastError ?? (error as Error).message;
+          return undefined;
+        }
+      },
+      {
+        intervalMs: 200,
+        timeoutMs,
+        onTimeout: () => new Error(`cannot reach Redis at ${this.where} (${failure}); check REDIS_URL, or leave it unset to let the broker run its own`),
+      },
+    );
     this.reached = true;
   }
 

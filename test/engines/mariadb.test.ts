@@ -76,7 +76,13 @@ test('the catalog offers mariadb with its tags, plans and parameters', async (t)
   t.is(offering.id, MARIADB.service);
   t.deepEqual(offering.tags, ['mysql', 'mariadb', 'relational', 'sql']);
   t.true(offering.bindable);
-  t.deepEqual(offering.plans.map((plan: any) => [plan.name, plan.id]), [['small', MARIADB.small], ['medium', MARIADB.medium]]);
+  t.deepEqual(
+    offering.plans.map((plan: any) => [plan.name, plan.id]),
+    [
+      ['small', MARIADB.small],
+      ['medium', MARIADB.medium],
+    ],
+  );
   for (const plan of offering.plans) {
     t.is(plan.limits, undefined, 'limits are not sent to platforms');
     t.deepEqual(plan.maintenance_info, { version: '10.11.0', description: 'MariaDB 10.11 on Debian bookworm' });
@@ -108,7 +114,10 @@ test('mariadb lifecycle through bound credentials (mysql2)', async (t) => {
       t.is(text.length, 2, text.join('\n'));
       t.regex(text[0]!, /^GRANT USAGE ON \*\.\* TO /);
       t.regex(text[1]!, /^GRANT ALL PRIVILEGES ON `app`\.\* TO /);
-      t.false(text.some((line) => /WITH GRANT OPTION/.test(line)), 'no GRANT OPTION');
+      t.false(
+        text.some((line) => /WITH GRANT OPTION/.test(line)),
+        'no GRANT OPTION',
+      );
       await connection.query('CREATE TABLE scratch (id INT PRIMARY KEY)');
       await connection.query('CREATE INDEX scratch_id ON scratch (id)');
       await connection.query('DROP TABLE scratch');
@@ -121,13 +130,19 @@ test('mariadb lifecycle through bound credentials (mysql2)', async (t) => {
       await t.throwsAsync(() => connection.query(`GRANT SELECT ON app.* TO '${b.username}'@'%'`), { message: /Access denied|denied/ });
       await t.throwsAsync(() => connection.query('SET GLOBAL max_connections = 1000'), { message: /Access denied|denied/ });
       await t.throwsAsync(() => connection.query('SHUTDOWN'), { message: /Access denied|denied/ });
-      const fileRead = await connection.query<mysql.RowDataPacket[]>("SELECT LOAD_FILE('/etc/passwd') AS f").then(([rows]) => rows[0]?.f, () => null);
+      const fileRead = await connection.query<mysql.RowDataPacket[]>("SELECT LOAD_FILE('/etc/passwd') AS f").then(
+        ([rows]) => rows[0]?.f,
+        () => null,
+      );
       t.is(fileRead, null, 'no FILE privilege');
     });
     // The other binding's sessions are not visible.
     await withConnection(b, async (other) => {
       const [rows] = await other.query<mysql.RowDataPacket[]>('SELECT DISTINCT USER FROM information_schema.PROCESSLIST');
-      t.deepEqual(rows.map((row) => row.USER), [b.username]);
+      t.deepEqual(
+        rows.map((row) => row.USER),
+        [b.username],
+      );
     });
   });
 });
@@ -159,7 +174,9 @@ test('mariadb: unbind ends open sessions; parameters apply live and survive a re
 
   const globals = async (credentials: Creds) =>
     withConnection(credentials, async (connection) => {
-      const [rows] = await connection.query<mysql.RowDataPacket[]>('SELECT @@global.max_connections AS mc, @@global.slow_query_log AS slow, @@global.long_query_time AS lqt');
+      const [rows] = await connection.query<mysql.RowDataPacket[]>(
+        'SELECT @@global.max_connections AS mc, @@global.slow_query_log AS slow, @@global.long_query_time AS lqt',
+      );
       return { mc: Number(rows[0]!.mc), slow: Number(rows[0]!.slow), lqt: Number(rows[0]!.lqt) };
     });
   t.deepEqual(await globals(keeper), { mc: 60, slow: 0, lqt: 10 });

@@ -87,7 +87,13 @@ test.serial('the catalog offers memcached', async (t) => {
   t.is(offering.name, 'memcached');
   t.deepEqual(offering.tags, ['memcached', 'cache']);
   t.true(offering.bindable);
-  t.deepEqual(offering.plans.map((plan: any) => [plan.id, plan.name]), [[MEMCACHED.small, 'small'], [MEMCACHED.medium, 'medium']]);
+  t.deepEqual(
+    offering.plans.map((plan: any) => [plan.id, plan.name]),
+    [
+      [MEMCACHED.small, 'small'],
+      [MEMCACHED.medium, 'medium'],
+    ],
+  );
   t.deepEqual(offering.plans[0].maintenance_info, { version: '1.6.18', description: 'Memcached 1.6.18 with Cyrus SASL on Debian bookworm' });
   t.false('limits' in offering.plans[0], 'plan limits stay inside the broker');
 });
@@ -155,7 +161,10 @@ test.serial('an upgrade replaces the container; SASL users move to the new host 
   await env.broker.close();
   upgraded = await startBroker({ ...env.config, catalogDir: upgradeCatalog, imagePrefix: upgradePrefix }, createLogger('silent'));
   const client = new OsbClient(upgraded.url, env.config.username, env.config.password);
-  const upgrade = await client.request('PATCH', `/v2/service_instances/${id}?accepts_incomplete=true`, { service_id: MEMCACHED.service, maintenance_info: { version: '1.6.19' } });
+  const upgrade = await client.request('PATCH', `/v2/service_instances/${id}?accepts_incomplete=true`, {
+    service_id: MEMCACHED.service,
+    maintenance_info: { version: '1.6.19' },
+  });
   t.is(upgrade.status, 202, JSON.stringify(upgrade.body));
   const done = await client.waitForInstance(id, upgrade.body.operation);
   t.is(done.body.state, 'succeeded', done.body.description);
@@ -167,7 +176,10 @@ test.serial('an upgrade replaces the container; SASL users move to the new host 
   const hostname = async (name: string) => (await engine.exec(name, ['cat', '/proc/sys/kernel/hostname'], { user: 'memcache' })).stdout.trim();
   t.is(await hostname(after.name), after.id.slice(0, 12), 'the new container has a new host name, hence a new SASL realm');
   const users = await engine.exec(after.name, ['sasldblistusers2', '-f', '/var/lib/memcached/sasldb2'], { user: 'memcache' });
-  t.deepEqual(users.stdout.trim().split('\n').sort(), [`${keeper.username}@${after.id.slice(0, 12)}: userPassword`, `osb_admin@${after.id.slice(0, 12)}: userPassword`].sort());
+  t.deepEqual(
+    users.stdout.trim().split('\n').sort(),
+    [`${keeper.username}@${after.id.slice(0, 12)}: userPassword`, `osb_admin@${after.id.slice(0, 12)}: userPassword`].sort(),
+  );
 
   await t.notThrowsAsync(() => memcached.login(keeper), 'the binding made before the upgrade still logs in');
   t.is(await memcached.read(keeper, 'before'), undefined, 'the cache is memory only: the upgrade emptied it');

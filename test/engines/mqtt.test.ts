@@ -92,7 +92,13 @@ test('the catalog offers mqtt', async (t) => {
   t.is(offering.name, 'mqtt');
   t.deepEqual(offering.tags, ['mqtt', 'mosquitto']);
   t.true(offering.bindable);
-  t.deepEqual(offering.plans.map((plan: any) => [plan.id, plan.name]), [[MQTT.small, 'small'], [MQTT.medium, 'medium']]);
+  t.deepEqual(
+    offering.plans.map((plan: any) => [plan.id, plan.name]),
+    [
+      [MQTT.small, 'small'],
+      [MQTT.medium, 'medium'],
+    ],
+  );
   for (const plan of offering.plans) {
     t.deepEqual(plan.maintenance_info, { version: '2.0.11', description: 'Eclipse Mosquitto 2.0 on Debian bookworm' });
     t.is(plan.schemas.service_instance.create.parameters.properties.log_subscriptions.default, false);

@@ -85,7 +85,13 @@ test('the catalog offers rabbitmq', async (t) => {
   t.is(offering.name, 'rabbitmq');
   t.deepEqual(offering.tags, ['rabbitmq', 'amqp']);
   t.true(offering.bindable);
-  t.deepEqual(offering.plans.map((plan: any) => [plan.id, plan.name]), [[RABBITMQ.small, 'small'], [RABBITMQ.medium, 'medium']]);
+  t.deepEqual(
+    offering.plans.map((plan: any) => [plan.id, plan.name]),
+    [
+      [RABBITMQ.small, 'small'],
+      [RABBITMQ.medium, 'medium'],
+    ],
+  );
   for (const plan of offering.plans) {
     t.deepEqual(plan.maintenance_info, { version: '3.10.8', description: 'RabbitMQ 3.10 with the management plugin on Debian bookworm' });
     t.is(plan.limits, undefined, 'limits stay inside the broker');
@@ -122,7 +128,11 @@ test('RabbitMQ lifecycle through bound credentials', async (t) => {
     t.deepEqual(whoami.body, { name: a.username, tags: ['management'] });
     const vhosts = await apiGet(a.http_api_uri, 'vhosts');
     t.is(vhosts.status, 200);
-    t.deepEqual(vhosts.body.map((vhost: any) => vhost.name), [VHOST], 'the binding sees only the instance vhost');
+    t.deepEqual(
+      vhosts.body.map((vhost: any) => vhost.name),
+      [VHOST],
+      'the binding sees only the instance vhost',
+    );
     const queue = await apiGet(a.http_api_uri, `queues/${enc(VHOST)}/written-by-first`);
     t.is(queue.status, 200, JSON.stringify(queue.body));
     t.is(queue.body.durable, true);
@@ -150,7 +160,10 @@ test('RabbitMQ lifecycle through bound credentials', async (t) => {
     // An update of max_queues applies live as a vhost limit: the instance has two queues, a third is refused.
     const instanceId = container!.labels['io.osb-broker.instance']!;
     const update = async (parameters: Record<string, unknown>) => {
-      const reply = await env.client.request('PATCH', `/v2/service_instances/${instanceId}?accepts_incomplete=true`, { service_id: RABBITMQ.service, parameters });
+      const reply = await env.client.request('PATCH', `/v2/service_instances/${instanceId}?accepts_incomplete=true`, {
+        service_id: RABBITMQ.service,
+        parameters,
+      });
       t.true([200, 202].includes(reply.status), JSON.stringify(reply.body));
       if (reply.status === 202) t.is((await env.client.waitForInstance(instanceId, reply.body.operation)).body.state, 'succeeded');
     };
@@ -179,7 +192,10 @@ test('RabbitMQ lifecycle through bound credentials', async (t) => {
 
   // No reservation is left for the management port either; no binding secret reached the logs.
   const ports = await redisKeys(env.redisUrl, `osb:${config.brokerId}:port:*`);
-  t.deepEqual(ports.filter((key) => key.endsWith(`:${managementPort}`)), []);
+  t.deepEqual(
+    ports.filter((key) => key.endsWith(`:${managementPort}`)),
+    [],
+  );
   const logged = env.logs.join('');
   for (const secret of [first!.password, second!.password]) t.false(logged.includes(secret));
 });

@@ -98,7 +98,13 @@ test('the catalog offers redis with its tags, plans and parameters', async (t) =
   t.is(offering.id, REDIS.service);
   t.deepEqual(offering.tags, ['redis', 'key-value']);
   t.true(offering.bindable);
-  t.deepEqual(offering.plans.map((plan: any) => [plan.name, plan.id]), [['small', REDIS.small], ['medium', REDIS.medium]]);
+  t.deepEqual(
+    offering.plans.map((plan: any) => [plan.name, plan.id]),
+    [
+      ['small', REDIS.small],
+      ['medium', REDIS.medium],
+    ],
+  );
   for (const plan of offering.plans) {
     t.deepEqual(plan.maintenance_info, { version: '7.0.0', description: 'Redis 7.0 on Debian bookworm' });
     const policy = plan.schemas.service_instance.update.parameters.properties.maxmemory_policy;
@@ -136,25 +142,32 @@ test('redis lifecycle through bound credentials (ioredis)', async (t) => {
         ['MIGRATE', '127.0.0.1', '1', 'k', '0', '1000'],
         ['RESTORE', 'k', '0', 'x'],
       ]) {
-        await t.throwsAsync(() => redis.call(command[0]!, ...command.slice(1)), { message: /NOPERM/ }, command.join(' '));
+        await t.throwsAsync(() => redis.call(command[0], ...command.slice(1)), { message: /NOPERM/ }, command.join(' '));
       }
       await t.throwsAsync(() => redis.call('DEBUG', 'SLEEP', '0'), { message: /NOPERM|not allowed/ });
       // Lua cannot get around it either.
       await t.throwsAsync(() => redis.eval("return redis.call('CONFIG', 'GET', 'maxmemory')", 0), { message: /NOPERM|not allowed|permissions/ });
 
       // What applications need: data commands, transactions, scripting, INFO, KEYS, FLUSHDB in a database of their own.
-      t.deepEqual(await redis.multi().incr('counter').incr('counter').exec(), [[null, 1], [null, 2]]);
+      t.deepEqual(await redis.multi().incr('counter').incr('counter').exec(), [
+        [null, 1],
+        [null, 2],
+      ]);
       t.is(await redis.eval("return redis.call('INCRBY', KEYS[1], ARGV[1])", 1, 'counter', '10'), 12);
       t.regex(await redis.info('server'), /redis_version:7\.0\./);
       t.true((await redis.keys('*')).includes('counter'));
       await redis.del('counter');
     });
-    await withRedis(b, async (redis) => {
-      await redis.set('scratch', '1');
-      t.deepEqual(await redis.keys('scratch'), ['scratch']);
-      t.is(await redis.flushdb(), 'OK');
-      t.is(await redis.dbsize(), 0);
-    }, { db: 3 });
+    await withRedis(
+      b,
+      async (redis) => {
+        await redis.set('scratch', '1');
+        t.deepEqual(await redis.keys('scratch'), ['scratch']);
+        t.is(await redis.flushdb(), 'OK');
+        t.is(await redis.dbsize(), 0);
+      },
+      { db: 3 },
+    );
 
     // Pub/sub between two bindings.
     const subscriber = await open(b);
@@ -214,7 +227,10 @@ test('redis: ACL users and data survive a restart; unbind ends open connections;
 
   // Unbind ends the binding's open connections (here one blocked in BLPOP).
   const blocked = await open(doomed);
-  const pending = blocked.blpop('never-filled', 30).then(() => 'answered', (error: Error) => `failed: ${error.message}`);
+  const pending = blocked.blpop('never-filled', 30).then(
+    () => 'answered',
+    (error: Error) => `failed: ${error.message}`,
+  );
   await new Promise((resolve) => setTimeout(resolve, 200));
   const unbound = await osb.unbind(id, 'doomed', REDIS.service, REDIS.small);
   t.is(unbound.status, 200);

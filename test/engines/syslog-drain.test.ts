@@ -57,10 +57,14 @@ async function execIn(name: string, script: string): Promise<string> {
 /** The kept log files, oldest first, and their sizes. */
 async function logFiles(name: string): Promise<Array<{ file: string; size: number }>> {
   const out = await execIn(name, `cd ${LOG_DIR} && ls -1 | sort | xargs -r stat -c '%n %s'`);
-  return out.trim().split('\n').filter(Boolean).map((line) => {
-    const [file, size] = line.split(' ');
-    return { file: file!, size: Number(size) };
-  });
+  return out
+    .trim()
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => {
+      const [file, size] = line.split(' ');
+      return { file: file!, size: Number(size) };
+    });
 }
 
 /** Polls until `found()` holds; false when it still does not after `ms`. */
@@ -89,7 +93,13 @@ test('the catalog offers syslog-drain', async (t) => {
   t.deepEqual(offering.requires, ['syslog_drain']);
   t.deepEqual(offering.tags, ['syslog', 'syslog-drain', 'logging', 'rsyslog']);
   t.true(offering.bindable);
-  t.deepEqual(offering.plans.map((plan: any) => [plan.id, plan.name]), [[SYSLOG.small, 'small'], [SYSLOG.medium, 'medium']]);
+  t.deepEqual(
+    offering.plans.map((plan: any) => [plan.id, plan.name]),
+    [
+      [SYSLOG.small, 'small'],
+      [SYSLOG.medium, 'medium'],
+    ],
+  );
   t.deepEqual(offering.plans[0].maintenance_info, { version: '8.2302.0', description: 'rsyslog 8.2302.0 on Debian bookworm' });
 });
 
@@ -112,7 +122,11 @@ test('syslog drain: bind hands out the drain url, messages reach docker logs and
   t.is(bound.status, 201, JSON.stringify(bound.body));
   t.is(bound.body.syslog_drain_url, `syslog://${config.advertisedHost}:${port}`);
   t.deepEqual(bound.body.credentials, {});
-  t.deepEqual(keysOf(bound.body).filter((key) => /pass|user|secret|token/i.test(key)), [], 'no secret-looking field');
+  t.deepEqual(
+    keysOf(bound.body).filter((key) => /pass|user|secret|token/i.test(key)),
+    [],
+    'no secret-looking field',
+  );
   const fetched = await client.request('GET', `/v2/service_instances/${id}/service_bindings/drain-1`);
   t.is(fetched.status, 200);
   t.is(fetched.body.syslog_drain_url, bound.body.syslog_drain_url);
@@ -124,14 +138,20 @@ test('syslog drain: bind hands out the drain url, messages reach docker logs and
   await sendFrames(drainPort, [octetCounted(rfc5424(`hello ${tokens[0]}`)), octetCounted(rfc5424(`hello ${tokens[1]}`))]);
   await sendFrames(drainPort, [`${rfc5424(`hello ${tokens[2]}`)}\n`]);
   const lines = tokens.map((token) => `2026-11-22T10:00:00Z myhost myapp[123]: hello ${token}`);
-  t.true(await eventually(async () => {
-    const log = await containerLog(container.name);
-    return lines.every((line) => log.includes(line));
-  }), 'the three messages are in docker logs within 5 s');
-  t.true(await eventually(async () => {
-    const file = await execIn(container.name, `cat ${LOG_DIR}/drain.log 2>/dev/null || true`);
-    return lines.every((line) => file.includes(line));
-  }), 'the three messages are in the file on the volume within 5 s');
+  t.true(
+    await eventually(async () => {
+      const log = await containerLog(container.name);
+      return lines.every((line) => log.includes(line));
+    }),
+    'the three messages are in docker logs within 5 s',
+  );
+  t.true(
+    await eventually(async () => {
+      const file = await execIn(container.name, `cat ${LOG_DIR}/drain.log 2>/dev/null || true`);
+      return lines.every((line) => file.includes(line));
+    }),
+    'the three messages are in the file on the volume within 5 s',
+  );
 
   // The cap: 3 MiB sent to a 1 MiB drain leaves at most 1 MiB on the volume, newest messages kept.
   const first = `first-${randomBytes(6).toString('hex')}`;
@@ -143,23 +163,35 @@ test('syslog drain: bind hands out the drain url, messages reach docker logs and
     octetCounted(rfc5424(`bulk ${last}`)),
   ];
   await sendFrames(drainPort, burst(12_000));
-  t.true(await eventually(async () => (await execIn(container.name, `cat ${LOG_DIR}/drain.log 2>/dev/null || true`)).includes(last)), 'the whole burst arrived');
+  t.true(
+    await eventually(async () => (await execIn(container.name, `cat ${LOG_DIR}/drain.log 2>/dev/null || true`)).includes(last)),
+    'the whole burst arrived',
+  );
   let files = await logFiles(container.name);
   let total = files.reduce((sum, file) => sum + file.size, 0);
   t.true(total <= 1 * MiB, `kept files take ${total} bytes, cap 1 MiB`);
   t.true(files.length >= 2, `the file was rotated (${files.map((file) => file.file).join(', ')})`);
-  t.true(files.every((file) => /^drain\.log(\.\d{19})?$/.test(file.file)), files.map((file) => file.file).join(', '));
+  t.true(
+    files.every((file) => /^drain\.log(\.\d{19})?$/.test(file.file)),
+    files.map((file) => file.file).join(', '),
+  );
   const kept = await execIn(container.name, `cat ${LOG_DIR}/*`);
   t.false(kept.includes(first), 'the oldest messages were deleted');
   t.false(kept.includes(tokens[0]!), 'so were the first three');
 
   // max_file_mb is updatable: 2 MiB keeps more than 1 MiB, never more than 2.
-  const updated = await client.request('PATCH', `/v2/service_instances/${id}?accepts_incomplete=true`, { service_id: SYSLOG.service, parameters: { max_file_mb: 2 } });
+  const updated = await client.request('PATCH', `/v2/service_instances/${id}?accepts_incomplete=true`, {
+    service_id: SYSLOG.service,
+    parameters: { max_file_mb: 2 },
+  });
   t.is(updated.status, 202, JSON.stringify(updated.body));
   t.is((await client.waitForInstance(id, updated.body.operation)).body.state, 'succeeded');
   t.is((await execIn(container.name, 'cat /var/lib/syslog-drain/max_file_mb')).trim(), '2');
   await sendFrames(drainPort, burst(12_000));
-  t.true(await eventually(async () => (await execIn(container.name, `cat ${LOG_DIR}/drain.log 2>/dev/null || true`)).split(last).length === 2), 'the whole second burst arrived');
+  t.true(
+    await eventually(async () => (await execIn(container.name, `cat ${LOG_DIR}/drain.log 2>/dev/null || true`)).split(last).length === 2),
+    'the whole second burst arrived',
+  );
   files = await logFiles(container.name);
   total = files.reduce((sum, file) => sum + file.size, 0);
   t.true(total <= 2 * MiB && total > 1 * MiB, `kept files take ${total} bytes, cap 2 MiB`);
@@ -177,6 +209,10 @@ test('syslog drain: bind hands out the drain url, messages reach docker logs and
   t.is((await client.waitForInstance(id, deleting.body.operation)).body.state, 'succeeded');
   const left = await brokerObjects(config.brokerId);
   t.deepEqual([...left.containers.map((c) => c.name), ...left.volumes.map((v) => v.name)], [], 'no container or volume left');
-  t.deepEqual((await redisKeys(env.redisUrl, `osb:${config.brokerId}:port:*`)).filter((key) => key.endsWith(`:${port}`)), [], 'no port reservation left');
+  t.deepEqual(
+    (await redisKeys(env.redisUrl, `osb:${config.brokerId}:port:*`)).filter((key) => key.endsWith(`:${port}`)),
+    [],
+    'no port reservation left',
+  );
   await t.throwsAsync(() => sendFrames(drainPort, ['after deprovision\n']), undefined, 'nothing listens any more');
 });

@@ -34,7 +34,10 @@ export async function engineLifecycle(
 ): Promise<void> {
   const { client, config } = env;
   const id = uniqueId();
-  const accepted = await client.provision(id, provisionBody(offering.serviceId, offering.planId, offering.parameters ? { parameters: offering.parameters } : {}));
+  const accepted = await client.provision(
+    id,
+    provisionBody(offering.serviceId, offering.planId, offering.parameters ? { parameters: offering.parameters } : {}),
+  );
   t.is(accepted.status, 202, JSON.stringify(accepted.body));
   const ready = await client.waitForInstance(id, accepted.body.operation);
   t.is(ready.body.state, 'succeeded', ready.body.description);
@@ -69,8 +72,16 @@ export async function engineLifecycle(
   t.is((await client.waitForInstance(id, deleting.body.operation)).body.state, 'succeeded');
   const { containers, volumes } = await brokerObjects(config.brokerId);
   const mine = (labels: Record<string, string>) => labels['io.osb-broker.instance'] === id;
-  t.deepEqual([...containers.filter((c) => mine(c.labels)).map((c) => c.name), ...volumes.filter((v) => mine(v.labels)).map((v) => v.name)], [], 'no container or volume left');
+  t.deepEqual(
+    [...containers.filter((c) => mine(c.labels)).map((c) => c.name), ...volumes.filter((v) => mine(v.labels)).map((v) => v.name)],
+    [],
+    'no container or volume left',
+  );
   const ports = await redisKeys(env.redisUrl, `osb:${config.brokerId}:port:*`);
-  t.deepEqual(ports.filter((key) => [a.port, ...(a.extraPorts ?? [])].some((port) => key.endsWith(`:${port}`))), [], 'no port reservation left');
+  t.deepEqual(
+    ports.filter((key) => [a.port, ...(a.extraPorts ?? [])].some((port) => key.endsWith(`:${port}`))),
+    [],
+    'no port reservation left',
+  );
   await t.throwsAsync(() => engine.login(b), undefined, 'nothing answers after deprovision');
 }

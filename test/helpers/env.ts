@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { loadConfig, type Config } from '../../src/config.js';
-import { DockerEngine, LABEL } from '../../src/docker/engine.js';
+import { DockerEngine } from '../../src/docker/engine.js';
+import { LABEL } from '../../src/docker/types.js';
 import { createLogger } from '../../src/log.js';
 import { startBroker, type BrokerConfig, type RunningBroker } from '../../src/server.js';
 import { stateImageTag } from '../../src/embedded-redis.js';
@@ -60,14 +61,28 @@ export async function startTestBroker(portBlock: number, overrides: Partial<Conf
   const redis = await startTestRedis();
   const brokerId = `t${randomBytes(4).toString('hex')}`;
   const config: BrokerConfig = {
-    ...loadConfig({ ...process.env, PORT: '0', REDIS_URL: redis.url, BROKER_ID: brokerId, BROKER_PORT_RANGE: `${41000 + portBlock * 100}-${41000 + portBlock * 100 + 99}` }),
+    ...loadConfig({
+      ...process.env,
+      PORT: '0',
+      REDIS_URL: redis.url,
+      BROKER_ID: brokerId,
+      BROKER_PORT_RANGE: `${41000 + portBlock * 100}-${41000 + portBlock * 100 + 99}`,
+    }),
     ...overrides,
     password: 'test-password',
     encryptionKey: randomBytes(32),
   };
   // Every log line is kept, at the most verbose level, so tests can prove no secret is ever logged.
   const logs: string[] = [];
-  const log = createLogger('debug', {}, { write: (line: string) => { logs.push(line); } });
+  const log = createLogger(
+    'debug',
+    {},
+    {
+      write: (line: string) => {
+        logs.push(line);
+      },
+    },
+  );
   const broker = await startBroker(config, log);
   const client = new OsbClient(broker.url, config.username, config.password);
   return {

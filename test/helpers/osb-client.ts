@@ -13,7 +13,11 @@ export interface RequestOptions {
 }
 
 export class OsbClient {
-  constructor(readonly url: string, readonly username: string, readonly password: string) {}
+  constructor(
+    readonly url: string,
+    readonly username: string,
+    readonly password: string,
+  ) {}
 
   get basic() {
     return `Basic ${Buffer.from(`${this.username}:${this.password}`).toString('base64')}`;
@@ -63,7 +67,10 @@ export class OsbClient {
   }
 
   deprovision(id: string, serviceId: string, planId: string, acceptsIncomplete = true) {
-    return this.request('DELETE', `/v2/service_instances/${id}?service_id=${serviceId}&plan_id=${planId}${acceptsIncomplete ? '&accepts_incomplete=true' : ''}`);
+    return this.request(
+      'DELETE',
+      `/v2/service_instances/${id}?service_id=${serviceId}&plan_id=${planId}${acceptsIncomplete ? '&accepts_incomplete=true' : ''}`,
+    );
   }
 
   bind(instanceId: string, bindingId: string, body: Record<string, unknown>, acceptsIncomplete = false) {
@@ -71,7 +78,10 @@ export class OsbClient {
   }
 
   unbind(instanceId: string, bindingId: string, serviceId: string, planId: string, acceptsIncomplete = false) {
-    return this.request('DELETE', `/v2/service_instances/${instanceId}/service_bindings/${bindingId}?service_id=${serviceId}&plan_id=${planId}${acceptsIncomplete ? '&accepts_incomplete=true' : ''}`);
+    return this.request(
+      'DELETE',
+      `/v2/service_instances/${instanceId}/service_bindings/${bindingId}?service_id=${serviceId}&plan_id=${planId}${acceptsIncomplete ? '&accepts_incomplete=true' : ''}`,
+    );
   }
 }
 

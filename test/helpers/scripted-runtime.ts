@@ -1,7 +1,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import type { InstanceRuntime, Progress } from '../../src/broker/contracts.js';
 import type { ServiceDefinition } from '../../src/catalog/definition.js';
-import type { ContainerSummary } from '../../src/docker/engine.js';
+import type { ContainerSummary } from '../../src/docker/types.js';
 import type { BindingRecord, InstanceRecord } from '../../src/store/records.js';
 
 type Step = 'start' | 'recreate' | 'configure' | 'bind' | 'unbind' | 'destroy';
@@ -36,7 +36,17 @@ export class ScriptedRuntime implements InstanceRuntime {
   }
   async inspect(instance: InstanceRecord): Promise<ContainerSummary | undefined> {
     if (!this.running.has(instance.id)) return undefined;
-    return { id: instance.id, name: instance.containerName, image: 'fake', running: true, status: 'running', labels: {}, env: [], restartCount: 0, createdAt: '' };
+    return {
+      id: instance.id,
+      name: instance.containerName,
+      image: 'fake',
+      running: true,
+      status: 'running',
+      labels: {},
+      env: [],
+      restartCount: 0,
+      createdAt: '',
+    };
   }
   async applyLimits() {}
   async configure(_definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal) {

@@ -80,15 +80,18 @@ export async function spawnBroker(env: Record<string, string | undefined>, timeo
       resolve({ code, signal });
     });
   });
-  const stdout = collectLines(child.stdout!);
-  const stderr = collectLines(child.stderr!);
+  const stdout = collectLines(child.stdout);
+  const stderr = collectLines(child.stderr);
   let ended: Exit | undefined;
   void exited.then((exit) => (ended = exit));
 
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (ended) throw new Error(`the broker exited (${JSON.stringify(ended)}) before answering /healthz:\n${stderr.join('\n')}`);
-    const healthy = await fetch(`${url}/healthz`).then((response) => response.ok, () => false);
+    const healthy = await fetch(`${url}/healthz`).then(
+      (response) => response.ok,
+      () => false,
+    );
     if (healthy) break;
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
@@ -99,13 +102,14 @@ export async function spawnBroker(env: Record<string, string | undefined>, timeo
 
   const generatedPassword = /^\s+password: (\S+)$/m.exec(stderr.join('\n'))?.[1];
   const password = env.BROKER_PASSWORD ?? generatedPassword ?? '';
-  const logs = () => stdout.flatMap((line) => {
-    try {
-      return [JSON.parse(line) as Record<string, any>];
-    } catch {
-      return [];
-    }
-  });
+  const logs = () =>
+    stdout.flatMap((line) => {
+      try {
+        return [JSON.parse(line) as Record<string, any>];
+      } catch {
+        return [];
+      }
+    });
   return {
     url,
     client: new OsbClient(url, env.BROKER_USERNAME ?? 'broker', password),
@@ -132,11 +136,16 @@ export async function spawnBroker(env: Record<string, string | undefined>, timeo
 
 /** Last-resort cleanup: SIGKILLs every broker process spawnBroker started in this test file and still running. */
 export async function killAllBrokers(): Promise<void> {
-  await Promise.all([...live].map((child) => new Promise<void>((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve();
-    child.once('exit', () => resolve());
-    child.kill('SIGKILL');
-  })));
+  await Promise.all(
+    [...live].map(
+      (child) =>
+        new Promise<void>((resolve) => {
+          if (child.exitCode !== null || child.signalCode !== null) return resolve();
+          child.once('exit', () => resolve());
+          child.kill('SIGKILL');
+        }),
+    ),
+  );
 }
 
 function collectLines(stream: NodeJS.ReadableStream): string[] {

@@ -22,7 +22,15 @@ function catalogWith(edit: (service: any) => void): string {
 
 test('the shipped catalog loads: fixed GUIDs, lowercase names, plans with limits and schemas', (t) => {
   const definitions = loadCatalog(realCatalog, 'osb-broker/');
-  t.deepEqual(definitions.map((definition) => definition.offering.name).sort(), ['mariadb', 'memcached', 'mqtt', 'postgresql', 'rabbitmq', 'redis', 'syslog-drain']);
+  t.deepEqual(definitions.map((definition) => definition.offering.name).sort(), [
+    'mariadb',
+    'memcached',
+    'mqtt',
+    'postgresql',
+    'rabbitmq',
+    'redis',
+    'syslog-drain',
+  ]);
   for (const definition of definitions) {
     const offering = definition.offering;
     t.regex(offering.id, /^[0-9a-f-]{36}$/);
@@ -45,40 +53,168 @@ test('the shipped catalog loads: fixed GUIDs, lowercase names, plans with limits
 });
 
 const badCases: Array<[string, (service: any) => void, RegExp]> = [
-  ['a non-GUID id', (s) => { s.offering.id = 'pg'; }, /service\.json: offering\.id must be a GUID/],
-  ['an uppercase name', (s) => { s.offering.name = 'PostgreSQL'; }, /offering\.name must be lowercase/],
-  ['no plans', (s) => { s.offering.plans = []; }, /offering\.plans must list at least one plan/],
-  ['a plan without limits', (s) => { delete s.offering.plans[1].limits; }, /offering\.plans\[1\]\.limits must be an object/],
-  ['a bad memory limit', (s) => { s.offering.plans[0].limits.memory_mb = 'lots'; }, /offering\.plans\[0\]\.limits\.memory_mb must be an integer/],
-  ['a non-SemVer version', (s) => { s.maintenance_info.version = '15'; }, /maintenance_info\.version must be a SemVer/],
-  ['a schema without $schema', (s) => { delete s.parameters.$schema; }, /parameters\.\$schema must name/],
-  ['an invalid schema', (s) => { s.parameters.properties.database.type = 'text'; }, /parameters is not a valid JSON-Schema/],
-  ['an external $ref', (s) => { s.parameters.properties.x = { $ref: 'https://example.com/s.json' }; }, /must not use an external \$ref/],
-  ['an updatable parameter that does not exist', (s) => { s.updatable_parameters = ['nope']; }, /updatable_parameters names "nope"/],
-  ['a duplicate plan id', (s) => { s.offering.plans[1].id = s.offering.plans[0].id; }, /is also used in/],
-  ['a credentials block that is not an object', (s) => { s.credentials = 'uri'; }, /credentials must be an object/],
-  ['a credential that is not a string', (s) => { s.credentials.port = 5432; }, /credentials.port must be a non-empty string/],
-  ['a drain URL without requires syslog_drain', (s) => { s.syslog_drain_url = 'syslog://{host}:{port}'; }, /syslog_drain_url needs offering.requires/],
-  ['a relative data path', (s) => { s.container.data_path = 'data'; }, /container\.data_path must be an absolute path/],
-  ['a missing bindable flag', (s) => { delete s.offering.bindable; }, /offering\.bindable must be true or false/],
-  ['a parameter name that is no environment variable name', (s) => { s.parameters.properties['Bad-Name'] = { type: 'string' }; },
-    /service\.json: parameters\.properties\["Bad-Name"\] must be named with lowercase a-z, 0-9 and "_"/],
-  ['a memory limit of the wrong type', (s) => { s.offering.plans[0].limits.memory_mb = { mb: 512 }; },
-    /service\.json: offering\.plans\[0\]\.limits\.memory_mb must be an integer >= 16$/],
-  ['a fractional CPU count below the minimum', (s) => { s.offering.plans[1].limits.cpus = 0.001; },
-    /offering\.plans\[1\]\.limits\.cpus must be a number >= 0\.01 and <= 64 \(got 0\.001\)/],
-  ['an empty tag', (s) => { s.offering.tags = ['sql', '']; }, /offering\.tags\[1\] must be a non-empty string/],
-  ['an extra port with an uppercase name', (s) => { s.container.extra_ports = { Admin: 8080 }; },
-    /container\.extra_ports\.Admin must be named with lowercase a-z, 0-9 and "_"/],
-  ['a missing container port', (s) => { delete s.container.port; }, /container\.port must be an integer >= 1 and <= 65535 \(it is missing\)/],
+  [
+    'a non-GUID id',
+    (s) => {
+      s.offering.id = 'pg';
+    },
+    /service\.json: offering\.id must be a GUID/,
+  ],
+  [
+    'an uppercase name',
+    (s) => {
+      s.offering.name = 'PostgreSQL';
+    },
+    /offering\.name must be lowercase/,
+  ],
+  [
+    'no plans',
+    (s) => {
+      s.offering.plans = [];
+    },
+    /offering\.plans must list at least one plan/,
+  ],
+  [
+    'a plan without limits',
+    (s) => {
+      delete s.offering.plans[1].limits;
+    },
+    /offering\.plans\[1\]\.limits must be an object/,
+  ],
+  [
+    'a bad memory limit',
+    (s) => {
+      s.offering.plans[0].limits.memory_mb = 'lots';
+    },
+    /offering\.plans\[0\]\.limits\.memory_mb must be an integer/,
+  ],
+  [
+    'a non-SemVer version',
+    (s) => {
+      s.maintenance_info.version = '15';
+    },
+    /maintenance_info\.version must be a SemVer/,
+  ],
+  [
+    'a schema without $schema',
+    (s) => {
+      delete s.parameters.$schema;
+    },
+    /parameters\.\$schema must name/,
+  ],
+  [
+    'an invalid schema',
+    (s) => {
+      s.parameters.properties.database.type = 'text';
+    },
+    /parameters is not a valid JSON-Schema/,
+  ],
+  [
+    'an external $ref',
+    (s) => {
+      s.parameters.properties.x = { $ref: 'https://example.com/s.json' };
+    },
+    /must not use an external \$ref/,
+  ],
+  [
+    'an updatable parameter that does not exist',
+    (s) => {
+      s.updatable_parameters = ['nope'];
+    },
+    /updatable_parameters names "nope"/,
+  ],
+  [
+    'a duplicate plan id',
+    (s) => {
+      s.offering.plans[1].id = s.offering.plans[0].id;
+    },
+    /is also used in/,
+  ],
+  [
+    'a credentials block that is not an object',
+    (s) => {
+      s.credentials = 'uri';
+    },
+    /credentials must be an object/,
+  ],
+  [
+    'a credential that is not a string',
+    (s) => {
+      s.credentials.port = 5432;
+    },
+    /credentials.port must be a non-empty string/,
+  ],
+  [
+    'a drain URL without requires syslog_drain',
+    (s) => {
+      s.syslog_drain_url = 'syslog://{host}:{port}';
+    },
+    /syslog_drain_url needs offering.requires/,
+  ],
+  [
+    'a relative data path',
+    (s) => {
+      s.container.data_path = 'data';
+    },
+    /container\.data_path must be an absolute path/,
+  ],
+  [
+    'a missing bindable flag',
+    (s) => {
+      delete s.offering.bindable;
+    },
+    /offering\.bindable must be true or false/,
+  ],
+  [
+    'a parameter name that is no environment variable name',
+    (s) => {
+      s.parameters.properties['Bad-Name'] = { type: 'string' };
+    },
+    /service\.json: parameters\.properties\["Bad-Name"\] must be named with lowercase a-z, 0-9 and "_"/,
+  ],
+  [
+    'a memory limit of the wrong type',
+    (s) => {
+      s.offering.plans[0].limits.memory_mb = { mb: 512 };
+    },
+    /service\.json: offering\.plans\[0\]\.limits\.memory_mb must be an integer >= 16$/,
+  ],
+  [
+    'a fractional CPU count below the minimum',
+    (s) => {
+      s.offering.plans[1].limits.cpus = 0.001;
+    },
+    /offering\.plans\[1\]\.limits\.cpus must be a number >= 0\.01 and <= 64 \(got 0\.001\)/,
+  ],
+  [
+    'an empty tag',
+    (s) => {
+      s.offering.tags = ['sql', ''];
+    },
+    /offering\.tags\[1\] must be a non-empty string/,
+  ],
+  [
+    'an extra port with an uppercase name',
+    (s) => {
+      s.container.extra_ports = { Admin: 8080 };
+    },
+    /container\.extra_ports\.Admin must be named with lowercase a-z, 0-9 and "_"/,
+  ],
+  [
+    'a missing container port',
+    (s) => {
+      delete s.container.port;
+    },
+    /container\.port must be an integer >= 1 and <= 65535 \(it is missing\)/,
+  ],
 ];
 
 for (const [what, edit, message] of badCases) {
   test(`a catalog with ${what} stops the broker with a message naming the file and field`, (t) => {
     const dir = catalogWith(edit);
     const error = t.throws(() => loadCatalog(dir, 'x/'), { instanceOf: CatalogError });
-    t.regex(error!.message, message);
-    t.true(error!.message.includes(path.join(dir, 'postgresql', 'service.json')) || error!.message.includes(path.join(dir, 'postgresql')));
+    t.regex(error.message, message);
+    t.true(error.message.includes(path.join(dir, 'postgresql', 'service.json')) || error.message.includes(path.join(dir, 'postgresql')));
   });
 }
 
@@ -102,7 +238,9 @@ test('service.schema.json is a valid draft-07 schema that compiles in strict mod
   t.true(ajv.validateSchema(schema), ajv.errorsText());
 });
 
-for (const folder of readdirSync(realCatalog, { withFileTypes: true }).filter((entry) => entry.isDirectory()).map((entry) => entry.name)) {
+for (const folder of readdirSync(realCatalog, { withFileTypes: true })
+  .filter((entry) => entry.isDirectory())
+  .map((entry) => entry.name)) {
   test(`the shipped ${folder}/service.json validates against service.schema.json`, (t) => {
     const { validate } = compileServiceSchema();
     const service = JSON.parse(readFileSync(path.join(realCatalog, folder, 'service.json'), 'utf8'));

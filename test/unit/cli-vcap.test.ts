@@ -63,8 +63,18 @@ test('VCAP_SERVICES is keyed by offering, one entry per binding, with the fields
   t.is(services['syslog-drain']![0]!.plan, 'medium');
   // The JSON keeps CF's (alphabetical) field order.
   t.deepEqual(Object.keys(services['syslog-drain']![0]!), [
-    'binding_guid', 'binding_name', 'credentials', 'instance_guid', 'instance_name', 'label', 'name', 'plan', 'provider',
-    'syslog_drain_url', 'tags', 'volume_mounts',
+    'binding_guid',
+    'binding_name',
+    'credentials',
+    'instance_guid',
+    'instance_name',
+    'label',
+    'name',
+    'plan',
+    'provider',
+    'syslog_drain_url',
+    'tags',
+    'volume_mounts',
   ]);
   // The catalog's tag list is copied, not shared.
   const offering = { name: 'x', tags: ['a'] };
@@ -98,28 +108,36 @@ test('shellQuote survives a POSIX shell unchanged, whatever the value holds', (t
 });
 
 test('exportLine, evaluated by sh, sets the variable to exactly the value', (t) => {
-  const value = JSON.stringify(buildVcapServices([{ ...pg('b-1', "o'brien's binding"), binding: { ...pg('b-1').binding, credentials: { password: "p'$`x`\n\"q\"" } } }]));
+  const value = JSON.stringify(
+    buildVcapServices([{ ...pg('b-1', "o'brien's binding"), binding: { ...pg('b-1').binding, credentials: { password: 'p\'$`x`\n"q"' } } }]),
+  );
   const line = exportLine('VCAP_SERVICES', value);
   t.true(line.startsWith("export VCAP_SERVICES='"));
   t.false(line.includes('\n'), 'JSON escapes newlines, so the export is one line');
   const seen = execFileSync('sh', ['-c', `eval "$1"; printf '%s' "$VCAP_SERVICES"`, 'sh', line], { encoding: 'utf8', env: {} });
   t.is(seen, value);
   t.deepEqual(JSON.parse(seen), JSON.parse(value));
-  const child = execFileSync('sh', ['-c', `eval "$1"; node -e 'process.stdout.write(process.env.VCAP_SERVICES)'`, 'sh', line], { encoding: 'utf8', env: { PATH: process.env.PATH } });
+  const child = execFileSync('sh', ['-c', `eval "$1"; node -e 'process.stdout.write(process.env.VCAP_SERVICES)'`, 'sh', line], {
+    encoding: 'utf8',
+    env: { PATH: process.env.PATH },
+  });
   t.is(child, value, 'exported to child processes');
   t.throws(() => exportLine('NOT-A-NAME', 'x'));
 });
 
 test('table: padded columns, last column unpadded, long cells cut', (t) => {
-  const text = formatTable(['NAME', 'DESCRIPTION', 'TAGS'], [['a', 'short', 'x, y'], ['longer-name', 'a'.repeat(20), '']], { maxWidth: { DESCRIPTION: 10 } });
-  t.is(text, [
-    'NAME         DESCRIPTION  TAGS',
-    'a            short        x, y',
-    `longer-name  ${'a'.repeat(9)}…`,
-  ].join('\n'));
+  const text = formatTable(
+    ['NAME', 'DESCRIPTION', 'TAGS'],
+    [
+      ['a', 'short', 'x, y'],
+      ['longer-name', 'a'.repeat(20), ''],
+    ],
+    { maxWidth: { DESCRIPTION: 10 } },
+  );
+  t.is(text, ['NAME         DESCRIPTION  TAGS', 'a            short        x, y', `longer-name  ${'a'.repeat(9)}…`].join('\n'));
 });
 
-test('command line: usage errors carry the command\'s usage line and exit code 2', (t) => {
+test("command line: usage errors carry the command's usage line and exit code 2", (t) => {
   const missing = t.throws(() => parseCommandLine(['create', 'postgresql']), { instanceOf: UsageError });
   t.is(missing.message, 'create: missing <plan> <name>');
   t.is(missing.usage, 'usage: osb-docker create <offering> <plan> <name> [-c JSON|FILE] [--org GUID] [--space GUID]');
@@ -127,7 +145,10 @@ test('command line: usage errors carry the command\'s usage line and exit code 2
   t.is(t.throws(() => parseCommandLine(['list', '--as', 'x']), { instanceOf: UsageError }).message, 'list does not take --as');
   t.is(t.throws(() => parseCommandLine(['bind', 'a', '--as']), { instanceOf: UsageError }).message, '--as needs a value');
   t.is(t.throws(() => parseCommandLine(['list', '--nope']), { instanceOf: UsageError }).message, 'unknown option --nope');
-  t.regex(t.throws(() => parseCommandLine(['frobnicate']), { instanceOf: UsageError }).message, /^unknown command "frobnicate"; commands: catalog, create, list/);
+  t.regex(
+    t.throws(() => parseCommandLine(['frobnicate']), { instanceOf: UsageError }).message,
+    /^unknown command "frobnicate"; commands: catalog, create, list/,
+  );
   t.is(t.throws(() => parseCommandLine(['unbind', 'a', '--as', 'b', '--all']), { instanceOf: UsageError }).message, '--as and --all cannot be used together');
 
   const parsed = parseCommandLine(['--url', 'http://b:1', 'create', 'postgresql', 'small', 'db', '-c', '{"database":"x"}', '--space', 's']);

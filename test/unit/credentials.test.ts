@@ -6,7 +6,13 @@ import { randomBytes } from 'node:crypto';
 
 test('templates percent-encode inside URIs and keep numbers numeric', (t) => {
   const credentials = renderCredentials(
-    { uri: 'postgres://{binding.username|uri}:{binding.password|uri}@{host}:{port}/{params.database|uri}', port: '{port}', password: '{binding.password}', missing: '{binding.vhost}', partlyMissing: 'x://{binding.vhost|uri}' },
+    {
+      uri: 'postgres://{binding.username|uri}:{binding.password|uri}@{host}:{port}/{params.database|uri}',
+      port: '{port}',
+      password: '{binding.password}',
+      missing: '{binding.vhost}',
+      partlyMissing: 'x://{binding.vhost|uri}',
+    },
     { host: 'db.local', port: 40001, params: { database: 'app' }, binding: { username: 'u@1', password: 'p:/ ?#&%' } },
   );
   t.is(credentials.uri, 'postgres://u%401:p%3A%2F%20%3F%23%26%25@db.local:40001/app');

@@ -9,23 +9,43 @@ import { OsbClient } from '../helpers/osb-client.js';
 /** A broker whose answers each test sets: the status table is the HTTP adapter's alone. */
 function fakeBroker(overrides: Partial<ServiceBroker> = {}): ServiceBroker & { calls: Array<{ method: string; args: unknown[] }> } {
   const calls: Array<{ method: string; args: unknown[] }> = [];
-  const record = (method: string, value: unknown) => async (...args: unknown[]) => {
-    calls.push({ method, args });
-    if (value instanceof Error) throw value;
-    return value;
-  };
+  const record =
+    (method: string, value: unknown) =>
+    async (...args: unknown[]) => {
+      calls.push({ method, args });
+      if (value instanceof Error) throw value;
+      return value;
+    };
   return {
     calls,
-    catalog: () => [{
-      id: 's', name: 'svc', description: 'd', bindable: true, instances_retrievable: true, bindings_retrievable: true, allow_context_updates: true,
-      plans: [{ id: 'p', name: 'plan', description: 'd', plan_updateable: true, maintenance_info: { version: '1.0.0' }, maximum_polling_duration: 60 }],
-    }],
+    catalog: () => [
+      {
+        id: 's',
+        name: 'svc',
+        description: 'd',
+        bindable: true,
+        instances_retrievable: true,
+        bindings_retrievable: true,
+        allow_context_updates: true,
+        plans: [{ id: 'p', name: 'plan', description: 'd', plan_updateable: true, maintenance_info: { version: '1.0.0' }, maximum_polling_duration: 60 }],
+      },
+    ],
     provision: record('provision', { async: false, alreadyExists: false, dashboardUrl: 'http://x/d' }) as ServiceBroker['provision'],
-    fetchInstance: record('fetchInstance', { service_id: 's', plan_id: 'p', parameters: {}, maintenance_info: { version: '1.0.0' } }) as ServiceBroker['fetchInstance'],
+    fetchInstance: record('fetchInstance', {
+      service_id: 's',
+      plan_id: 'p',
+      parameters: {},
+      maintenance_info: { version: '1.0.0' },
+    }) as ServiceBroker['fetchInstance'],
     update: record('update', { async: false }) as ServiceBroker['update'],
     deprovision: record('deprovision', { async: false }) as ServiceBroker['deprovision'],
     lastInstanceOperation: record('lastInstanceOperation', { state: 'in progress', description: 'working' }) as ServiceBroker['lastInstanceOperation'],
-    bind: record('bind', { async: false, alreadyExists: false, credentials: { uri: 'x://' }, endpoints: [{ host: 'h', ports: ['1'] }] }) as ServiceBroker['bind'],
+    bind: record('bind', {
+      async: false,
+      alreadyExists: false,
+      credentials: { uri: 'x://' },
+      endpoints: [{ host: 'h', ports: ['1'] }],
+    }) as ServiceBroker['bind'],
     fetchBinding: record('fetchBinding', { credentials: { uri: 'x://' } }) as ServiceBroker['fetchBinding'],
     unbind: record('unbind', { async: false }) as ServiceBroker['unbind'],
     lastBindingOperation: record('lastBindingOperation', { state: 'succeeded', description: 'done' }) as ServiceBroker['lastBindingOperation'],
@@ -33,7 +53,7 @@ function fakeBroker(overrides: Partial<ServiceBroker> = {}): ServiceBroker & { c
   };
 }
 
-async function serve(broker: ServiceBroker, bodyLimitBytes = 4096): Promise<{ client: OsbClient; close(): Promise<void> }> {
+async function serve(broker: ServiceBroker, bodyLimitBytes = 4096): Promise<{ client: OsbClient; close: () => Promise<void> }> {
   const app = createApp(broker, { username: 'admin', password: 'secret', bodyLimitBytes, log: createLogger('silent') });
   const server = await new Promise<Server>((resolve) => {
     const listening = app.listen(0, '127.0.0.1', () => resolve(listening));
@@ -65,7 +85,10 @@ test('every route answers 401 without or with wrong credentials, before reading 
     t.is(missing.status, 401, `${method} ${path}`);
     t.is(missing.body.error, 'Unauthorized');
     t.regex(missing.headers.get('content-type') ?? '', /application\/json/);
-    const wrong = await client.request(method, path, undefined, { auth: `Basic ${Buffer.from('admin:nope').toString('base64')}`, rawBody: method === 'PUT' ? '{not json' : undefined });
+    const wrong = await client.request(method, path, undefined, {
+      auth: `Basic ${Buffer.from('admin:nope').toString('base64')}`,
+      rawBody: method === 'PUT' ? '{not json' : undefined,
+    });
     t.is(wrong.status, 401, `${method} ${path}`);
     const wrongUser = await client.request(method, path, undefined, { auth: `Basic ${Buffer.from('root:secret').toString('base64')}` });
     t.is(wrongUser.status, 401);
@@ -94,21 +117,109 @@ test('every route answers 412 for a missing, empty or unsupported API version', 
 test('result flags decide the status code', async (t) => {
   const cases: Array<{ broker: Partial<ServiceBroker>; method: string; path: string; status: number; body: unknown }> = [
     { broker: {}, method: 'PUT', path: '/v2/service_instances/i', status: 201, body: { dashboard_url: 'http://x/d' } },
-    { broker: { provision: async () => ({ async: false, alreadyExists: true, dashboardUrl: 'http://x/d' }) }, method: 'PUT', path: '/v2/service_instances/i', status: 200, body: { dashboard_url: 'http://x/d' } },
-    { broker: { provision: async () => ({ async: true, alreadyExists: false, operation: 'op1', dashboardUrl: 'http://x/d' }) }, method: 'PUT', path: '/v2/service_instances/i', status: 202, body: { dashboard_url: 'http://x/d', operation: 'op1' } },
+    {
+      broker: { provision: async () => ({ async: false, alreadyExists: true, dashboardUrl: 'http://x/d' }) },
+      method: 'PUT',
+      path: '/v2/service_instances/i',
+      status: 200,
+      body: { dashboard_url: 'http://x/d' },
+    },
+    {
+      broker: { provision: async () => ({ async: true, alreadyExists: false, operation: 'op1', dashboardUrl: 'http://x/d' }) },
+      method: 'PUT',
+      path: '/v2/service_instances/i',
+      status: 202,
+      body: { dashboard_url: 'http://x/d', operation: 'op1' },
+    },
     { broker: {}, method: 'PATCH', path: '/v2/service_instances/i', status: 200, body: {} },
-    { broker: { update: async () => ({ async: true, operation: 'op2' }) }, method: 'PATCH', path: '/v2/service_instances/i', status: 202, body: { operation: 'op2' } },
+    {
+      broker: { update: async () => ({ async: true, operation: 'op2' }) },
+      method: 'PATCH',
+      path: '/v2/service_instances/i',
+      status: 202,
+      body: { operation: 'op2' },
+    },
     { broker: {}, method: 'DELETE', path: '/v2/service_instances/i?service_id=s&plan_id=p', status: 200, body: {} },
-    { broker: { deprovision: async () => ({ async: true, operation: 'op3' }) }, method: 'DELETE', path: '/v2/service_instances/i?service_id=s&plan_id=p', status: 202, body: { operation: 'op3' } },
-    { broker: { deprovision: async () => { throw gone('x'); } }, method: 'DELETE', path: '/v2/service_instances/i?service_id=s&plan_id=p', status: 410, body: {} },
-    { broker: {}, method: 'PUT', path: '/v2/service_instances/i/service_bindings/b', status: 201, body: { credentials: { uri: 'x://' }, endpoints: [{ host: 'h', ports: ['1'] }] } },
-    { broker: { bind: async () => ({ async: false, alreadyExists: true, credentials: { uri: 'x://' } }) }, method: 'PUT', path: '/v2/service_instances/i/service_bindings/b', status: 200, body: { credentials: { uri: 'x://' } } },
-    { broker: { bind: async () => ({ async: true, alreadyExists: false, operation: 'op4', credentials: { leaked: 'no' } }) }, method: 'PUT', path: '/v2/service_instances/i/service_bindings/b', status: 202, body: { operation: 'op4' } },
+    {
+      broker: { deprovision: async () => ({ async: true, operation: 'op3' }) },
+      method: 'DELETE',
+      path: '/v2/service_instances/i?service_id=s&plan_id=p',
+      status: 202,
+      body: { operation: 'op3' },
+    },
+    {
+      broker: {
+        deprovision: async () => {
+          throw gone('x');
+        },
+      },
+      method: 'DELETE',
+      path: '/v2/service_instances/i?service_id=s&plan_id=p',
+      status: 410,
+      body: {},
+    },
+    {
+      broker: {},
+      method: 'PUT',
+      path: '/v2/service_instances/i/service_bindings/b',
+      status: 201,
+      body: { credentials: { uri: 'x://' }, endpoints: [{ host: 'h', ports: ['1'] }] },
+    },
+    {
+      broker: { bind: async () => ({ async: false, alreadyExists: true, credentials: { uri: 'x://' } }) },
+      method: 'PUT',
+      path: '/v2/service_instances/i/service_bindings/b',
+      status: 200,
+      body: { credentials: { uri: 'x://' } },
+    },
+    {
+      broker: { bind: async () => ({ async: true, alreadyExists: false, operation: 'op4', credentials: { leaked: 'no' } }) },
+      method: 'PUT',
+      path: '/v2/service_instances/i/service_bindings/b',
+      status: 202,
+      body: { operation: 'op4' },
+    },
     { broker: {}, method: 'DELETE', path: '/v2/service_instances/i/service_bindings/b?service_id=s&plan_id=p', status: 200, body: {} },
-    { broker: { unbind: async () => ({ async: true, operation: 'op5' }) }, method: 'DELETE', path: '/v2/service_instances/i/service_bindings/b?service_id=s&plan_id=p', status: 202, body: { operation: 'op5' } },
-    { broker: { update: async () => { throw concurrencyError(); } }, method: 'PATCH', path: '/v2/service_instances/i', status: 422, body: { error: 'ConcurrencyError', description: 'Another operation is in progress for this service instance.' } },
-    { broker: { fetchInstance: async () => { throw badRequest('bad'); } }, method: 'GET', path: '/v2/service_instances/i', status: 400, body: { error: 'BadRequest', description: 'bad' } },
-    { broker: { fetchInstance: async () => { throw new Error('password=hunter2 leaked'); } }, method: 'GET', path: '/v2/service_instances/i', status: 500, body: { error: 'InternalError', description: 'The broker failed to handle this request; its log has the details.' } },
+    {
+      broker: { unbind: async () => ({ async: true, operation: 'op5' }) },
+      method: 'DELETE',
+      path: '/v2/service_instances/i/service_bindings/b?service_id=s&plan_id=p',
+      status: 202,
+      body: { operation: 'op5' },
+    },
+    {
+      broker: {
+        update: async () => {
+          throw concurrencyError();
+        },
+      },
+      method: 'PATCH',
+      path: '/v2/service_instances/i',
+      status: 422,
+      body: { error: 'ConcurrencyError', description: 'Another operation is in progress for this service instance.' },
+    },
+    {
+      broker: {
+        fetchInstance: async () => {
+          throw badRequest('bad');
+        },
+      },
+      method: 'GET',
+      path: '/v2/service_instances/i',
+      status: 400,
+      body: { error: 'BadRequest', description: 'bad' },
+    },
+    {
+      broker: {
+        fetchInstance: async () => {
+          throw new Error('password=hunter2 leaked');
+        },
+      },
+      method: 'GET',
+      path: '/v2/service_instances/i',
+      status: 500,
+      body: { error: 'InternalError', description: 'The broker failed to handle this request; its log has the details.' },
+    },
   ];
   for (const row of cases) {
     const { client, close } = await serve(fakeBroker(row.broker));
@@ -153,7 +264,12 @@ test('request identity is echoed; originating identity is optional and parsed le
   const reply = await client.request('GET', '/v2/catalog', undefined, { headers: { 'X-Broker-API-Request-Identity': 'req-42' } });
   t.is(reply.headers.get('x-broker-api-request-identity'), 'req-42');
   const identity = Buffer.from(JSON.stringify({ user_id: 'alice' })).toString('base64');
-  const withIdentity = await client.request('PUT', '/v2/service_instances/i', {}, { headers: { 'X-Broker-API-Originating-Identity': `cloudfoundry ${identity}` } });
+  const withIdentity = await client.request(
+    'PUT',
+    '/v2/service_instances/i',
+    {},
+    { headers: { 'X-Broker-API-Originating-Identity': `cloudfoundry ${identity}` } },
+  );
   t.is(withIdentity.status, 201);
   t.deepEqual(broker.calls.at(-1)!.args[3], { requestId: undefined, originatingUser: 'cloudfoundry:alice' });
   const garbage = await client.request('PUT', '/v2/service_instances/i', {}, { headers: { 'X-Broker-API-Originating-Identity': 'kubernetes %%%' } });

@@ -19,7 +19,15 @@ async function setUp(t: { teardown(fn: () => Promise<void>): void }) {
   const store = new MemoryStore();
   const runtime = new ScriptedRuntime();
   const config = { brokerId: 'rules', portRange: { first: 50000, last: 50009 }, advertisedHost: 'db.example' };
-  const broker = new DockerBroker(config, definitions, store, runtime, createLogger('silent'), async () => true, (id) => `http://broker/dashboard/${id}`);
+  const broker = new DockerBroker(
+    config,
+    definitions,
+    store,
+    runtime,
+    createLogger('silent'),
+    async () => true,
+    (id) => `http://broker/dashboard/${id}`,
+  );
   const app = createApp(broker, { username: 'u', password: 'p', bodyLimitBytes: 65536, log: createLogger('silent') });
   const server = await new Promise<Server>((resolve) => {
     const listening = app.listen(0, '127.0.0.1', () => resolve(listening));

@@ -7,7 +7,7 @@ import { PACKAGE_ROOT } from '../../src/config.js';
 // each folder is a self-contained image recipe. A function defined in two or more copies must be the same
 // everywhere, byte for byte, unless it is listed here as engine-specific.
 const ENGINE_SPECIFIC: Record<string, string> = {
-  check_user_name: 'account-name rules are the engine\'s own (length limits and reserved names of MariaDB, Mosquitto, RabbitMQ, Redis)',
+  check_user_name: "account-name rules are the engine's own (length limits and reserved names of MariaDB, Mosquitto, RabbitMQ, Redis)",
   check_database_name: 'MariaDB and PostgreSQL differ in reserved database names, name length and the derived owner role',
   check_password: 'what a password may contain depends on where it is kept (Cyrus sasldb vs. the Mosquitto password file)',
 };

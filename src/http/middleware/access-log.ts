@@ -8,14 +8,17 @@ export function accessLog(log: Logger): Middleware {
     try {
       await next();
     } finally {
-      log.info({
-        method: ctx.method,
-        path: ctx.path,
-        status: ctx.status,
-        ms: Math.round((performance.now() - started) * 10) / 10,
-        requestId: ctx.state.requestId,
-        originatingUser: ctx.state.originatingUser,
-      }, 'request');
+      log.info(
+        {
+          method: ctx.method,
+          path: ctx.path,
+          status: ctx.status,
+          ms: Math.round((performance.now() - started) * 10) / 10,
+          requestId: ctx.state.requestId,
+          originatingUser: ctx.state.originatingUser,
+        },
+        'request',
+      );
     }
   };
 }

@@ -4,7 +4,10 @@ import { badRequest, BrokerError, payloadTooLarge } from '../../osb/errors.js';
 /** Reads a JSON object body for PUT/PATCH, within a size limit. */
 export function jsonBody(limitBytes: number): Middleware {
   return async (ctx, next) => {
-    if (ctx.method !== 'PUT' && ctx.method !== 'PATCH') return next();
+    if (ctx.method !== 'PUT' && ctx.method !== 'PATCH') {
+      await next();
+      return;
+    }
     const declared = Number(ctx.get('Content-Length') || 0);
     if (declared > limitBytes) throw payloadTooLarge(limitBytes);
     const chunks: Buffer[] = [];

@@ -1,0 +1,82 @@
+/** The engine's objects as the rest of the broker sees them. */
+
+/** Labels put on everything the broker creates, so it can always find (and reconcile) its own objects. */
+export const LABEL = {
+  broker: 'io.osb-broker.broker',
+  role: 'io.osb-broker.role',
+  instance: 'io.osb-broker.instance',
+  service: 'io.osb-broker.service',
+  plan: 'io.osb-broker.plan',
+} as const;
+
+export interface ContainerLimits {
+  memoryBytes: number;
+  nanoCpus: number;
+  pids: number;
+}
+
+export interface ContainerPlan {
+  name: string;
+  image: string;
+  labels: Record<string, string>;
+  env?: string[];
+  /** hostPort 0: the engine picks one. */
+  publish?: Array<{ containerPort: number; hostIp: string; hostPort: number }>;
+  volume?: { name: string; path: string };
+  limits?: ContainerLimits;
+  capDrop?: string[];
+  capAdd?: string[];
+  stopTimeoutSeconds?: number;
+}
+
+export interface ContainerSummary {
+  id: string;
+  name: string;
+  image: string;
+  running: boolean;
+  status: string;
+  labels: Record<string, string>;
+  env: string[];
+  restartCount: number;
+  startedAt?: string;
+  finishedAt?: string;
+  exitCode?: number;
+  error?: string;
+  health?: string;
+  createdAt: string;
+  hostPort?: number;
+}
+
+export interface LogLine {
+  stream: 'stdout' | 'stderr';
+  /** RFC 3339 time the engine received the line. */
+  time: string;
+  text: string;
+}
+
+export interface ProcessList {
+  titles: string[];
+  processes: string[][];
+}
+
+export interface ContainerUsage {
+  cpuPercent: number;
+  memoryBytes: number;
+  memoryLimitBytes: number;
+  networkRxBytes: number;
+  networkTxBytes: number;
+  pids: number;
+}
+
+export interface ExecResult {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface ExecOptions {
+  env?: Record<string, string>;
+  user?: string;
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
