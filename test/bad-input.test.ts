@@ -46,19 +46,58 @@ async function assertNothingCreated(t: import('ava').ExecutionContext) {
   t.deepEqual(keys, [], 'no record, operation, port or lock left in Redis');
 }
 
-test.serial('odd ids are refused with 400 on every route that takes them', async (t) => {
+test.serial('ids that are over-long, hold control characters or are dot segments are refused with 400 on every route', async (t) => {
   const body = provisionBody(PG.service, PG.small);
-  const oddIds = ['..', '.hidden', 'a..b', 'x'.repeat(101), 'has space', 'semi;colon', 'ünï', 'a%2Fb', '%00', '-leading-dash'];
-  for (const id of oddIds) {
-    const encoded = encodeURIComponent(id);
+  const badIds = ['.', '..', 'x'.repeat(256), '€'.repeat(256), '\u0000', 'a\nb', 'tab\there', 'del\u007f', 'c1\u0085'];
+  for (const id of badIds) {
+    const encoded = encodeURIComponent(id).replace(/\./g, '%2E');
     const provision = await verbatim('PUT', `/v2/service_instances/${encoded}?accepts_incomplete=true`, body);
     t.is(provision.status, 400, `provision ${JSON.stringify(id)}: ${JSON.stringify(provision.body)}`);
-    t.truthy(provision.body.error);
+    t.is(provision.body.error, 'BadRequest');
     t.truthy(provision.body.description);
     const bind = await verbatim('PUT', `/v2/service_instances/i-ok/service_bindings/${encoded}`, { service_id: PG.service, plan_id: PG.small });
     t.is(bind.status, 400, `bind ${JSON.stringify(id)}`);
     t.is((await verbatim('GET', `/v2/service_instances/${encoded}/last_operation`)).status, 400, `last_operation ${JSON.stringify(id)}`);
+    t.is((await verbatim('GET', `/v2/service_instances/${encoded}`)).status, 400, `fetch ${JSON.stringify(id)}`);
     t.is((await verbatim('DELETE', `/v2/service_instances/${encoded}?service_id=${PG.service}&plan_id=${PG.small}&accepts_incomplete=true`)).status, 400);
+  }
+  // Ids as long as allowed are ids.
+  for (const id of ['x'.repeat(255), '€'.repeat(255)]) {
+    t.is((await verbatim('GET', `/v2/service_instances/${encodeURIComponent(id)}/last_operation`)).status, 404, `${id.length} characters`);
+  }
+  await assertNothingCreated(t);
+});
+
+test.serial('any other characters make an id: unknown ones answer 404 and 410, never 400', async (t) => {
+  const oddIds = [
+    '.hidden',
+    'a..b',
+    'has space',
+    'semi;colon',
+    'ünï',
+    'a/b',
+    '%',
+    '%2F',
+    '-leading-dash',
+    '~tilde',
+    'a:b',
+    'a*',
+    '日本',
+    '😀',
+    'quote\'"',
+    '<script>',
+  ];
+  const body = provisionBody(PG.service, PG.small);
+  const query = `service_id=${PG.service}&plan_id=${PG.small}`;
+  for (const id of oddIds) {
+    const encoded = encodeURIComponent(id);
+    const what = JSON.stringify(id);
+    t.is((await verbatim('GET', `/v2/service_instances/${encoded}`)).status, 404, `fetch ${what}`);
+    t.is((await verbatim('GET', `/v2/service_instances/${encoded}/last_operation`)).status, 404, `last_operation ${what}`);
+    t.is((await verbatim('DELETE', `/v2/service_instances/${encoded}?${query}&accepts_incomplete=true`)).status, 410, `deprovision ${what}`);
+    t.is((await verbatim('GET', `/v2/service_instances/i-ok/service_bindings/${encoded}`)).status, 404, `fetch binding ${what}`);
+    t.is((await verbatim('DELETE', `/v2/service_instances/${encoded}/service_bindings/${encoded}?${query}`)).status, 410, `unbind ${what}`);
+    t.is((await verbatim('GET', `/v2/service_instances/${encoded}/service_bindings/${encoded}/last_operation`)).status, 404, `binding last_operation ${what}`);
   }
   // Path traversal in the raw path never reaches another route with a 2xx.
   for (const raw of ['/v2/service_instances/../catalog', '/v2/service_instances/%2e%2e/last_operation', '/v2/service_instances/a/../../catalog']) {

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { customAlphabet } from 'nanoid';
 import { badRequest } from '../osb/errors.js';
 
@@ -10,19 +11,40 @@ export const newPassword = customAlphabet(ALPHANUMERIC, 32);
 export const newUsername = () => `u${customAlphabet(LOWER, 15)()}`;
 export const newOperationId = customAlphabet(LOWER, 16);
 
-/** Ids become container and volume names, so they are held to Docker's name rules and a sane length. */
-const ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$/;
+/** Ids are the platform's: any characters but control characters, up to 255 of them. */
+const MAX_ID_LENGTH = 255;
+/** Control characters, and halves of surrogate pairs (not text at all). */
+const CONTROL = /[\p{Cc}\p{Cs}]/u;
 
 export function checkId(value: string | undefined, what: string): string {
   if (!value) throw badRequest(`${what} is missing.`);
-  if (!ID.test(value) || value.includes('..')) {
-    throw badRequest(`${what} must be 1-100 characters of letters, digits, ".", "_" and "-", starting with a letter or digit.`);
-  }
+  if ([...value].length > MAX_ID_LENGTH) throw badRequest(`${what} is longer than ${MAX_ID_LENGTH} characters.`);
+  if (CONTROL.test(value)) throw badRequest(`${what} must not contain control characters.`);
+  // A path segment "." or ".." is removed by every URL parser, so such an id could never be addressed again.
+  if (value === '.' || value === '..') throw badRequest(`${what} must not be "." or "..".`);
   return value;
 }
 
-/** The engine names of an instance's container and volume; recorded with the instance, so this rule may change. */
+/** Ids that are used as they are in engine names: Docker's name rules, short, and never shaped like a hashed name. */
+const READABLE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$/;
+const HASHED_TAIL = /_[0-9a-f]{32}$/;
+
+/**
+ * The engine names of an instance's container and volume: `osb-<broker>-<id>` when the id is a short Docker-safe
+ * name, else a readable prefix of it and a hash of the whole id (`osb-<broker>-<prefix>_<32 hex digits>`), so any
+ * id gives a valid name and two ids never give the same one. Recorded with the instance, so this rule may change.
+ */
 export function instanceResourceNames(brokerId: string, instanceId: string): { containerName: string; volumeName: string } {
-  const containerName = `osb-${brokerId}-${instanceId}`;
+  const containerName = `osb-${brokerId}-${READABLE.test(instanceId) && !HASHED_TAIL.test(instanceId) ? instanceId : hashedName(instanceId)}`;
   return { containerName, volumeName: `${containerName}-data` };
+}
+
+function hashedName(id: string): string {
+  const prefix = id
+    .normalize('NFKD')
+    .replace(/[^A-Za-z0-9_.-]+/g, '-')
+    .replace(/^[^A-Za-z0-9]+/, '')
+    .slice(0, 40)
+    .replace(/[^A-Za-z0-9]+$/, '');
+  return `${prefix}_${createHash('sha256').update(id).digest('hex').slice(0, 32)}`;
 }

@@ -5,6 +5,10 @@ import { LockTimeoutError } from './errors.js';
 import type { BindingRecord, InstanceRecord, OperationRecord } from './records.js';
 import type { Sealer } from './sealer.js';
 
+/** A key part as it is when it holds only [A-Za-z0-9_.-] (every id of earlier versions), else percent-encoded UTF-8. */
+const keyPart = (part: string) =>
+  part.replace(/[^A-Za-z0-9_.-]/gu, (char) => [...Buffer.from(char)].map((byte) => `%${byte.toString(16).toUpperCase().padStart(2, '0')}`).join(''));
+
 const FINISHED_OPERATION_TTL_SECONDS = 7 * 24 * 3600;
 const LOCK_TTL_MS = 30_000;
 
@@ -70,8 +74,9 @@ export class RedisStore {
     await this.redis.quit().catch(() => this.redis.disconnect());
   }
 
+  /** Each part percent-encoded but for [A-Za-z0-9_.-], so ids with ":" (or glob characters) never meet another key. */
   private key(...parts: string[]): string {
-    return this.prefix + parts.join(':');
+    return this.prefix + parts.map(keyPart).join(':');
   }
 
   // Instances
@@ -116,7 +121,7 @@ export class RedisStore {
 
   /** Removes every binding record of an instance, tombstones included. */
   async deleteBindingsOf(instanceId: string): Promise<void> {
-    const keys = await this.scan(this.key('binding', instanceId, '*'));
+    const keys = await this.scan(`${this.key('binding', instanceId)}:*`);
     await this.redis.del(this.key('bindings', instanceId), ...keys);
   }
 
@@ -162,7 +167,7 @@ export class RedisStore {
 
   async listPortReservations(): Promise<Map<number, string>> {
     const reservations = new Map<number, string>();
-    const keys = await this.scan(this.key('port', '*'));
+    const keys = await this.scan(`${this.key('port')}:*`);
     const holders = keys.length ? await this.redis.mget(...keys) : [];
     keys.forEach((key, index) => {
       const holder = holders[index];
@@ -196,7 +201,7 @@ export class RedisStore {
 
   /** Locks of a previous process of this broker die with it; called once at start, before serving. */
   async clearLocks(): Promise<void> {
-    const keys = await this.scan(this.key('lock', '*'));
+    const keys = await this.scan(`${this.key('lock')}:*`);
     if (keys.length) await this.redis.del(...keys);
   }
 
