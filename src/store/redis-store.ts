@@ -74,6 +74,19 @@ export class RedisStore {
     await this.redis.quit().catch(() => this.redis.disconnect());
   }
 
+  /** One PING, for readiness checks. The caller bounds the wait; a failure's message never holds the password. */
+  async ping(): Promise<void> {
+    try {
+      await this.redis.ping();
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      const { password } = this.redis.options;
+      // No cause on purpose: the original error's text is what may hold the password.
+      // eslint-disable-next-line preserve-caught-error
+      throw new Error(password ? reason.split(password).join('***') : reason);
+    }
+  }
+
   /** Each part percent-encoded but for [A-Za-z0-9_.-], so ids with ":" (or glob characters) never meet another key. */
   private key(...parts: string[]): string {
     return this.prefix + parts.map(keyPart).join(':');
