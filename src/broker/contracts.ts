@@ -1,6 +1,6 @@
 import type { ServiceDefinition } from '../catalog/definition.js';
 import type { ContainerSummary } from '../docker/types.js';
-import type { BindingRecord, InstanceRecord, OperationRecord } from '../store/records.js';
+import type { BindingRecord, InstanceRecord, OperationRecord, OperationType } from '../store/records.js';
 
 /**
  * What the lifecycle needs from its two outside parts, in its own terms. The Redis store and the Docker runtime
@@ -53,3 +53,25 @@ export class PortTakenError extends Error {}
 
 /** Free-port check on the publishing address, before a port is reserved. */
 export type PortProbe = (port: number) => Promise<boolean>;
+
+/** How an operation ended, as the operation runner reports it to observers. */
+export type OperationOutcome = 'succeeded' | 'failed';
+
+/**
+ * Told by the operation runner about each operation it runs (the metrics implement it). Calls are synchronous and
+ * must not throw; `noOperationObserver` ignores them.
+ */
+export interface OperationObserver {
+  /** The runner began the work of an operation of this type. */
+  operationStarted(type: OperationType): void;
+  /** The operation ended; `seconds` from its start to its finished record. */
+  operationFinished(type: OperationType, outcome: OperationOutcome, seconds: number): void;
+  /** The runner took over an operation whose lease lapsed (its holder stopped renewing it). */
+  leaseTakenOver(type: OperationType): void;
+}
+
+export const noOperationObserver: OperationObserver = {
+  operationStarted: () => {},
+  operationFinished: () => {},
+  leaseTakenOver: () => {},
+};
