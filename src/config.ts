@@ -33,6 +33,8 @@ export interface Config {
   /** How long a lifecycle script (setup, bind, ...) may run inside the container before it is stopped. */
   scriptTimeoutSeconds: number;
   logLevel: string;
+  /** A second listener serving GET /metrics without credentials; undefined: /metrics only on the main port, with them. */
+  metricsListen?: { host: string; port: number };
 }
 
 class ConfigError extends Error {}
@@ -68,6 +70,15 @@ function portRange(raw: string): { first: number; last: number } {
   return { first, last };
 }
 
+/** "host:port", "[v6 address]:port" or a port alone (on 127.0.0.1). */
+function listenAddress(name: string, raw: string | undefined): { host: string; port: number } | undefined {
+  if (!raw) return undefined;
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]:|([^:[\]]+):)?(\d{1,5})$/.exec(raw);
+  const port = Number(match?.[3]);
+  if (!match || port > 65535) throw new ConfigError(`${name} must look like 127.0.0.1:9464, [::1]:9464 or 9464 (got "${raw}")`);
+  return { host: match[1] ?? match[2] ?? '127.0.0.1', port };
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const listenPort = int(env, 'PORT', 8080, 0, 65535);
   const listenHost = env.BROKER_LISTEN_HOST || '127.0.0.1';
@@ -101,6 +112,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     bodyLimitBytes: int(env, 'BROKER_BODY_LIMIT_BYTES', 1024 * 1024, 1024, 64 * 1024 * 1024),
     scriptTimeoutSeconds: int(env, 'BROKER_SCRIPT_TIMEOUT_SECONDS', 60, 1, 3600),
     logLevel: env.LOG_LEVEL || 'info',
+    metricsListen: listenAddress('BROKER_METRICS_LISTEN', env.BROKER_METRICS_LISTEN),
   };
 }
 

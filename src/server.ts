@@ -17,6 +17,9 @@ import { createApp } from './http/app.js';
 import { dashboardLink } from './http/dashboard-routes.js';
 import { DashboardService } from './dashboard/service.js';
 import { DashboardTokens } from './dashboard/tokens.js';
+import { DependencyChecks } from './health.js';
+import { BrokerMetrics } from './metrics.js';
+import { listenForMetrics } from './http/metrics-listener.js';
 
 /** Configuration with the secrets resolved (from the environment or the state folder). */
 export type BrokerConfig = Config & { password: string; encryptionKey: Buffer };
@@ -27,6 +30,10 @@ export interface RunningBroker {
   publicUrl: string;
   broker: DockerBroker;
   recovery: RecoveryReport;
+  /** The Prometheus registry; the operation runner and a reconciler report to it. */
+  metrics: BrokerMetrics;
+  /** Base URL of the BROKER_METRICS_LISTEN listener, when one is configured. */
+  metricsUrl?: string;
   close(): Promise<void>;
 }
 
@@ -46,6 +53,8 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   );
   store.tombstoneSeconds = config.tombstoneSeconds;
   await store.connect();
+  const checks = new DependencyChecks({ redis: () => store.ping(), docker: () => engine.ping() });
+  const metrics = new BrokerMetrics({ checks, listInstances: () => store.listInstances(), definitions });
   const tokens = new DashboardTokens(config.encryptionKey);
   // Known once listening (PORT=0 picks a free port); until then no request can ask for it.
   let publicUrl = config.publicUrl ?? '';
@@ -54,6 +63,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   const broker = new DockerBroker(config, definitions, store, runtime, log, (port) => portIsFree(config.publishIp, port), dashboardUrl);
   let recovery: RecoveryReport;
   let server: Server;
+  let metricsServer: Server | undefined;
   try {
     recovery = await recover(broker, store, engine, config, log);
     const app = createApp(broker, {
@@ -62,6 +72,8 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
       bodyLimitBytes: config.bodyLimitBytes,
       log,
       listing: () => broker.listing(),
+      checks,
+      metrics,
       dashboard: {
         service: new DashboardService(store, engine, definitions, config),
         tokens,
@@ -71,6 +83,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
         secureCookies: config.publicUrl?.startsWith('https:') ?? false,
       },
     });
+    if (config.metricsListen) metricsServer = await listenForMetrics(metrics, config.metricsListen.host, config.metricsListen.port, log);
     server = await new Promise<Server>((resolve, reject) => {
       const listening = app.listen(config.listenPort, config.listenHost, () => resolve(listening));
       listening.once('error', (error: NodeJS.ErrnoException) =>
@@ -84,6 +97,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
       );
     });
   } catch (error) {
+    metricsServer?.close();
     await store.close();
     throw error;
   }
@@ -91,17 +105,30 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   const port = typeof address === 'object' && address ? address.port : config.listenPort;
   publicUrl = config.publicUrl ?? `http://${config.listenHost === '0.0.0.0' ? hostname() : config.listenHost}:${port}`;
   log.info({ host: config.listenHost, port, publicUrl, offerings: definitions.map((definition) => definition.offering.name) }, 'broker listening');
+  const metricsAddress = hostPort(metricsServer);
+  if (metricsAddress) log.info({ address: metricsAddress }, 'metrics listening (GET /metrics, no credentials)');
   return {
     server,
     url: `http://${config.listenHost}:${port}`,
     publicUrl,
     broker,
     recovery,
+    metrics,
+    metricsUrl: metricsAddress && `http://${metricsAddress}`,
     async close() {
+      metricsServer?.close();
+      metricsServer?.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
       await broker.settle();
       await store.close();
     },
   };
+}
+
+/** "host:port" a server listens on ("[v6]:port" for IPv6); undefined without one. */
+function hostPort(server: Server | undefined): string | undefined {
+  const address = server?.address();
+  if (!address || typeof address !== 'object') return undefined;
+  return address.family === 'IPv6' ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`;
 }

@@ -9,6 +9,8 @@ import { accessLog } from './middleware/access-log.js';
 import { apiVersion } from './middleware/api-version.js';
 import { basicAuth } from './middleware/basic-auth.js';
 import { errors } from './middleware/errors.js';
+import { httpMetrics, type RequestObserver } from './middleware/http-metrics.js';
+import { healthRoutes, metricsRoute, type MetricsText, type ReadinessSource } from './health-routes.js';
 import { jsonBody } from './middleware/json-body.js';
 import { originatingIdentity } from './middleware/originating-identity.js';
 import { requestIdentity } from './middleware/request-identity.js';
@@ -24,6 +26,10 @@ export interface AppOptions {
   dashboard?: Omit<DashboardOptions, 'brokerAuth'>;
   /** Without it, no listing route is served. */
   listing?: () => Promise<ListedInstance[]>;
+  /** Without it, /readyz is not served (/healthz always is). */
+  checks?: ReadinessSource;
+  /** Without it, requests are not counted and /metrics is not served; with it, /metrics needs the broker's credentials. */
+  metrics?: MetricsText & RequestObserver;
 }
 
 const under =
@@ -47,14 +53,10 @@ export function createApp(broker: ServiceBroker, options: AppOptions): Koa {
   const osb = osbRoutes(broker);
   app.use(requestIdentity);
   app.use(accessLog(options.log));
+  if (options.metrics) app.use(httpMetrics(options.metrics));
   app.use(errors(options.log));
-  app.use(async (ctx, next) => {
-    if (ctx.path !== '/healthz') {
-      await next();
-      return;
-    }
-    ctx.body = { status: 'ok' };
-  });
+  app.use(healthRoutes(options.checks));
+  if (options.metrics) app.use(metricsRoute(options.metrics, auth));
   app.use(under('/v2', compose([auth, apiVersion, originatingIdentity, jsonBody(options.bodyLimitBytes), ...routerMiddleware(osb)])));
   if (options.listing) app.use(under('/broker', compose([auth, ...routerMiddleware(listingRoutes(options.listing))])));
   if (options.dashboard) {
