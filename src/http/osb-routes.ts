@@ -1,7 +1,9 @@
 import Router from '@koa/router';
 import type { Context } from 'koa';
+import { createHash } from 'node:crypto';
+import { asyncRequired, concurrencyError } from '../osb/errors.js';
 import type { RequestMeta, ResourceQuery, ServiceBroker } from '../osb/types.js';
-import { atLeast } from '../osb/version.js';
+import { atLeast, type ApiVersion } from '../osb/version.js';
 import { catalogFor } from './presenters.js';
 import './request-state.js';
 
@@ -25,15 +27,52 @@ function reply(ctx: Context, status: number, payload: Record<string, unknown>, r
 }
 
 /**
+ * If-None-Match as RFC 9110 has it: a list of tags (weak ones compared weakly) or "*". Unlike Koa's ctx.fresh it
+ * ignores a request's Cache-Control: no-cache, which fetch adds to every conditional request and which is for caches.
+ */
+function matchesEtag(header: string, etag: string): boolean {
+  return header !== '' && header.split(',').some((tag) => ['*', etag].includes(tag.trim().replace(/^W\//, '')));
+}
+
+/** The newest minor version whose fields the catalog knows; later 2.x clients get the same catalog. */
+const NEWEST_CATALOG_MINOR = 17;
+
+/**
  * The OSB endpoints. This is the only place that turns lifecycle results into status codes.
  */
 export function osbRoutes(broker: ServiceBroker): Router {
   const router = new Router({ prefix: '/v2' });
 
-  router.get('/catalog', (ctx) => reply(ctx, 200, catalogFor(broker.catalog(), version(ctx))));
+  // The catalog is fixed for the life of the process: serialised once per API version, with an ETag for 304s.
+  const catalogs = new Map<number, { body: Buffer; etag: string }>();
+  const catalog = (apiVersion: ApiVersion) => {
+    const minor = Math.min(apiVersion.minor, NEWEST_CATALOG_MINOR);
+    let cached = catalogs.get(minor);
+    if (!cached) {
+      const body = Buffer.from(JSON.stringify(catalogFor(broker.catalog(), { major: 2, minor })));
+      cached = { body, etag: `"${createHash('sha256').update(body).digest('base64url')}"` };
+      catalogs.set(minor, cached);
+    }
+    return cached;
+  };
+
+  router.get('/catalog', (ctx) => {
+    const { body, etag } = catalog(version(ctx));
+    ctx.status = 200;
+    ctx.type = 'application/json; charset=utf-8';
+    ctx.set('ETag', etag);
+    if (matchesEtag(ctx.get('If-None-Match'), etag)) {
+      ctx.status = 304;
+      return;
+    }
+    ctx.body = body;
+  });
+
 
   router.put('/service_instances/:instance_id', async (ctx) => {
     const result = await broker.provision(ctx.params.instance_id!, body(ctx), asyncAllowed(ctx), meta(ctx));
+    // A 202 only ever goes to a client that allowed one (here and below).
+    if (result.async && !asyncAllowed(ctx)) throw asyncRequired();
     const status = result.async ? 202 : result.alreadyExists ? 200 : 201;
     reply(ctx, status, { dashboard_url: result.dashboardUrl, operation: result.async ? result.operation : undefined });
   });
@@ -45,11 +84,13 @@ export function osbRoutes(broker: ServiceBroker): Router {
 
   router.patch('/service_instances/:instance_id', async (ctx) => {
     const result = await broker.update(ctx.params.instance_id!, body(ctx), asyncAllowed(ctx), meta(ctx));
+    if (result.async && !asyncAllowed(ctx)) throw asyncRequired();
     reply(ctx, result.async ? 202 : 200, result.async ? { operation: result.operation, dashboard_url: result.dashboardUrl } : {});
   });
 
   router.delete('/service_instances/:instance_id', async (ctx) => {
     const result = await broker.deprovision(ctx.params.instance_id!, query(ctx), asyncAllowed(ctx), meta(ctx));
+    if (result.async && !asyncAllowed(ctx)) throw asyncRequired();
     reply(ctx, result.async ? 202 : 200, result.async ? { operation: result.operation } : {});
   });
 
@@ -72,6 +113,7 @@ export function osbRoutes(broker: ServiceBroker): Router {
     // Asynchronous bindings arrived with 2.14; older platforms always get a synchronous answer.
     const allowAsync = asyncAllowed(ctx) && atLeast(version(ctx), 14);
     const result = await broker.bind(ctx.params.instance_id!, ctx.params.binding_id!, body(ctx), allowAsync, meta(ctx));
+    if (result.async && !allowAsync) throw concurrencyError('This service binding is being created.');
     if (result.async) return reply(ctx, 202, { operation: result.operation });
     reply(ctx, result.alreadyExists ? 200 : 201, {
       credentials: result.credentials,
@@ -88,6 +130,7 @@ export function osbRoutes(broker: ServiceBroker): Router {
   router.delete('/service_instances/:instance_id/service_bindings/:binding_id', async (ctx) => {
     const allowAsync = asyncAllowed(ctx) && atLeast(version(ctx), 14);
     const result = await broker.unbind(ctx.params.instance_id!, ctx.params.binding_id!, query(ctx), allowAsync, meta(ctx));
+    if (result.async && !allowAsync) throw concurrencyError('This service binding is being deleted.');
     reply(ctx, result.async ? 202 : 200, result.async ? { operation: result.operation } : {});
   });
 

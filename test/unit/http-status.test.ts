@@ -127,7 +127,7 @@ test('result flags decide the status code', async (t) => {
     {
       broker: { provision: async () => ({ async: true, alreadyExists: false, operation: 'op1', dashboardUrl: 'http://x/d' }) },
       method: 'PUT',
-      path: '/v2/service_instances/i',
+      path: '/v2/service_instances/i?accepts_incomplete=true',
       status: 202,
       body: { dashboard_url: 'http://x/d', operation: 'op1' },
     },
@@ -135,7 +135,7 @@ test('result flags decide the status code', async (t) => {
     {
       broker: { update: async () => ({ async: true, operation: 'op2' }) },
       method: 'PATCH',
-      path: '/v2/service_instances/i',
+      path: '/v2/service_instances/i?accepts_incomplete=true',
       status: 202,
       body: { operation: 'op2' },
     },
@@ -143,7 +143,7 @@ test('result flags decide the status code', async (t) => {
     {
       broker: { deprovision: async () => ({ async: true, operation: 'op3' }) },
       method: 'DELETE',
-      path: '/v2/service_instances/i?service_id=s&plan_id=p',
+      path: '/v2/service_instances/i?service_id=s&plan_id=p&accepts_incomplete=true',
       status: 202,
       body: { operation: 'op3' },
     },
@@ -175,7 +175,7 @@ test('result flags decide the status code', async (t) => {
     {
       broker: { bind: async () => ({ async: true, alreadyExists: false, operation: 'op4', credentials: { leaked: 'no' } }) },
       method: 'PUT',
-      path: '/v2/service_instances/i/service_bindings/b',
+      path: '/v2/service_instances/i/service_bindings/b?accepts_incomplete=true',
       status: 202,
       body: { operation: 'op4' },
     },
@@ -183,7 +183,7 @@ test('result flags decide the status code', async (t) => {
     {
       broker: { unbind: async () => ({ async: true, operation: 'op5' }) },
       method: 'DELETE',
-      path: '/v2/service_instances/i/service_bindings/b?service_id=s&plan_id=p',
+      path: '/v2/service_instances/i/service_bindings/b?service_id=s&plan_id=p&accepts_incomplete=true',
       status: 202,
       body: { operation: 'op5' },
     },
@@ -313,5 +313,127 @@ test('unknown routes answer JSON 404', async (t) => {
   const reply = await client.request('GET', '/v2/nothing');
   t.is(reply.status, 404);
   t.is(reply.body.error, 'NotFound');
+  await close();
+});
+
+test('no request without accepts_incomplete (or before 2.14, for bindings) is ever answered 202', async (t) => {
+  const running = fakeBroker({
+    provision: async () => ({ async: true, alreadyExists: true, operation: 'op1', dashboardUrl: 'http://x/d' }),
+    update: async () => ({ async: true, operation: 'op2' }),
+    deprovision: async () => ({ async: true, operation: 'op3' }),
+    bind: async () => ({ async: true, alreadyExists: true, operation: 'op4' }),
+    unbind: async () => ({ async: true, operation: 'op5' }),
+  });
+  const { client, close } = await serve(running);
+  const cases: Array<[string, string, string, string]> = [
+    ['PUT', '/v2/service_instances/i', '2.17', 'AsyncRequired'],
+    ['PATCH', '/v2/service_instances/i', '2.17', 'AsyncRequired'],
+    ['DELETE', '/v2/service_instances/i?service_id=s&plan_id=p', '2.17', 'AsyncRequired'],
+    ['PUT', '/v2/service_instances/i/service_bindings/b', '2.17', 'ConcurrencyError'],
+    ['PUT', '/v2/service_instances/i/service_bindings/b?accepts_incomplete=true', '2.13', 'ConcurrencyError'],
+    ['DELETE', '/v2/service_instances/i/service_bindings/b?service_id=s&plan_id=p', '2.17', 'ConcurrencyError'],
+    ['DELETE', '/v2/service_instances/i/service_bindings/b?service_id=s&plan_id=p&accepts_incomplete=true', '2.13', 'ConcurrencyError'],
+  ];
+  for (const [method, path, version, error] of cases) {
+    const reply = await client.request(method, path, bodyFor(method), { version });
+    t.is(reply.status, 422, `${method} ${path} (${version})`);
+    t.is(reply.body.error, error, `${method} ${path} (${version})`);
+    t.is(reply.body.operation, undefined);
+  }
+  const allowed = await client.request('PUT', '/v2/service_instances/i/service_bindings/b?accepts_incomplete=true', {}, { version: '2.14' });
+  t.is(allowed.status, 202);
+  await close();
+});
+
+test('a known path with another method, or an unknown method, is 405 with an Allow header; an unknown path stays 404', async (t) => {
+  const broker = fakeBroker();
+  const { client, close } = await serve(broker);
+  const cases: Array<[string, string, string[]]> = [
+    ['POST', '/v2/catalog', ['GET', 'HEAD']],
+    ['DELETE', '/v2/catalog', ['GET', 'HEAD']],
+    ['POST', '/v2/service_instances/i', ['DELETE', 'GET', 'HEAD', 'PATCH', 'PUT']],
+    ['PROPFIND', '/v2/service_instances/i', ['DELETE', 'GET', 'HEAD', 'PATCH', 'PUT']],
+    ['PURGE', '/v2/service_instances/i/last_operation', ['GET', 'HEAD']],
+    ['PATCH', '/v2/service_instances/i/service_bindings/b', ['DELETE', 'GET', 'HEAD', 'PUT']],
+  ];
+  for (const [method, path, allowed] of cases) {
+    const reply = await client.request(method, path);
+    t.is(reply.status, 405, `${method} ${path}`);
+    t.deepEqual(
+      (reply.headers.get('allow') ?? '')
+        .split(',')
+        .map((name) => name.trim())
+        .sort(),
+      allowed,
+      `${method} ${path}`,
+    );
+    t.is(reply.body.error, 'MethodNotAllowed');
+    t.regex(reply.headers.get('content-type') ?? '', /application\/json/);
+  }
+  for (const method of ['GET', 'PROPFIND']) {
+    const unknown = await client.request(method, '/v2/nothing/here');
+    t.is(unknown.status, 404, method);
+    t.is(unknown.headers.get('allow'), null);
+    t.is(unknown.body.error, 'NotFound');
+  }
+  // Credentials and the version are still checked first.
+  t.is((await client.request('PROPFIND', '/v2/catalog', undefined, { auth: null })).status, 401);
+  t.is((await client.request('POST', '/v2/catalog', undefined, { version: null })).status, 412);
+  t.is(broker.calls.length, 0);
+  await close();
+});
+
+test('the catalog carries an ETag per API version and answers If-None-Match with 304', async (t) => {
+  const { client, close } = await serve(fakeBroker());
+  const latest = await client.request('GET', '/v2/catalog');
+  t.is(latest.status, 200);
+  const etag = latest.headers.get('etag');
+  t.regex(etag ?? '', /^"[\w-]+"$/);
+  t.regex(latest.headers.get('content-type') ?? '', /application\/json/);
+  t.is(latest.body.services[0].name, 'svc');
+  const again = await client.request('GET', '/v2/catalog', undefined, { headers: { 'If-None-Match': etag! } });
+  t.is(again.status, 304);
+  t.is(again.body, '');
+  t.is(again.headers.get('etag'), etag);
+  t.is((await client.request('GET', '/v2/catalog', undefined, { headers: { 'If-None-Match': `W/${etag!}, "other"` } })).status, 304);
+  t.is((await client.request('GET', '/v2/catalog', undefined, { headers: { 'If-None-Match': '"other"' } })).status, 200);
+  // Later 2.x clients get the 2.17 catalog; older ones another body, so another tag.
+  t.is((await client.request('GET', '/v2/catalog', undefined, { version: '2.18' })).headers.get('etag'), etag);
+  const old = await client.request('GET', '/v2/catalog', undefined, { version: '2.13', headers: { 'If-None-Match': etag! } });
+  t.is(old.status, 200);
+  t.not(old.headers.get('etag'), etag);
+  t.is(old.body.services[0].instances_retrievable, undefined);
+  // A tag never stands in for credentials.
+  t.is((await client.request('GET', '/v2/catalog', undefined, { auth: null, headers: { 'If-None-Match': etag! } })).status, 401);
+  await close();
+});
+
+test('bodies nested too deep, with too many entries or too long strings are 400 naming the limit, before the broker sees them', async (t) => {
+  const broker = fakeBroker();
+  const { client, close } = await serve(broker, 1024 * 1024);
+  const nested = (levels: number) => '{"a":'.repeat(levels - 1) + '{}' + '}'.repeat(levels - 1);
+  const cases: Array<[string, string, RegExp]> = [
+    ['3,000 levels', nested(3000), /nested more than 32 levels/],
+    ['33 levels', nested(33), /nested more than 32 levels/],
+    ['33 levels of arrays', `{"a":${'['.repeat(32)}${']'.repeat(32)}}`, /nested more than 32 levels/],
+    ['an array of 1,001 items', JSON.stringify({ parameters: { list: Array.from({ length: 1001 }, () => 0) } }), /array of more than 1000 items/],
+    ['an object of 1,001 keys', JSON.stringify({ context: Object.fromEntries(Array.from({ length: 1001 }, (_, i) => [`k${i}`, i])) }), /more than 1000 keys/],
+    ['a string of 65,537 characters', JSON.stringify({ service_id: 'x'.repeat(65_537) }), /string longer than 65536 characters/],
+    ['a key of 65,537 characters', JSON.stringify({ ['k'.repeat(65_537)]: 1 }), /string longer than 65536 characters/],
+  ];
+  for (const [what, raw, description] of cases) {
+    const reply = await client.request('PUT', '/v2/service_instances/i', undefined, { rawBody: raw });
+    t.is(reply.status, 400, what);
+    t.is(reply.body.error, 'BadRequest', what);
+    t.regex(reply.body.description, description, what);
+  }
+  t.is(broker.calls.length, 0);
+  // Right at the limits is fine.
+  const atLimits = {
+    context: JSON.parse(nested(31)) as unknown,
+    parameters: { list: Array.from({ length: 1000 }, () => 0), text: 'x'.repeat(65_536) },
+  };
+  t.is((await client.request('PUT', '/v2/service_instances/i', atLimits)).status, 201);
+  t.is(broker.calls.length, 1);
   await close();
 });

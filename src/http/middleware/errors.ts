@@ -7,12 +7,16 @@ export function errors(log: Logger): Middleware {
   return async (ctx, next) => {
     try {
       await next();
-      // Koa and the router answer unknown routes and methods with text; the OSB wants JSON everywhere.
-      if (ctx.status === 404 && ctx.body === undefined) {
+      // Koa and the router answer unknown routes and methods with text; the OSB wants JSON everywhere. A method
+      // the router does not know (its 501) is a 405 like a known one on the wrong path: both name what is allowed.
+      const allow = ctx.response.get('Allow');
+      if ((ctx.status === 405 || ctx.status === 501) && allow) {
+        ctx.status = 405;
+        ctx.body = { error: 'MethodNotAllowed', description: `${ctx.method} is not allowed on ${ctx.path}; allowed: ${allow}.` };
+      } else if ((ctx.status === 404 || ctx.status === 405 || ctx.status === 501) && (ctx.body === undefined || ctx.body === null)) {
+        ctx.remove('Allow');
         ctx.status = 404;
         ctx.body = { error: 'NotFound', description: `No route for ${ctx.method} ${ctx.path}.` };
-      } else if (ctx.status === 405 || ctx.status === 501) {
-        ctx.body = { error: 'MethodNotAllowed', description: `${ctx.method} is not allowed on ${ctx.path}.` };
       }
     } catch (error) {
       if (error instanceof BrokerError) {
