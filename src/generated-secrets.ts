@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { newPassword } from './broker/ids.js';
 
@@ -10,12 +10,19 @@ export interface BrokerSecrets {
   passwordGenerated: boolean;
 }
 
+/** Makes the mode of an existing file or folder exactly `mode`: one made by hand, or by an older version, may be looser. */
+function tighten(target: string, mode: number): void {
+  if (existsSync(target) && (statSync(target).mode & 0o777) !== mode) chmodSync(target, mode);
+}
+
 /**
  * Secrets not given in the environment are generated once and kept in <state dir>/secrets.json (mode 600),
- * so the broker's password and the key to its stored secrets survive restarts.
+ * so the broker's password and the key to its stored secrets survive restarts. The folder is kept at mode 700.
  */
 export function brokerSecrets(stateDir: string, password?: string, encryptionKey?: Buffer): BrokerSecrets {
   const file = path.join(stateDir, 'secrets.json');
+  tighten(stateDir, 0o700);
+  tighten(file, 0o600);
   const stored = existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as { password?: string; encryptionKey?: string }) : {};
   let passwordGenerated = false;
   if (!password && !stored.password) {
@@ -26,6 +33,8 @@ export function brokerSecrets(stateDir: string, password?: string, encryptionKey
   if (passwordGenerated || (!encryptionKey && !existsSync(file))) {
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     writeFileSync(file, JSON.stringify(stored, null, 2), { mode: 0o600 });
+    tighten(stateDir, 0o700);
+    tighten(file, 0o600);
   }
   return {
     password: password ?? stored.password!,

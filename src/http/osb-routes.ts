@@ -68,7 +68,6 @@ export function osbRoutes(broker: ServiceBroker): Router {
     ctx.body = body;
   });
 
-
   router.put('/service_instances/:instance_id', async (ctx) => {
     const result = await broker.provision(ctx.params.instance_id!, body(ctx), asyncAllowed(ctx), meta(ctx));
     // A 202 only ever goes to a client that allowed one (here and below).
