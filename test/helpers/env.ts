@@ -19,7 +19,7 @@ export const PG = {
 export const uniqueId = (prefix = 'i') => `${prefix}-${randomBytes(6).toString('hex')}`;
 
 /** A real Redis for one test file: a container of the state store image on a random loopback port. */
-export async function startTestRedis(): Promise<{ url: string; stop(): Promise<void> }> {
+export async function startTestRedis(): Promise<{ url: string; name: string; stop(): Promise<void> }> {
   const name = `osb-test-redis-${randomBytes(4).toString('hex')}`;
   await engine.createContainer({
     name,
@@ -44,7 +44,7 @@ export async function startTestRedis(): Promise<{ url: string; stop(): Promise<v
     }
   }
   probe.disconnect();
-  return { url, stop: () => engine.removeContainer(name) };
+  return { url, name, stop: () => engine.removeContainer(name) };
 }
 
 export interface TestBroker {
@@ -52,6 +52,8 @@ export interface TestBroker {
   client: OsbClient;
   config: BrokerConfig;
   redisUrl: string;
+  /** The test Redis container's name, for tests that pause or stop it. */
+  redisContainer: string;
   logs: string[];
   stop(): Promise<void>;
 }
@@ -91,6 +93,7 @@ export async function startTestBroker(portBlock: number, overrides: Partial<Conf
     config,
     logs,
     redisUrl: redis.url,
+    redisContainer: redis.name,
     async stop() {
       await broker.close();
       await removeEverything(brokerId);
