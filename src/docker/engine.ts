@@ -119,6 +119,7 @@ export class DockerEngine {
           CapDrop: plan.capDrop,
           CapAdd: plan.capAdd,
           Binds: plan.volume ? [`${plan.volume.name}:${plan.volume.path}`] : undefined,
+          NetworkMode: plan.network,
           PortBindings: Object.fromEntries(
             publish.map((port) => [key(port.containerPort), [{ HostIp: port.hostIp, HostPort: port.hostPort ? String(port.hostPort) : '' }]]),
           ),
@@ -147,6 +148,7 @@ export class DockerEngine {
     const bindings = Object.values((info.HostConfig.PortBindings ?? {}) as Record<string, Array<{ HostPort: string }>>)[0];
     const published = Object.values(info.NetworkSettings.Ports ?? {})[0] as Array<{ HostPort: string }> | null | undefined;
     const hostPort = Number(published?.[0]?.HostPort || bindings?.[0]?.HostPort) || undefined;
+    const fixedHostPort = Number(bindings?.[0]?.HostPort) || undefined;
     return {
       id: info.Id,
       name: info.Name.replace(/^\//, ''),
@@ -163,7 +165,38 @@ export class DockerEngine {
       health: info.State.Health?.Status,
       createdAt: info.Created,
       hostPort,
+      fixedHostPort,
+      networks: Object.keys(info.NetworkSettings.Networks ?? {}),
     };
+  }
+
+  /**
+   * Writes one file into a container, created or running, through the engine API (a tar archive; no bind mount,
+   * so it works with a remote DOCKER_HOST too). The folder must exist in the container. The content travels in
+   * the request body only: never in the container's metadata.
+   */
+  async putFile(container: string, folder: string, file: { name: string; content: Buffer; mode: number; uid: number; gid: number }): Promise<void> {
+    await this.docker.getContainer(container).putArchive(tarOfOneFile(file), { path: folder });
+  }
+
+  /** Creates a user-defined bridge network unless one of that name exists. */
+  async ensureNetwork(name: string, labels: Record<string, string>): Promise<void> {
+    if (await ignoreStatus(this.docker.getNetwork(name).inspect(), 404)) return;
+    try {
+      await this.docker.createNetwork({ Name: name, Driver: 'bridge', Labels: labels, CheckDuplicate: true });
+    } catch (error) {
+      if (statusOf(error) !== 409) throw error;
+    }
+  }
+
+  async listNetworks(labels: Record<string, string>): Promise<Array<{ name: string; labels: Record<string, string> }>> {
+    const networks = await this.docker.listNetworks({ filters: { label: labelFilter(labels) } });
+    return networks.map((network) => ({ name: network.Name, labels: network.Labels ?? {} }));
+  }
+
+  /** Removes a network; a missing one is not an error. */
+  async removeNetwork(name: string): Promise<void> {
+    await ignoreStatus(this.docker.getNetwork(name).remove(), 404);
   }
 
   /** The engine's process list for a running container. */
@@ -315,6 +348,28 @@ export class DockerEngine {
 function limitsConfig(limits: ContainerLimits) {
   // MemorySwap equal to Memory: no swap, so the plan's memory is the real ceiling.
   return { Memory: limits.memoryBytes, MemorySwap: limits.memoryBytes, NanoCpus: limits.nanoCpus, PidsLimit: limits.pids };
+}
+
+/** A tar archive (ustar) holding one regular file. */
+function tarOfOneFile(file: { name: string; content: Buffer; mode: number; uid: number; gid: number }): Buffer {
+  const header = Buffer.alloc(512);
+  const field = (offset: number, length: number, value: string) => header.write(value, offset, length, 'utf8');
+  const octal = (offset: number, length: number, value: number) => field(offset, length, value.toString(8).padStart(length - 1, '0') + '\0');
+  if (Buffer.byteLength(file.name) > 100) throw new Error(`file name too long for a tar header: ${file.name}`);
+  field(0, 100, file.name);
+  octal(100, 8, file.mode);
+  octal(108, 8, file.uid);
+  octal(116, 8, file.gid);
+  octal(124, 12, file.content.length);
+  octal(136, 12, Math.floor(Date.now() / 1000));
+  field(148, 8, ' '.repeat(8));
+  field(156, 1, '0');
+  field(257, 8, 'ustar\x0000');
+  let sum = 0;
+  for (const byte of header) sum += byte;
+  field(148, 8, sum.toString(8).padStart(6, '0') + '\0 ');
+  const padding = Buffer.alloc((512 - (file.content.length % 512)) % 512);
+  return Buffer.concat([header, file.content, padding, Buffer.alloc(1024)]);
 }
 
 function labelFilter(labels: Record<string, string>): string[] {

@@ -20,8 +20,10 @@ export interface ContainerPlan {
   image: string;
   labels: Record<string, string>;
   env?: string[];
-  /** hostPort 0: the engine picks one. */
+  /** hostPort 0: the engine picks one, anew at every start. */
   publish?: Array<{ containerPort: number; hostIp: string; hostPort: number }>;
+  /** A user-defined network to run on instead of the engine's default bridge. */
+  network?: string;
   volume?: { name: string; path: string };
   limits?: ContainerLimits;
   capDrop?: string[];
@@ -45,6 +47,10 @@ export interface ContainerSummary {
   health?: string;
   createdAt: string;
   hostPort?: number;
+  /** The host port asked for at every start; undefined when the engine picks one each time. Inspect only. */
+  fixedHostPort?: number;
+  /** Names of the networks the container is attached to. Inspect only. */
+  networks?: string[];
 }
 
 export interface LogLine {
