@@ -15,6 +15,10 @@ export interface Config {
   password?: string;
   brokerId: string;
   redisUrl?: string;
+  /** Host port of the broker's own Redis (no REDIS_URL); undefined: a free one is chosen once, when it is created. */
+  statePort?: number;
+  /** How long one Redis command may take before the request answers 503. */
+  redisCommandTimeoutMs: number;
   /** 32 bytes; undefined: generated on first start and kept in the state folder. */
   encryptionKey?: Buffer;
   stateDir: string;
@@ -96,6 +100,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     password: env.BROKER_PASSWORD || undefined,
     brokerId,
     redisUrl: env.REDIS_URL || undefined,
+    statePort: env.BROKER_STATE_PORT ? int(env, 'BROKER_STATE_PORT', 0, 1024, 65535) : undefined,
+    redisCommandTimeoutMs: int(env, 'REDIS_COMMAND_TIMEOUT_MS', 2000, 50, 60_000),
     encryptionKey: encryptionKey(env.BROKER_ENCRYPTION_KEY),
     stateDir: path.resolve(env.BROKER_STATE_DIR || '.broker-state'),
     catalogDir: path.resolve(env.BROKER_CATALOG_DIR || path.join(PACKAGE_ROOT, 'catalog')),

@@ -48,8 +48,12 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   }
   const images = new ImageBuilder(engine, path.join(PACKAGE_ROOT, 'scripts'), log, config.baseImage);
   const redisUrl = config.redisUrl ?? (await startEmbeddedRedis(engine, images, config, log));
-  const store = new RedisStore(redisUrl, config.brokerId, new Sealer(config.encryptionKey), (error) =>
-    log.warn({ reason: error.message }, 'Redis connection problem'),
+  const store = new RedisStore(
+    redisUrl,
+    config.brokerId,
+    new Sealer(config.encryptionKey),
+    (error) => log.warn({ reason: error.message }, 'the state store (Redis) went away; requests that need it answer 503 until it is back'),
+    { commandTimeoutMs: config.redisCommandTimeoutMs, onBack: () => log.info('the state store (Redis) answers again') },
   );
   store.tombstoneSeconds = config.tombstoneSeconds;
   await store.connect();

@@ -1,7 +1,7 @@
 import { Redis } from 'ioredis';
 import { randomBytes } from 'node:crypto';
 import { waitFor } from '../wait.js';
-import { LockTimeoutError } from './errors.js';
+import { LockTimeoutError, StoreUnavailableError } from './errors.js';
 import type { BindingRecord, InstanceRecord, OperationRecord } from './records.js';
 import type { Sealer } from './sealer.js';
 
@@ -16,6 +16,30 @@ const EXTEND_IF_OWNER = `if redis.call('get', KEYS[1]) == ARGV[1] then return re
 const RESERVE_PORT = `if redis.call('set', KEYS[1], ARGV[1], 'NX') then redis.call('sadd', KEYS[2], ARGV[2]) return 1 else return 0 end`;
 const RELEASE_PORT = `redis.call('srem', KEYS[2], ARGV[2]) if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
 const RELEASE_IF_OWNER = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
+
+/** Reply errors that mean "not now" rather than "wrong request". */
+const TRANSIENT_REPLY = /^(LOADING|BUSY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN)\b/;
+
+/**
+ * A command that failed because Redis is away (connection down or refused, no answer within the command time-out,
+ * still loading its data) becomes a StoreUnavailableError; a reply error to a wrong request stays as it is.
+ */
+function unavailable(error: Error): Error {
+  if (error instanceof StoreUnavailableError) return error;
+  if (error.name === 'ReplyError' && !TRANSIENT_REPLY.test(error.message)) return error;
+  // Connection errors name the address, never the password.
+  return new StoreUnavailableError(`the state store (Redis) did not answer: ${error.message}`, { cause: error });
+}
+
+/** ioredis where every command, the store's own and any added later alike, fails with StoreUnavailableError when Redis is away. */
+class GuardedRedis extends Redis {
+  override sendCommand(...args: Parameters<Redis['sendCommand']>): unknown {
+    const [command] = args;
+    const reject = command.reject;
+    command.reject = (error: Error) => reject(unavailable(error));
+    return super.sendCommand(...args);
+  }
+}
 
 /**
  * Broker state in Redis. Records are JSON strings; their `secrets` field is sealed before it is written.
@@ -35,14 +59,39 @@ export class RedisStore {
     url: string,
     brokerId: string,
     private readonly sealer: Sealer,
+    /** Called once when Redis, reached before, goes away. */
     onError: (error: Error) => void = () => {},
+    options: {
+      /** How long one command may wait for its answer before it fails with StoreUnavailableError. */
+      commandTimeoutMs?: number;
+      /** Called when Redis answers again after onError. */
+      onBack?: () => void;
+    } = {},
   ) {
-    this.redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 3, enableOfflineQueue: true });
+    // Fail fast while Redis is away: no queue of commands waiting for a connection, a bounded wait for each answer,
+    // and reconnection in the background (at most a second apart) to the same address.
+    this.redis = new GuardedRedis(url, {
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      commandTimeout: options.commandTimeoutMs ?? 2000,
+      connectTimeout: Math.max(1000, options.commandTimeoutMs ?? 2000),
+      retryStrategy: (attempt) => Math.min(attempt * 100, 1000),
+    });
     // Commands fail on their own when Redis is away; the event is only worth a log line once Redis was reached
-    // (before that, connect() retries while a freshly started Redis boots).
+    // (before that, connect() retries while a freshly started Redis boots), and once per outage.
+    let away = false;
     this.redis.on('error', (error: Error) => {
       this.lastError = error.message;
-      if (this.reached) onError(error);
+      if (this.reached && !away) {
+        away = true;
+        onError(error);
+      }
+    });
+    this.redis.on('ready', () => {
+      if (!away) return;
+      away = false;
+      options.onBack?.();
     });
     this.prefix = `osb:${brokerId}:`;
     this.where = url.replace(/\/\/[^@/]*@/, '//');
@@ -199,6 +248,10 @@ export class RedisStore {
       intervalMs: 15,
       timeoutMs: waitMs,
       onTimeout: () => new LockTimeoutError(`lock ${name} is busy`),
+    }).catch((error: unknown) => {
+      // A hung Redis may still take the lock once it wakes up: give it back then rather than let it lapse.
+      if (error instanceof StoreUnavailableError) this.redis.eval(RELEASE_IF_OWNER, 1, key, token).catch(() => {});
+      throw error;
     });
     // Renewed while held, so slow work (a long bind script) never outlives its lock.
     const renewal = setInterval(() => {
@@ -208,7 +261,10 @@ export class RedisStore {
       return await work();
     } finally {
       clearInterval(renewal);
-      await this.redis.eval(RELEASE_IF_OWNER, 1, key, token);
+      // Work done while Redis went away is still done: the lock then lapses on its own.
+      await this.redis.eval(RELEASE_IF_OWNER, 1, key, token).catch((error: Error) => {
+        if (!(error instanceof StoreUnavailableError)) throw error;
+      });
     }
   }
 
