@@ -4,6 +4,7 @@ import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { LABEL } from '../src/docker/types.js';
+import { statePassword } from '../src/embedded-redis.js';
 import { inspectRaw, inspectVolume, pgQuery } from './helpers/engine-watch.js';
 import { brokerObjects, engine, PG, removeEverything, uniqueId } from './helpers/env.js';
 import { OsbClient, provisionBody } from './helpers/osb-client.js';
@@ -59,7 +60,8 @@ test.serial('without REDIS_URL the broker runs its own Redis, and prints a gener
   t.is(statSync(secretsFile).mode & 0o777, 0o600);
   t.is(JSON.parse(readFileSync(secretsFile, 'utf8')).password, password);
 
-  // The state store container: named, labelled, on its own volume, loopback only, append-only, password-protected.
+  // The state store container: named, labelled, on its own volume and network, loopback only at a fixed port,
+  // append-only, password-protected.
   const container = await inspectRaw(stateContainer);
   t.true(container.State.Running);
   t.is(container.Config.Labels[LABEL.broker], brokerId);
@@ -73,10 +75,14 @@ test.serial('without REDIS_URL the broker runs its own Redis, and prints a gener
   t.true(published.length > 0);
   t.deepEqual([...new Set(published.map((binding) => binding.HostIp))], ['127.0.0.1'], JSON.stringify(published));
   t.deepEqual(Object.keys(container.NetworkSettings.Ports), ['6379/tcp'], 'nothing else is published');
+  t.is(container.HostConfig.PortBindings['6379/tcp']?.[0]?.HostPort, published[0]!.HostPort, 'the host port is fixed, not picked at each start');
+  t.deepEqual(Object.keys(container.NetworkSettings.Networks), [stateContainer], 'on its own network');
 
-  const redisPassword = container.Config.Env.find((entry) => entry.startsWith('REDIS_PASSWORD='))?.slice('REDIS_PASSWORD='.length);
-  t.truthy(redisPassword);
-  const cli = await engine.exec(stateContainer, ['redis-cli', 'CONFIG', 'GET', 'appendonly'], { env: { REDISCLI_AUTH: redisPassword! } });
+  // The password is derived from the generated encryption key: it is in no environment.
+  const redisPassword = statePassword(Buffer.from(JSON.parse(readFileSync(secretsFile, 'utf8')).encryptionKey, 'hex'));
+  t.false(container.Config.Env.some((entry) => entry.startsWith('REDIS_PASSWORD=')));
+  t.false(JSON.stringify(container).includes(redisPassword), 'nor anywhere else in docker inspect');
+  const cli = await engine.exec(stateContainer, ['redis-cli', 'CONFIG', 'GET', 'appendonly'], { env: { REDISCLI_AUTH: redisPassword } });
   t.deepEqual(cli.stdout.trim().split('\n'), ['appendonly', 'yes'], cli.stderr);
   const anonymous = await engine.exec(stateContainer, ['redis-cli', 'PING']);
   t.regex(anonymous.stdout + anonymous.stderr, /NOAUTH/, 'Redis asks for the password');

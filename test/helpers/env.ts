@@ -106,6 +106,8 @@ export async function startTestBroker(portBlock: number, overrides: Partial<Conf
 export async function removeEverything(brokerId: string): Promise<void> {
   for (const container of await engine.listContainers({ [LABEL.broker]: brokerId })) await engine.removeContainer(container.name);
   for (const volume of await engine.listVolumes({ [LABEL.broker]: brokerId })) await engine.removeVolume(volume.name);
+  // The broker's own Redis has a network of its own; the engine has room for a few dozen such networks only.
+  for (const network of await engine.listNetworks({ [LABEL.broker]: brokerId })) await engine.removeNetwork(network.name);
 }
 
 export async function brokerObjects(brokerId: string) {
