@@ -128,7 +128,10 @@ export class RedisStore {
     try {
       await this.redis.ping();
     } catch (error) {
-      const reason = error instanceof Error ? error.message : String(error);
+      const original = error instanceof Error && error.cause instanceof Error ? error.cause : error;
+      const message = original instanceof Error ? original.message : String(original);
+      // Without a connection, the connection's own error ("connect ECONNREFUSED …") says more than the command's.
+      const reason = this.redis.status === 'ready' ? message : `not connected: ${this.lastError ?? message}`;
       const { password } = this.redis.options;
       // No cause on purpose: the original error's text is what may hold the password.
       // eslint-disable-next-line preserve-caught-error
