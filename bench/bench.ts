@@ -1,5 +1,6 @@
 /**
- * Broker vs raw engine: provision-to-ready and bind latency, measured in the same run.
+ * Broker vs raw engine: provision-to-ready and bind latency, measured in the same run; GET /v2/catalog under load
+ * next to a bare node:http server sending the same bytes.
  * Usage: BENCH_N=5 npm run bench
  */
 import os from 'node:os';
@@ -9,6 +10,7 @@ import { docker, IMAGE, rawBind, rawLeftovers, removeRaw, startRaw } from './raw
 import { median, ms, p95, table } from './stats.js';
 import { benchEngines, engineTableRow, type EngineRow } from './engines.js';
 import { benchDashboard, LOG_LINES, type DashboardSamples } from './dashboard.js';
+import { benchCatalog, CATALOG_CONNECTIONS, type CatalogSamples } from './catalog.js';
 import { loadConfig } from '../src/config.js';
 import { loadCatalog } from '../src/catalog/load.js';
 
@@ -17,6 +19,11 @@ if (!Number.isInteger(N) || N < 1) throw new Error(`BENCH_N must be a positive i
 /** Rounds per offering in the every-engine table; 0 leaves that table out. */
 const ENGINE_N = Number(process.env.BENCH_ENGINE_N ?? 3);
 if (!Number.isInteger(ENGINE_N) || ENGINE_N < 0) throw new Error(`BENCH_ENGINE_N must be a whole number (got "${process.env.BENCH_ENGINE_N}")`);
+/** Seconds of load on the catalog, for the broker and for the bare server each; 0 leaves that line out. */
+const CATALOG_SECONDS = Number(process.env.BENCH_CATALOG_SECONDS ?? 5);
+if (!Number.isInteger(CATALOG_SECONDS) || CATALOG_SECONDS < 0 || CATALOG_SECONDS > 60) {
+  throw new Error(`BENCH_CATALOG_SECONDS must be a whole number from 0 to 60 (got "${process.env.BENCH_CATALOG_SECONDS}")`);
+}
 
 let side: BrokerSide | undefined;
 let cleaning: Promise<void> | undefined;
@@ -44,6 +51,13 @@ async function main(): Promise<void> {
 
   side = await startBrokerSide();
   const broker = side;
+
+  // First, while no container runs: the catalog under load, the broker and then the bare server.
+  let catalog: CatalogSamples | undefined;
+  if (CATALOG_SECONDS > 0) {
+    process.stderr.write(`GET /v2/catalog under load, ${CATALOG_SECONDS} s each ...\n`);
+    catalog = await benchCatalog(broker.url, broker.platformHeaders, CATALOG_SECONDS);
+  }
 
   // One untimed round each: first use of the image, page cache, lazy module loading.
   process.stderr.write('warm-up ...\n');
@@ -86,8 +100,37 @@ async function main(): Promise<void> {
   process.stderr.write('dashboard with a 100,000-line log ...\n');
   const dashboard = await benchDashboard(broker, N);
   report(machine, provision, bind, phases);
+  if (catalog) reportCatalog(catalog);
   reportEngines(engines);
   reportDashboard(dashboard);
+}
+
+function reportCatalog(samples: CatalogSamples): void {
+  const { broker, bare } = samples;
+  const perSecond = (value: number) => Math.round(value).toLocaleString('en');
+  const p99 = (value: number) => `${value.toFixed(0)} ms`;
+  console.log(
+    `\nGET /v2/catalog (${samples.bytes.toLocaleString('en')} bytes) under load: ${CATALOG_CONNECTIONS} connections, ${samples.seconds} s each, loopback\n`,
+  );
+  console.log(
+    table(
+      ['measure', 'broker', 'bare node:http', 'broker/bare'],
+      [
+        [
+          'requests/s',
+          perSecond(broker.requestsPerSecond),
+          perSecond(bare.requestsPerSecond),
+          `${(broker.requestsPerSecond / bare.requestsPerSecond).toFixed(2)}x`,
+        ],
+        ['p99 latency', p99(broker.p99Ms), p99(bare.p99Ms), bare.p99Ms > 0 ? `${(broker.p99Ms / bare.p99Ms).toFixed(2)}x` : '-'],
+      ],
+    ),
+  );
+  if (broker.failures + bare.failures > 0) console.log(`  failed requests: broker ${broker.failures}, bare ${bare.failures}`);
+  console.log(
+    '  broker: the full request path (basic auth, X-Broker-API-Version, a JSON access log line per request, the catalog serialised once);' +
+      '\n  bare:   node:http answering every request with the same bytes; load from autocannon in a worker thread, one untimed second each first.',
+  );
 }
 
 function reportDashboard(samples: DashboardSamples | string): void {

@@ -1,6 +1,7 @@
 /** The broker under test, in-process, spoken to over HTTP like a platform would. */
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { pino } from 'pino';
 import { loadConfig } from '../src/config.js';
 import { createLogger } from '../src/log.js';
 import { startBroker } from '../src/server.js';
@@ -45,6 +46,9 @@ export interface BrokerSide {
   dashboardUrl(instanceId: string): Promise<string>;
   /** The instance's container name on the engine. */
   containerName(instanceId: string): string;
+  /** The broker's address, and the headers a platform sends with every request (credentials, API version). */
+  url: string;
+  platformHeaders: Record<string, string>;
   /** Stops the broker and removes everything it made (by label, as a last resort), then its Redis. */
   stop(): Promise<void>;
 }
@@ -55,7 +59,9 @@ export async function startBrokerSide(): Promise<BrokerSide> {
   const brokerId = `bench-${randomBytes(4).toString('hex')}`;
   const password = randomBytes(16).toString('hex');
   const config = loadConfig({ ...process.env, PORT: '0', REDIS_URL: redis.url, BROKER_ID: brokerId, BROKER_PORT_RANGE: '45000-45099', LOG_LEVEL: 'silent' });
-  const running = await startBroker({ ...config, password, encryptionKey: randomBytes(32) }, createLogger('silent')).catch(async (error) => {
+  // It logs as in production (a JSON line per request, written at once), only to /dev/null.
+  const log = createLogger('info', {}, pino.destination({ dest: '/dev/null', sync: true }));
+  const running = await startBroker({ ...config, password, encryptionKey: randomBytes(32) }, log).catch(async (error) => {
     await redis.stop();
     throw error;
   });
@@ -110,6 +116,9 @@ export async function startBrokerSide(): Promise<BrokerSide> {
     },
 
     containerName: (instanceId) => `osb-${brokerId}-${instanceId}`,
+
+    url: running.url,
+    platformHeaders: { Authorization: client.basic, 'X-Broker-API-Version': '2.17' },
 
     async stop() {
       try {

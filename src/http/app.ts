@@ -14,7 +14,7 @@ import { healthRoutes, metricsRoute, type MetricsText, type ReadinessSource } fr
 import { jsonBody } from './middleware/json-body.js';
 import { originatingIdentity } from './middleware/originating-identity.js';
 import { requestIdentity } from './middleware/request-identity.js';
-import { osbRoutes } from './osb-routes.js';
+import { catalogEndpoint, osbRoutes } from './osb-routes.js';
 import { listingRoutes } from './listing-routes.js';
 
 export interface AppOptions {
@@ -50,14 +50,15 @@ export function createApp(broker: ServiceBroker, options: AppOptions): Koa {
     options.log.error({ reason: error.message }, 'response failed');
   });
   const auth = basicAuth(options.username, options.password);
-  const osb = osbRoutes(broker);
+  const catalog = catalogEndpoint(broker);
+  const osb = osbRoutes(broker, catalog);
   app.use(requestIdentity);
   app.use(accessLog(options.log));
   if (options.metrics) app.use(httpMetrics(options.metrics));
   app.use(errors(options.log));
   app.use(healthRoutes(options.checks));
   if (options.metrics) app.use(metricsRoute(options.metrics, auth));
-  app.use(under('/v2', compose([auth, apiVersion, originatingIdentity, jsonBody(options.bodyLimitBytes), ...routerMiddleware(osb)])));
+  app.use(under('/v2', compose([auth, apiVersion, originatingIdentity, catalog, jsonBody(options.bodyLimitBytes), ...routerMiddleware(osb)])));
   if (options.listing) app.use(under('/broker', compose([auth, ...routerMiddleware(listingRoutes(options.listing))])));
   if (options.dashboard) {
     const dashboard = dashboardRoutes({ ...options.dashboard, brokerAuth: auth });

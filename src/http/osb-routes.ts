@@ -1,5 +1,5 @@
 import Router from '@koa/router';
-import type { Context } from 'koa';
+import type { Context, Middleware } from 'koa';
 import { createHash } from 'node:crypto';
 import { asyncRequired, concurrencyError } from '../osb/errors.js';
 import type { RequestMeta, ResourceQuery, ServiceBroker } from '../osb/types.js';
@@ -38,12 +38,11 @@ function matchesEtag(header: string, etag: string): boolean {
 const NEWEST_CATALOG_MINOR = 17;
 
 /**
- * The OSB endpoints. This is the only place that turns lifecycle results into status codes.
+ * GET /v2/catalog. The catalog is fixed for the life of the process: serialised once per API version, with an
+ * ETag for 304s. The app puts it right after the credential and version checks, ahead of the router, since
+ * platforms poll it; the router's own catalog route answers the same.
  */
-export function osbRoutes(broker: ServiceBroker): Router {
-  const router = new Router({ prefix: '/v2' });
-
-  // The catalog is fixed for the life of the process: serialised once per API version, with an ETag for 304s.
+export function catalogEndpoint(broker: ServiceBroker): Middleware {
   const catalogs = new Map<number, { body: Buffer; etag: string }>();
   const catalog = (apiVersion: ApiVersion) => {
     const minor = Math.min(apiVersion.minor, NEWEST_CATALOG_MINOR);
@@ -55,8 +54,13 @@ export function osbRoutes(broker: ServiceBroker): Router {
     }
     return cached;
   };
-
-  router.get('/catalog', (ctx) => {
+  return async (ctx, next) => {
+    if (ctx.path !== '/v2/catalog' || (ctx.method !== 'GET' && ctx.method !== 'HEAD')) {
+      await next();
+      return;
+    }
+    // The route template, as the router leaves it for the request metrics.
+    (ctx as { _matchedRoute?: string })._matchedRoute = '/v2/catalog';
     const { body, etag } = catalog(version(ctx));
     ctx.status = 200;
     ctx.type = 'application/json; charset=utf-8';
@@ -66,6 +70,17 @@ export function osbRoutes(broker: ServiceBroker): Router {
       return;
     }
     ctx.body = body;
+  };
+}
+
+/**
+ * The OSB endpoints. This is the only place that turns lifecycle results into status codes.
+ */
+export function osbRoutes(broker: ServiceBroker, catalog: Middleware = catalogEndpoint(broker)): Router {
+  const router = new Router({ prefix: '/v2' });
+
+  router.get('/catalog', async (ctx, next) => {
+    await catalog(ctx, next);
   });
 
   router.put('/service_instances/:instance_id', async (ctx) => {
