@@ -10,6 +10,7 @@ import { DockerBroker } from './broker/broker.js';
 import { recover, type RecoveryReport } from './broker/recovery.js';
 import { portIsFree } from './broker/probe.js';
 import { DockerRuntime } from './broker/runtime.js';
+import { Reconciler } from './broker/reconciler.js';
 import { startEmbeddedRedis } from './embedded-redis.js';
 import { RedisStore } from './store/redis-store.js';
 import { Sealer } from './store/sealer.js';
@@ -30,6 +31,8 @@ export interface RunningBroker {
   publicUrl: string;
   broker: DockerBroker;
   recovery: RecoveryReport;
+  /** Keeps the engine in line with the store; `snapshot()` counts instances by real state and drift. */
+  reconciler: Reconciler;
   /** The Prometheus registry; the operation runner and a reconciler report to it. */
   metrics: BrokerMetrics;
   /** Base URL of the BROKER_METRICS_LISTEN listener, when one is configured. */
@@ -111,17 +114,22 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   log.info({ host: config.listenHost, port, publicUrl, offerings: definitions.map((definition) => definition.offering.name) }, 'broker listening');
   const metricsAddress = hostPort(metricsServer);
   if (metricsAddress) log.info({ address: metricsAddress }, 'metrics listening (GET /metrics, no credentials)');
+  const reconciler = new Reconciler({ store, runtime, offerings: broker.offerings, log }, { intervalMs: config.reconcileSeconds * 1000 });
+  metrics.instancesByHealth = () => reconciler.healthByInstance();
+  reconciler.start();
   return {
     server,
     url: `http://${config.listenHost}:${port}`,
     publicUrl,
     broker,
     recovery,
+    reconciler,
     metrics,
     metricsUrl: metricsAddress && `http://${metricsAddress}`,
     async close() {
       metricsServer?.close();
       metricsServer?.closeAllConnections();
+      await reconciler.stop();
       await new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
       await broker.settle();

@@ -1,6 +1,6 @@
 import type { ServiceDefinition } from '../catalog/definition.js';
 import type { ContainerSummary } from '../docker/types.js';
-import type { BindingRecord, InstanceRecord, OperationRecord, OperationType } from '../store/records.js';
+import type { BindingRecord, HealthRecord, InstanceRecord, OperationRecord, OperationType } from '../store/records.js';
 
 /**
  * What the lifecycle needs from its two outside parts, in its own terms. The Redis store and the Docker runtime
@@ -28,6 +28,10 @@ export interface StateStore {
 
   /** Runs `work` holding the named lock; throws LockTimeoutError after waiting `waitMs` for it. */
   withLock<T>(name: string, work: () => Promise<T>, waitMs?: number): Promise<T>;
+
+  /** What the engine really runs for a ready instance (the reconciler's record); removed with the instance. */
+  getHealth(instanceId: string): Promise<HealthRecord | undefined>;
+  putHealth(instanceId: string, record: HealthRecord): Promise<void>;
 }
 
 export type Progress = (description: string) => Promise<void>;
@@ -46,6 +50,24 @@ export interface InstanceRuntime {
   /** Creates the binding's user; returns extra credential fields. */
   bind(definition: ServiceDefinition, instance: InstanceRecord, binding: BindingRecord, signal: AbortSignal): Promise<Record<string, string | number>>;
   unbind(definition: ServiceDefinition, instance: InstanceRecord, binding: BindingRecord, signal: AbortSignal): Promise<void>;
+}
+
+/** A lifecycle event of one instance's container (die, stop, kill, oom, destroy, start). */
+export interface InstanceEvent {
+  instanceId: string;
+  action: string;
+}
+
+/** What the reconciler needs to compare ready instances with the engine and bring them back. */
+export interface DriftRuntime extends Pick<InstanceRuntime, 'start' | 'inspect'> {
+  /** Starts the existing container again; returns once it accepts a login, as `start` does. */
+  restart(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal, progress: Progress): Promise<void>;
+  volumeExists(instance: InstanceRecord): Promise<boolean>;
+  /**
+   * Calls onEvent for every lifecycle event of this broker's instance containers until the signal aborts; the
+   * engine connection is made again whenever it drops (onDisconnect says why).
+   */
+  watch(onEvent: (event: InstanceEvent) => void, signal: AbortSignal, onDisconnect: (reason: string) => void): Promise<void>;
 }
 
 /** A host port the runtime found taken by something outside the broker; the provision picks another. */

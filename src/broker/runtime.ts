@@ -5,7 +5,7 @@ import { LABEL, type ContainerLimits } from '../docker/types.js';
 import type { ImageBuilder } from '../images/builder.js';
 import type { BindingRecord, InstanceRecord } from '../store/records.js';
 import { waitFor } from '../wait.js';
-import { PortTakenError, type InstanceRuntime, type Progress } from './contracts.js';
+import { PortTakenError, type DriftRuntime, type InstanceEvent, type InstanceRuntime, type Progress } from './contracts.js';
 import { publishedPortAnswers } from './probe.js';
 
 const READY_POLL_MS = 100;
@@ -15,10 +15,13 @@ const SCRIPT_KILL_AFTER_SECONDS = 5;
 const TIMED_OUT = 124;
 const KILLED = 137;
 
+/** Container events after which the reconciler looks at the instance again. */
+const WATCHED_ACTIONS = ['die', 'stop', 'kill', 'oom', 'destroy', 'start'];
+
 export class ScriptError extends Error {}
 
 /** What it takes to run one instance on the engine: containers, volumes and the scripts inside the image. */
-export class DockerRuntime implements InstanceRuntime {
+export class DockerRuntime implements InstanceRuntime, DriftRuntime {
   constructor(
     private readonly engine: DockerEngine,
     private readonly images: ImageBuilder,
@@ -64,6 +67,11 @@ export class DockerRuntime implements InstanceRuntime {
       stopTimeoutSeconds: definition.container.stopTimeoutSeconds,
     });
     signal.throwIfAborted();
+    await this.restart(definition, instance, signal, progress);
+  }
+
+  /** Starts the existing container (again) and returns once it accepts a login through the published port. */
+  async restart(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal, progress: Progress): Promise<void> {
     try {
       await this.engine.startContainer(instance.containerName);
     } catch (error) {
@@ -117,6 +125,24 @@ export class DockerRuntime implements InstanceRuntime {
 
   inspect(instance: InstanceRecord) {
     return this.engine.inspectContainer(instance.containerName);
+  }
+
+  volumeExists(instance: InstanceRecord): Promise<boolean> {
+    return this.engine.volumeExists(instance.volumeName);
+  }
+
+  /** Follows the engine's events for this broker's instance containers; reconnects when the connection drops. */
+  watch(onEvent: (event: InstanceEvent) => void, signal: AbortSignal, onDisconnect: (reason: string) => void): Promise<void> {
+    return this.engine.followContainerEvents(
+      { [LABEL.broker]: this.config.brokerId, [LABEL.role]: 'instance' },
+      WATCHED_ACTIONS,
+      (event) => {
+        const instanceId = event.attributes[LABEL.instance];
+        if (instanceId) onEvent({ instanceId, action: event.action });
+      },
+      signal,
+      onDisconnect,
+    );
   }
 
   /** Removes container and volume; both may already be gone. */

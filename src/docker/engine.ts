@@ -1,11 +1,13 @@
 import Docker from 'dockerode';
 import { PassThrough } from 'node:stream';
+import { setTimeout as delay } from 'node:timers/promises';
 import { readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { waitFor } from '../wait.js';
 import {
   type ContainerLimits,
   type ContainerPlan,
+  type ContainerEvent,
   type ContainerSummary,
   type ContainerUsage,
   type ExecOptions,
@@ -161,6 +163,7 @@ export class DockerEngine {
       startedAt: info.State.StartedAt,
       finishedAt: info.State.FinishedAt,
       exitCode: info.State.ExitCode,
+      oomKilled: info.State.OOMKilled || undefined,
       error: info.State.Error || undefined,
       health: info.State.Health?.Status,
       createdAt: info.Created,
@@ -261,6 +264,71 @@ export class DockerEngine {
     });
   }
 
+  /**
+   * Calls onEvent for each event of `actions` on containers that carry all of `labels`, until the signal aborts.
+   * When the stream ends or the engine cannot be reached, it connects again (pausing up to 5 s between tries) and
+   * asks for the events since the last one seen, so a dropped connection loses nothing the engine still remembers.
+   */
+  async followContainerEvents(
+    labels: Record<string, string>,
+    actions: string[],
+    onEvent: (event: ContainerEvent) => void,
+    signal: AbortSignal,
+    onDisconnect: (reason: string) => void = () => {},
+  ): Promise<void> {
+    let since = Math.floor(Date.now() / 1000);
+    let pauseMs = 250;
+    while (!signal.aborted) {
+      const connectedAt = Date.now();
+      let reason = 'the engine closed the event stream';
+      try {
+        const stream = (await this.docker.getEvents({
+          since,
+          filters: JSON.stringify({ type: ['container'], event: actions, label: labelFilter(labels) }),
+        })) as NodeJS.ReadableStream & { destroy(): void };
+        if (signal.aborted) {
+          stream.destroy();
+          return;
+        }
+        await new Promise<void>((resolve) => {
+          let pending = '';
+          const stop = () => {
+            stream.destroy();
+            resolve();
+          };
+          const ended = () => {
+            signal.removeEventListener('abort', stop);
+            resolve();
+          };
+          signal.addEventListener('abort', stop, { once: true });
+          stream.on('data', (chunk: Buffer) => {
+            pending += chunk.toString('utf8');
+            const lines = pending.split('\n');
+            pending = lines.pop()!;
+            for (const line of lines) {
+              const parsed = parseContainerEvent(line);
+              if (!parsed) continue;
+              since = Math.max(since, parsed.seconds);
+              onEvent(parsed.event);
+            }
+          });
+          stream.on('end', ended);
+          stream.on('close', ended);
+          stream.on('error', (error: Error) => {
+            reason = error.message;
+            ended();
+          });
+        });
+      } catch (error) {
+        reason = (error as Error).message;
+      }
+      if (signal.aborted) return;
+      onDisconnect(reason);
+      pauseMs = Date.now() - connectedAt > 10_000 ? 250 : Math.min(5_000, pauseMs * 2);
+      await delay(pauseMs, undefined, { signal }).catch(() => undefined);
+    }
+  }
+
   /** Applies new limits to a running container, without a restart. */
   async updateLimits(name: string, limits: ContainerLimits): Promise<void> {
     await this.docker.getContainer(name).update(limitsConfig(limits));
@@ -348,6 +416,30 @@ export class DockerEngine {
 function limitsConfig(limits: ContainerLimits) {
   // MemorySwap equal to Memory: no swap, so the plan's memory is the real ceiling.
   return { Memory: limits.memoryBytes, MemorySwap: limits.memoryBytes, NanoCpus: limits.nanoCpus, PidsLimit: limits.pids };
+}
+
+/** One line of the engine's event stream; undefined for anything that is not a container event. */
+function parseContainerEvent(line: string): { event: ContainerEvent; seconds: number } | undefined {
+  if (!line.trim()) return undefined;
+  try {
+    const raw = JSON.parse(line) as {
+      Type?: string;
+      Action?: string;
+      id?: string;
+      time?: number;
+      timeNano?: number;
+      Actor?: { ID?: string; Attributes?: Record<string, string> };
+    };
+    if (raw.Type !== 'container' || !raw.Action) return undefined;
+    const seconds = raw.time ?? Math.floor(Date.now() / 1000);
+    const millis = raw.timeNano ? Math.floor(raw.timeNano / 1e6) : seconds * 1000;
+    return {
+      event: { action: raw.Action, containerId: raw.Actor?.ID ?? raw.id ?? '', attributes: raw.Actor?.Attributes ?? {}, time: new Date(millis).toISOString() },
+      seconds,
+    };
+  } catch {
+    return undefined;
+  }
 }
 
 /** A tar archive (ustar) holding one regular file. */

@@ -43,6 +43,8 @@ export interface ContainerSummary {
   startedAt?: string;
   finishedAt?: string;
   exitCode?: number;
+  /** The kernel killed the main process for going over the memory limit. */
+  oomKilled?: boolean;
   error?: string;
   health?: string;
   createdAt: string;
@@ -85,4 +87,14 @@ export interface ExecOptions {
   user?: string;
   timeoutMs?: number;
   signal?: AbortSignal;
+}
+
+/** One lifecycle event of a container (die, stop, kill, oom, destroy, start, ...), as the engine reports it. */
+export interface ContainerEvent {
+  action: string;
+  containerId: string;
+  /** The container's labels, with the engine's own attributes (name, image, exitCode for die, signal for kill). */
+  attributes: Record<string, string>;
+  /** RFC 3339. */
+  time: string;
 }

@@ -68,3 +68,26 @@ export interface OperationRecord {
   instanceUsable?: boolean;
   updateRepeatable?: boolean;
 }
+
+/**
+ * Why a ready instance was not running: its container `stopped` (exited, dead, never started), is `restarting` (the
+ * engine's restart policy is at it), `paused`, being removed (`removing`) or `removed` (its volume kept), its data
+ * volume is missing (`volume-missing`), or it cannot be made again because the catalog moved to another version
+ * (`version-gone`).
+ */
+export type DriftCause = 'stopped' | 'restarting' | 'paused' | 'removing' | 'removed' | 'volume-missing' | 'version-gone';
+
+/**
+ * What the engine really runs for a ready instance, kept by the reconciler (no record: nothing went wrong yet).
+ * `since`: when it went down (or, for `running`, when it ran again); `reason` in words an operator understands.
+ */
+export interface HealthRecord {
+  state: 'running' | 'down' | 'repaired';
+  since: string;
+  reason?: string;
+  /** What kind of drift it was; the broker repairs `stopped` and `removed` itself. */
+  cause?: DriftCause;
+  /** For `repaired`: when the broker had it running again, and how. */
+  repairedAt?: string;
+  repair?: 'restarted' | 'recreated';
+}

@@ -2,7 +2,7 @@ import { Redis } from 'ioredis';
 import { randomBytes } from 'node:crypto';
 import { waitFor } from '../wait.js';
 import { LockTimeoutError, StoreUnavailableError } from './errors.js';
-import type { BindingRecord, InstanceRecord, OperationRecord } from './records.js';
+import type { BindingRecord, HealthRecord, InstanceRecord, OperationRecord } from './records.js';
 import type { Sealer } from './sealer.js';
 
 /** A key part as it is when it holds only [A-Za-z0-9_.-] (every id of earlier versions), else percent-encoded UTF-8. */
@@ -44,7 +44,8 @@ class GuardedRedis extends Redis {
 /**
  * Broker state in Redis. Records are JSON strings; their `secrets` field is sealed before it is written.
  * Keys: instance:<id>, instances (set), binding:<instance>:<binding>, bindings:<instance> (set),
- * operation:<id>, port:<n> (value: instance id), ports:<instance> (set of its ports), lock:<name>;
+ * operation:<id>, port:<n> (value: instance id), ports:<instance> (set of its ports), lock:<name>,
+ * health:<instance> (what the engine really runs, removed with the instance);
  * all under "osb:<broker id>:".
  */
 export class RedisStore {
@@ -153,7 +154,12 @@ export class RedisStore {
   async putInstance(record: InstanceRecord): Promise<void> {
     const key = this.key('instance', record.id);
     if (record.state === 'deleted') {
-      await this.redis.multi().set(key, this.write(key, record), 'EX', this.tombstoneSeconds).srem(this.key('instances'), record.id).exec();
+      await this.redis
+        .multi()
+        .set(key, this.write(key, record), 'EX', this.tombstoneSeconds)
+        .srem(this.key('instances'), record.id)
+        .del(this.key('health', record.id))
+        .exec();
     } else {
       await this.redis.multi().set(key, this.write(key, record)).sadd(this.key('instances'), record.id).exec();
     }
@@ -163,6 +169,16 @@ export class RedisStore {
     const ids = await this.redis.smembers(this.key('instances'));
     const records = await Promise.all(ids.map((id) => this.getInstance(id)));
     return records.filter((record): record is InstanceRecord => record !== undefined);
+  }
+
+  /** What the engine really runs for a ready instance, as the reconciler last found it. */
+  async getHealth(instanceId: string): Promise<HealthRecord | undefined> {
+    return this.read<HealthRecord>(this.key('health', instanceId));
+  }
+
+  async putHealth(instanceId: string, record: HealthRecord): Promise<void> {
+    const key = this.key('health', instanceId);
+    await this.redis.set(key, this.write(key, record));
   }
 
   /** How long deleted instances and bindings keep answering last_operation with "succeeded". */

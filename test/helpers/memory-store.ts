@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { StateStore } from '../../src/broker/contracts.js';
 import { LockTimeoutError } from '../../src/store/errors.js';
-import type { BindingRecord, InstanceRecord, OperationRecord } from '../../src/store/records.js';
+import type { BindingRecord, HealthRecord, InstanceRecord, OperationRecord } from '../../src/store/records.js';
 import { waitFor } from '../../src/wait.js';
 
 const copy = <T>(value: T): T => structuredClone(value);
@@ -13,6 +13,14 @@ export class MemoryStore implements StateStore {
   readonly operations = new Map<string, OperationRecord>();
   readonly ports = new Map<number, string>();
   private readonly locks = new Map<string, string>();
+  readonly health = new Map<string, HealthRecord>();
+  async getHealth(instanceId: string) {
+    const record = this.health.get(instanceId);
+    return record && copy(record);
+  }
+  async putHealth(instanceId: string, record: HealthRecord) {
+    this.health.set(instanceId, copy(record));
+  }
 
   async getInstance(id: string) {
     const record = this.instances.get(id);
@@ -20,6 +28,7 @@ export class MemoryStore implements StateStore {
   }
   async putInstance(record: InstanceRecord) {
     this.instances.set(record.id, copy(record));
+    if (record.state === 'deleted') this.health.delete(record.id);
   }
   async listInstances() {
     return [...this.instances.values()].filter((record) => record.state !== 'deleted').map(copy);
