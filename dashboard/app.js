@@ -42,12 +42,21 @@ function renderDetails(details) {
   document.title = `${details.name ?? details.id} · ${details.offering.displayName || details.offering.name}`;
   $('title').textContent = details.name ?? `${details.offering.displayName || details.offering.name} instance`;
   $('instance-id').textContent = details.id;
+  // The broker's finding wins: a down instance is red, whatever the record says.
+  const down = details.health?.state === 'down';
+  const running = details.container?.running && details.container.status !== 'paused';
   const state = $('state');
-  state.textContent = details.container?.running ? (details.container.health ? `running · ${details.container.health}` : 'running') : (details.container?.status ?? details.state);
-  state.className = `state state-${details.container?.running ? 'ready' : details.state}`;
+  state.textContent = down
+    ? 'down'
+    : running
+      ? (details.container.health ? `running · ${details.container.health}` : 'running')
+      : (details.container?.status ?? details.state);
+  state.className = `state state-${down ? 'down' : running ? 'ready' : details.container?.status ?? details.state}`;
+  state.title = details.health?.summary ?? '';
   const explanation = $('explanation');
   explanation.hidden = !details.explanation;
   explanation.textContent = details.explanation ?? '';
+  explanation.className = down ? 'notice bad' : 'notice';
 
   const op = details.lastOperation;
   const limits = details.plan.limits;
@@ -55,7 +64,7 @@ function renderDetails(details) {
     ['Offering', `${details.offering.displayName || details.offering.name} (${details.offering.name})`],
     ['Plan', limits ? `${details.plan.name} · ${limits.memoryMb} MiB, ${limits.cpus} CPU, ${limits.pids} processes` : details.plan.name],
     ['Instance id', details.id],
-    ['State', details.state],
+    ['State', down || details.health?.state === 'repaired' ? `${details.state} · ${details.health.summary}` : details.state],
     ['Last operation', op ? `${op.type}: ${op.state} — ${op.description} (${time(op.at)})` : '—'],
     ['Image', `${details.image} (version ${details.version})`],
     ['Host:port', details.endpoints.join(', ') || '—'],
@@ -66,7 +75,8 @@ function renderDetails(details) {
     ['Health', details.container?.health ?? (details.container?.running ? 'running (no health check)' : '—')],
   ];
   const list = $('details');
-  list.replaceChildren(...rows.flatMap(([name, value]) => [element('dt', '', name), element('dd', name === 'Instance id' || name === 'Host:port' ? 'mono' : '', value)]));
+  const valueClass = (name) => (name === 'Instance id' || name === 'Host:port' ? 'mono' : name === 'State' && down ? 'bad' : '');
+  list.replaceChildren(...rows.flatMap(([name, value]) => [element('dt', '', name), element('dd', valueClass(name), value)]));
 
 }
 

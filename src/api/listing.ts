@@ -10,6 +10,20 @@ export interface ListedBinding {
   created_at: string;
 }
 
+/** What the engine really runs for a ready instance, once the broker found it down at least once. */
+export interface ListedHealth {
+  /** `repaired`: it was down and the broker brought it back; it runs again. */
+  state: 'running' | 'down' | 'repaired';
+  /** When it went down (for `running`: when it ran again); UTC, to the second. */
+  since: string;
+  reason?: string;
+  /** stopped, restarting, paused, removing, removed, volume-missing or version-gone. */
+  cause?: string;
+  repaired_at?: string;
+  /** One line for people, e.g. "down since …: container exited with code 137 (killed); restarted by the broker at …". */
+  summary: string;
+}
+
 export interface ListedInstance {
   id: string;
   /** The platform context's instance_name, when a client sent one. */
@@ -20,6 +34,8 @@ export interface ListedInstance {
   plan_name: string;
   state: string;
   last_operation?: { type: string; state: string; description: string };
+  /** Only for a ready instance the broker has found down at least once; absent means it ran whenever it looked. */
+  health?: ListedHealth;
   dashboard_url: string;
   created_at: string;
   bindings: ListedBinding[];

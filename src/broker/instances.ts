@@ -20,6 +20,7 @@ import { locked, operationFor, toLastOperation, type LifecycleParts } from './li
 import { now, reasonOf } from './operations.js';
 import { maintenanceVersion, optionalObject, requireString } from './request-fields.js';
 import { sameJson } from './same.js';
+import { describeHealth } from './reconciler.js';
 
 /** Provision, fetch, update and deprovision of service instances, and their last_operation. */
 export class InstanceLifecycle {
@@ -140,12 +141,15 @@ export class InstanceLifecycle {
     }
     const operation = await store.getOperation(instance.lastOperationId);
     if (operation?.state === 'in progress' && operation.type === 'update') throw concurrencyError('This service instance is being updated.');
+    // What the engine really runs, when it is not what the record promises.
+    const health = instance.state === 'ready' ? await store.getHealth(instanceId) : undefined;
     return {
       service_id: instance.serviceId,
       plan_id: instance.planId,
       dashboard_url: this.parts.dashboardUrl(instanceId),
       parameters: instance.parameters,
       maintenance_info: { version: instance.maintenanceVersion },
+      ...(health?.state === 'down' ? { metadata: { attributes: { health: 'down', down_since: health.since, health_reason: describeHealth(health) } } } : {}),
     };
   }
 

@@ -1,11 +1,22 @@
-import type { ListedInstance } from '../api/listing.js';
+import type { ListedHealth, ListedInstance } from '../api/listing.js';
+import type { HealthRecord } from '../store/records.js';
 import type { StateStore } from './contracts.js';
 import type { Offerings } from './offerings.js';
+import { describeHealth } from './reconciler.js';
 
 const contextName = (context: Record<string, unknown> | undefined, field: string) => {
   const name = context?.[field];
   return typeof name === 'string' && name ? { name } : {};
 };
+
+const listedHealth = (health: HealthRecord): ListedHealth => ({
+  state: health.state,
+  since: health.since,
+  ...(health.reason ? { reason: health.reason } : {}),
+  ...(health.cause ? { cause: health.cause } : {}),
+  ...(health.repairedAt ? { repaired_at: health.repairedAt } : {}),
+  summary: describeHealth(health),
+});
 
 /** Every live instance with its bindings, oldest first, named from the platform context. No secrets. */
 export async function listInstances(store: StateStore, offerings: Offerings, dashboardUrl: (instanceId: string) => string): Promise<ListedInstance[]> {
@@ -15,7 +26,11 @@ export async function listInstances(store: StateStore, offerings: Offerings, das
       .sort((a, b) => a.createdAt.localeCompare(b.createdAt))
       .map(async (instance) => {
         const names = offerings.namesOf(instance);
-        const [operation, bindings] = await Promise.all([store.getOperation(instance.lastOperationId), store.listBindings(instance.id)]);
+        const [operation, bindings, health] = await Promise.all([
+          store.getOperation(instance.lastOperationId),
+          store.listBindings(instance.id),
+          instance.state === 'ready' ? store.getHealth(instance.id) : undefined,
+        ]);
         return {
           id: instance.id,
           ...contextName(instance.context, 'instance_name'),
@@ -25,6 +40,7 @@ export async function listInstances(store: StateStore, offerings: Offerings, das
           plan_name: names.plan,
           state: instance.state,
           ...(operation ? { last_operation: { type: operation.type, state: operation.state, description: operation.description } } : {}),
+          ...(health ? { health: listedHealth(health) } : {}),
           dashboard_url: dashboardUrl(instance.id),
           created_at: instance.createdAt,
           bindings: bindings

@@ -124,7 +124,7 @@ async function listCommand({ client, flags, io }: Run): Promise<void> {
         instance.name ?? instance.id,
         instance.service_name,
         instance.plan_name,
-        instance.state,
+        stateColumn(instance),
         instance.bindings.map((binding) => (binding.state === 'ready' ? bindingLabel(binding) : `${bindingLabel(binding)} (${binding.state})`)).join(', ') ||
           '-',
         instance.last_operation
@@ -133,6 +133,18 @@ async function listCommand({ client, flags, io }: Run): Promise<void> {
       ]),
     ),
   );
+  // Why each down instance is down, in full, under the table.
+  const down = instances.filter((instance) => instance.state === 'ready' && instance.health?.state === 'down');
+  if (down.length) io.out(['', ...down.map((instance) => `${instance.name ?? instance.id} is ${instance.health!.summary}`)].join('\n'));
+}
+
+/** The record's state, unless the engine says otherwise: "down since …" for a ready instance that is not running. */
+function stateColumn(instance: ListedInstance): string {
+  const health = instance.health;
+  if (instance.state !== 'ready' || !health) return instance.state;
+  if (health.state === 'down') return `down since ${health.since}`;
+  if (health.state === 'repaired' && health.repaired_at) return `ready (repaired ${health.repaired_at})`;
+  return instance.state;
 }
 
 /** Finds an instance by its name (or id); unknown names list the names there are. */

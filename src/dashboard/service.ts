@@ -2,7 +2,8 @@ import { displayName, type ServiceDefinition } from '../catalog/definition.js';
 import type { Config } from '../config.js';
 import type { DockerEngine } from '../docker/engine.js';
 import type { ContainerUsage, LogLine, ProcessList } from '../docker/types.js';
-import type { InstanceRecord } from '../store/records.js';
+import type { HealthRecord, InstanceRecord } from '../store/records.js';
+import { describeHealth } from '../broker/reconciler.js';
 import type { RedisStore } from '../store/redis-store.js';
 
 export interface InstanceDetails {
@@ -26,6 +27,8 @@ export interface InstanceDetails {
     restartCount: number;
     health?: string;
   };
+  /** What the engine really runs, for a ready instance the broker has found down at least once. */
+  health?: { state: 'running' | 'down' | 'repaired'; since: string; reason?: string; repairedAt?: string; summary: string };
   /** Why there is no live data, in words a developer understands. */
   explanation?: string;
 }
@@ -35,6 +38,7 @@ export interface OverviewRow {
   name?: string;
   offering: string;
   plan: string;
+  /** The record's state; `down` for a ready instance whose container the broker found not running. */
   state: string;
   endpoint?: string;
   createdAt: string;
@@ -68,6 +72,11 @@ export class DashboardService {
 
   async overview(): Promise<OverviewRow[]> {
     const instances = await this.store.listInstances();
+    const health = new Map(
+      await Promise.all(
+        instances.filter((instance) => instance.state === 'ready').map(async (instance) => [instance.id, await this.store.getHealth(instance.id)] as const),
+      ),
+    );
     return instances
       .sort((a, b) => a.createdAt.localeCompare(b.createdAt))
       .map((instance) => {
@@ -77,7 +86,7 @@ export class DashboardService {
           name: instanceName(instance),
           offering: definition?.offering.name ?? instance.serviceId,
           plan: definition?.offering.plans.find((plan) => plan.id === instance.planId)?.name ?? instance.planId,
-          state: instance.state,
+          state: health.get(instance.id)?.state === 'down' ? 'down' : instance.state,
           endpoint: instance.hostPort ? `${this.config.advertisedHost}:${instance.hostPort}` : undefined,
           createdAt: instance.createdAt,
         };
@@ -87,10 +96,11 @@ export class DashboardService {
   async details(instance: DashboardInstance): Promise<InstanceDetails> {
     const definition = this.definitions.get(instance.serviceId);
     const plan = definition?.offering.plans.find((candidate) => candidate.id === instance.planId);
-    const [operation, bindings, container] = await Promise.all([
+    const [operation, bindings, container, health] = await Promise.all([
       this.store.getOperation(instance.lastOperationId),
       this.store.listBindings(instance.id),
       this.engine.inspectContainer(instance.containerName),
+      instance.state === 'ready' ? this.store.getHealth(instance.id) : undefined,
     ]);
     const ports = [instance.hostPort, ...Object.values(instance.extraHostPorts ?? {})].filter((port): port is number => Boolean(port));
     return {
@@ -119,7 +129,18 @@ export class DashboardService {
         restartCount: container.restartCount,
         health: container.health,
       },
-      explanation: explain(instance, container),
+      ...(health
+        ? {
+            health: {
+              state: health.state,
+              since: health.since,
+              reason: health.reason,
+              repairedAt: health.repairedAt,
+              summary: describeHealth(health),
+            },
+          }
+        : {}),
+      explanation: explain(instance, container, health, this.config.reconcileSeconds),
     };
   }
 
@@ -175,16 +196,39 @@ function instanceName(instance: DashboardInstance): string | undefined {
   return typeof name === 'string' && name ? name : undefined;
 }
 
-function explain(instance: DashboardInstance, container: { running: boolean; status: string; exitCode?: number } | undefined): string | undefined {
+function explain(
+  instance: DashboardInstance,
+  container: { running: boolean; status: string; exitCode?: number } | undefined,
+  health: HealthRecord | undefined,
+  reconcileSeconds: number,
+): string | undefined {
   if (instance.state === 'provisioning') return 'The instance is still being provisioned; live data appears once its container runs.';
   if (instance.state === 'deprovisioning') return 'The instance is being deleted.';
+  const ready = instance.state === 'ready';
+  // The broker's own finding comes first: it says why, and what it did or what is left to do.
+  if (ready && health?.state === 'down') {
+    const next =
+      health.cause === 'stopped' || health.cause === 'removed'
+        ? `The broker brings it back, and tries again every ${reconcileSeconds} s while that fails; the logs below show why it ended.`
+        : health.cause === 'restarting'
+          ? 'Docker restarts it; the logs below show why it ended.'
+          : health.cause === 'removing'
+            ? 'The broker looks at it again once it is gone.'
+            : 'The broker does not repair this on its own.';
+    return `Down since ${health.since}: ${health.reason ?? 'unknown reason'}. ${next}`;
+  }
   if (!container) {
-    return instance.state === 'failed'
-      ? 'Provisioning failed, so there is no container; the last operation says why. Delete the instance and create it again.'
-      : 'The container of this instance is missing from the Docker engine. Its data volume may still exist; ask the operator.';
+    if (instance.state === 'failed') return 'Provisioning failed, so there is no container; the last operation says why. Delete the instance and create it again.';
+    return ready
+      ? 'The container of this instance is missing from the Docker engine. The broker makes it again from its data volume (or reports the volume missing) within moments.'
+      : 'The container of this instance is missing from the Docker engine.';
   }
   if (!container.running) {
-    return `The container is ${container.status}${container.exitCode !== undefined ? ` (exit code ${container.exitCode})` : ''}. Docker restarts it unless it was stopped on purpose; the logs below show why it ended.`;
+    const state = `The container is ${container.status}${container.exitCode !== undefined ? ` (exit code ${container.exitCode})` : ''}.`;
+    if (container.status === 'restarting') return `${state} Docker restarts it; the logs below show why it ended.`;
+    return ready
+      ? `${state} The broker starts it again within moments; the logs below show why it ended.`
+      : `${state} The logs below show why it ended.`;
   }
   return undefined;
 }

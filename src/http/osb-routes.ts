@@ -93,7 +93,11 @@ export function osbRoutes(broker: ServiceBroker, catalog: Middleware = catalogEn
 
   router.get('/service_instances/:instance_id', async (ctx) => {
     const view = await broker.fetchInstance(ctx.params.instance_id!, query(ctx));
-    reply(ctx, 200, { ...view, maintenance_info: atLeast(version(ctx), 15) ? view.maintenance_info : undefined });
+    reply(ctx, 200, {
+      ...view,
+      maintenance_info: atLeast(version(ctx), 15) ? view.maintenance_info : undefined,
+      metadata: atLeast(version(ctx), 16) ? view.metadata : undefined,
+    });
   });
 
   router.patch('/service_instances/:instance_id', async (ctx) => {

@@ -126,6 +126,8 @@ export interface InstanceView {
   dashboard_url?: string;
   parameters: Record<string, unknown>;
   maintenance_info?: MaintenanceInfo;
+  /** ServiceInstanceMetadata (2.16+): `attributes` say what is wrong with the instance, when something is. */
+  metadata?: { labels?: Record<string, string>; attributes?: Record<string, string> };
 }
 export interface BindingView {
   credentials: Credentials;
