@@ -36,7 +36,7 @@ export interface Config {
   bodyLimitBytes: number;
   /** How long a lifecycle script (setup, bind, ...) may run inside the container before it is stopped. */
   scriptTimeoutSeconds: number;
-  /** How often the reconciler compares every ready instance with the engine (it also follows the engine's events). */
+  /** How often the reconciler compares every ready instance with the engine (it also follows its events); 0: off. */
   reconcileSeconds: number;
   logLevel: string;
   /** A second listener serving GET /metrics without credentials; undefined: /metrics only on the main port, with them. */
@@ -119,7 +119,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     dashboardSessionSeconds: int(env, 'BROKER_DASHBOARD_SESSION_SECONDS', 8 * 3600, 10, 30 * 86400),
     bodyLimitBytes: int(env, 'BROKER_BODY_LIMIT_BYTES', 1024 * 1024, 1024, 64 * 1024 * 1024),
     scriptTimeoutSeconds: int(env, 'BROKER_SCRIPT_TIMEOUT_SECONDS', 60, 1, 3600),
-    reconcileSeconds: int(env, 'BROKER_RECONCILE_SECONDS', 30, 1, 86400),
+    reconcileSeconds: int(env, 'BROKER_RECONCILE_SECONDS', 30, 0, 86400),
     logLevel: env.LOG_LEVEL || 'info',
     metricsListen: listenAddress('BROKER_METRICS_LISTEN', env.BROKER_METRICS_LISTEN),
   };

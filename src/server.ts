@@ -116,7 +116,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   if (metricsAddress) log.info({ address: metricsAddress }, 'metrics listening (GET /metrics, no credentials)');
   const reconciler = new Reconciler({ store, runtime, offerings: broker.offerings, log }, { intervalMs: config.reconcileSeconds * 1000 });
   metrics.instancesByHealth = () => reconciler.healthByInstance();
-  reconciler.start();
+  if (config.reconcileSeconds > 0) reconciler.start();
   return {
     server,
     url: `http://${config.listenHost}:${port}`,

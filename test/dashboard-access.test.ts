@@ -12,7 +12,8 @@ let second: string;
 let firstLink: string;
 
 test.before(async () => {
-  env = await startTestBroker(16);
+  // The broker would start a stopped container again at once; the stopped-container view is what is tested here.
+  env = await startTestBroker(16, { reconcileSeconds: 0 });
   first = uniqueId('dash');
   second = uniqueId('dash');
   const replies = await Promise.all(

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
+import { chromium } from 'playwright-core';
 import type { ListedHealth, ListedInstance } from '../src/api/listing.js';
 import { PACKAGE_ROOT } from '../src/config.js';
 import { LABEL } from '../src/docker/types.js';
@@ -155,6 +156,32 @@ test('container and volume removed behind the broker: reported down with "volume
   t.is(details.health.state, 'down');
   t.regex(details.explanation, /^Down since \S+: data volume missing .*The broker does not repair this on its own\.$/);
   t.notRegex(details.explanation, /Docker restarts it/);
+
+  // In a browser: the status pill says down and is red, as is the state in the details card, with the reason.
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu'],
+  });
+  try {
+    const page = await browser.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (error) => errors.push(error.message));
+    await page.goto(fetched.body.dashboard_url);
+    const pill = page.locator('#state');
+    await page.locator('#state', { hasText: /^down$/ }).waitFor();
+    const stateRow = page.locator('#details dt', { hasText: /^State$/ }).locator('xpath=following-sibling::dd[1]');
+    const color = (element: any) => (globalThis as any).getComputedStyle(element).color as string;
+    t.is(await pill.getAttribute('class'), 'state state-down');
+    t.is(await stateRow.getAttribute('class'), 'bad');
+    t.regex(await stateRow.innerText(), /^ready · down since \S+: data volume missing/);
+    t.regex(await pill.evaluate(color), /^rgb\((179, 38, 30|255, 123, 114)\)$/, 'the red of --bad, light or dark');
+    t.is(await stateRow.evaluate(color), await pill.evaluate(color));
+    t.is(await page.locator('#explanation').innerText(), details.explanation);
+    t.is(await page.locator('#explanation').getAttribute('class'), 'notice bad');
+    t.deepEqual(errors, [], 'no script errors');
+  } finally {
+    await browser.close();
+  }
 
   // osb-docker list: "down since …" in the state column, the reason under the table.
   const listing = await cliList();

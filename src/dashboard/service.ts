@@ -219,14 +219,14 @@ function explain(
   }
   if (!container) {
     if (instance.state === 'failed') return 'Provisioning failed, so there is no container; the last operation says why. Delete the instance and create it again.';
-    return ready
+    return ready && reconcileSeconds > 0
       ? 'The container of this instance is missing from the Docker engine. The broker makes it again from its data volume (or reports the volume missing) within moments.'
       : 'The container of this instance is missing from the Docker engine.';
   }
   if (!container.running) {
     const state = `The container is ${container.status}${container.exitCode !== undefined ? ` (exit code ${container.exitCode})` : ''}.`;
     if (container.status === 'restarting') return `${state} Docker restarts it; the logs below show why it ended.`;
-    return ready
+    return ready && reconcileSeconds > 0
       ? `${state} The broker starts it again within moments; the logs below show why it ended.`
       : `${state} The logs below show why it ended.`;
   }
