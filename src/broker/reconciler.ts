@@ -144,6 +144,7 @@ export class Reconciler {
   private currentPass?: Promise<void>;
   private watching?: Promise<void>;
   private lastPassAt?: string;
+  private lastDisconnectLog = 0;
 
   constructor(
     private readonly parts: ReconcilerParts,
@@ -157,7 +158,12 @@ export class Reconciler {
       .watch(
         (event) => this.soon(event.instanceId, EVENT_SETTLE_MS),
         this.stopping.signal,
-        (reason) => log.warn({ reason }, 'lost the Docker event stream; connecting again (the periodic pass covers the gap)'),
+        (reason) => {
+          // While the engine is away this repeats every few seconds: one line a minute is enough.
+          if (Date.now() - this.lastDisconnectLog < 60_000) return;
+          this.lastDisconnectLog = Date.now();
+          log.warn({ reason }, 'lost the Docker event stream; connecting again (the periodic pass covers the gap)');
+        },
       )
       .catch((error: unknown) => log.error({ reason: reasonOf(error) }, 'following Docker events failed; only the periodic pass reconciles now'));
     this.schedulePass(0);
