@@ -1,5 +1,8 @@
 import test, { type ExecutionContext } from 'ava';
 import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createConnection, createServer, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -7,7 +10,9 @@ import { Redis } from 'ioredis';
 import { chromium } from 'playwright-core';
 import type { ListedHealth, ListedInstance } from '../src/api/listing.js';
 import { PACKAGE_ROOT } from '../src/config.js';
+import { DockerEngine } from '../src/docker/engine.js';
 import { LABEL } from '../src/docker/types.js';
+import { stateImageTag } from '../src/embedded-redis.js';
 import { engine, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
 import { waitUntil } from './helpers/wait.js';
@@ -218,4 +223,64 @@ test('container removed, volume kept: made again from the volume, with its data 
   t.is(after.hostPort, before.hostPort, 'on the same host port');
   t.deepEqual(await objectsOf(instance.id), { containers: [instance.container], volumes: [instance.volume] });
   t.is(await withRedis(uri, (redis) => redis.get('kept')), 'through-removal');
+});
+
+test('the engine event stream connects again when the connection drops, and replays what happened meanwhile', async (t) => {
+  // The engine reached through a socket this test controls: it can cut every connection and refuse new ones.
+  const dir = mkdtempSync(path.join(tmpdir(), 'osb-events-'));
+  const socketPath = path.join(dir, 'docker.sock');
+  const open = new Set<Socket>();
+  let refusing = false;
+  const proxy = createServer((client) => {
+    if (refusing) return client.destroy();
+    const upstream = createConnection(process.env.DOCKER_HOST?.replace(/^unix:\/\//, '') || '/var/run/docker.sock');
+    for (const socket of [client, upstream]) {
+      open.add(socket);
+      socket.on('error', () => {});
+      socket.on('close', () => {
+        open.delete(socket);
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream).pipe(client);
+  });
+  await new Promise<void>((resolve) => proxy.listen(socketPath, resolve));
+  const label = { 'io.osb-broker.test': uniqueId('events') };
+  const names = [uniqueId('osb-events'), uniqueId('osb-events')];
+  const seen: string[] = [];
+  const drops: string[] = [];
+  const controller = new AbortController();
+  const following = new DockerEngine({ socketPath }).followContainerEvents(
+    label,
+    ['create', 'destroy'],
+    (event) => seen.push(`${event.action} ${event.attributes.name}`),
+    controller.signal,
+    (reason) => drops.push(reason),
+  );
+  try {
+    await engine.createContainer({ name: names[0]!, image: stateImageTag(process.env.BROKER_IMAGE_PREFIX || 'osb-broker/'), labels: label });
+    await waitUntil('the first create event', async () => seen.includes(`create ${names[0]}`), 10_000);
+
+    // The connection drops and stays down while a container is made and removed.
+    refusing = true;
+    for (const socket of open) socket.destroy();
+    await waitUntil('the follower to notice', async () => drops.length > 0, 10_000);
+    await engine.createContainer({ name: names[1]!, image: stateImageTag(process.env.BROKER_IMAGE_PREFIX || 'osb-broker/'), labels: label });
+    await engine.removeContainer(names[1]!);
+    refusing = false;
+
+    await waitUntil('the events of the gap, replayed', async () => seen.includes(`create ${names[1]}`) && seen.includes(`destroy ${names[1]}`), 15_000);
+    await engine.removeContainer(names[0]!);
+    await waitUntil('a new event on the new connection', async () => seen.includes(`destroy ${names[0]}`), 10_000);
+    t.true(drops.length >= 1);
+    t.is(seen.filter((entry) => entry === `create ${names[1]}`).length, 1, 'the gap is replayed once');
+  } finally {
+    controller.abort();
+    await following;
+    for (const name of names) await engine.removeContainer(name);
+    proxy.close();
+    for (const socket of open) socket.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
