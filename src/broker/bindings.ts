@@ -5,7 +5,7 @@ import type { BindRequest, BindResult, BindingView, Credentials, Endpoint, LastO
 import type { BindingRecord, InstanceRecord, OperationRecord } from '../store/records.js';
 import { renderCredentials, renderValue } from './credentials.js';
 import { checkId, newPassword, newUsername } from './ids.js';
-import { locked, operationFor, toLastOperation, type LifecycleParts } from './lifecycle-parts.js';
+import { afterFirstWrite, locked, operationFor, toLastOperation, type LifecycleParts } from './lifecycle-parts.js';
 import { now, reasonOf } from './operations.js';
 import { optionalObject } from './request-fields.js';
 import { sameJson } from './same.js';
@@ -41,7 +41,11 @@ export class BindingLifecycle {
         const same = existing.appGuid === appGuid && sameJson(existing.parameters, parameters) && sameJson(existing.bindResource ?? {}, bindResource ?? {});
         if (!same) throw conflict(`Service binding ${bindingId} already exists with other attributes.`);
         if (existing.state === 'ready') return { async: false, alreadyExists: true, ...this.issue(definition, instance, existing) };
-        if (existing.state === 'creating') return { async: true, alreadyExists: true, operation: existing.lastOperationId };
+        if (existing.state === 'creating') {
+          // Only a client that allowed an asynchronous answer may be told to poll; any other needs the credentials now.
+          if (!asyncAllowed) throw concurrencyError('This service binding is being created.');
+          return { async: true, alreadyExists: true, operation: existing.lastOperationId };
+        }
         if (existing.state === 'deleting') throw concurrencyError('This service binding is being deleted.');
       }
       const instanceOperation = await store.getOperation(instance.lastOperationId);
@@ -66,7 +70,7 @@ export class BindingLifecycle {
         secrets: { password: existing?.secrets.password ?? newPassword(), extra: {} },
       };
       await store.putOperation(operation);
-      await store.putBinding(binding);
+      await afterFirstWrite(runner, operation, () => store.putBinding(binding));
       log.info({ instanceId, bindingId, operation: operation.id, async: asyncAllowed, ...meta }, 'binding');
       if (asyncAllowed) {
         runner.launch(operation, (signal) => this.runBind(operation, signal));
@@ -147,13 +151,16 @@ export class BindingLifecycle {
       if (!instance || instance.state === 'deleted' || !binding || binding.state === 'deleted') {
         throw gone(`Service binding ${bindingId} does not exist.`);
       }
-      if (binding.state === 'deleting') return { async: true, operation: binding.lastOperationId };
+      if (binding.state === 'deleting') {
+        if (!asyncAllowed) throw concurrencyError('This service binding is being deleted.');
+        return { async: true, operation: binding.lastOperationId };
+      }
       if (binding.state === 'creating') throw concurrencyError('This service binding is being created.');
       const instanceOperation = await store.getOperation(instance.lastOperationId);
       if (instanceOperation?.state === 'in progress') throw concurrencyError();
       const operation = runner.create('unbind', instanceId, 'Unbinding requested.', bindingId);
       await store.putOperation(operation);
-      await store.putBinding({ ...binding, state: 'deleting', lastOperationId: operation.id });
+      await afterFirstWrite(runner, operation, () => store.putBinding({ ...binding, state: 'deleting', lastOperationId: operation.id }));
       log.info({ instanceId, bindingId, operation: operation.id, async: asyncAllowed, ...meta }, 'unbinding');
       if (asyncAllowed) {
         runner.launch(operation, (signal) => this.runUnbind(operation, signal));

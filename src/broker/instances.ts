@@ -16,7 +16,7 @@ import type { InstanceRecord, OperationRecord, UpdateTarget } from '../store/rec
 import { PortTakenError } from './contracts.js';
 import { reserveHostPorts } from './host-ports.js';
 import { checkId, instanceResourceNames, newPassword } from './ids.js';
-import { locked, operationFor, toLastOperation, type LifecycleParts } from './lifecycle-parts.js';
+import { afterFirstWrite, locked, operationFor, toLastOperation, type LifecycleParts } from './lifecycle-parts.js';
 import { now, reasonOf } from './operations.js';
 import { maintenanceVersion, optionalObject, requireString } from './request-fields.js';
 import { sameJson } from './same.js';
@@ -54,6 +54,7 @@ export class InstanceLifecycle {
         if (!same) throw conflict(`Service instance ${instanceId} already exists with other attributes.`);
         if (existing.state === 'ready') return { async: false, alreadyExists: true, dashboardUrl };
         if (existing.state === 'provisioning') {
+          if (!asyncAllowed) throw asyncRequired();
           return { async: true, alreadyExists: true, operation: existing.lastOperationId, dashboardUrl };
         }
         if (existing.state === 'deprovisioning') throw concurrencyError('This service instance is being deprovisioned.');
@@ -81,7 +82,7 @@ export class InstanceLifecycle {
         secrets: retry?.secrets ?? { adminPassword: newPassword() },
       };
       await store.putOperation(operation);
-      await store.putInstance(record);
+      await afterFirstWrite(runner, operation, () => store.putInstance(record));
       log.info({ instanceId, operation: operation.id, service: definition.offering.name, plan: plan.name, ...meta }, 'provisioning');
       runner.launch(operation, (signal) => this.runProvision(operation, signal));
       return { async: true, alreadyExists: false, operation: operation.id, dashboardUrl };
@@ -182,6 +183,7 @@ export class InstanceLifecycle {
       const lastOperation = await store.getOperation(instance.lastOperationId);
       if (lastOperation?.state === 'in progress') {
         if (lastOperation.type === 'update' && sameJson(lastOperation.update, target)) {
+          if (!asyncAllowed) throw asyncRequired();
           return { async: true, operation: lastOperation.id, dashboardUrl: this.parts.dashboardUrl(instanceId) };
         }
         throw concurrencyError();
@@ -216,7 +218,9 @@ export class InstanceLifecycle {
       if (!asyncAllowed) throw asyncRequired();
       const operation: OperationRecord = { ...runner.create('update', instanceId, 'Update requested.'), update: target };
       await store.putOperation(operation);
-      await store.putInstance({ ...instance, context: contextChanged ? context : instance.context, lastOperationId: operation.id, updatedAt: now() });
+      await afterFirstWrite(runner, operation, () =>
+        store.putInstance({ ...instance, context: contextChanged ? context : instance.context, lastOperationId: operation.id, updatedAt: now() }),
+      );
       log.info({ instanceId, operation: operation.id, planChange, parameters: changed, upgrade, ...meta }, 'updating');
       runner.launch(operation, (signal) => this.runUpdate(operation, signal));
       return { async: true, operation: operation.id, dashboardUrl: this.parts.dashboardUrl(instanceId) };
@@ -278,7 +282,10 @@ export class InstanceLifecycle {
       if (instance.serviceId !== definition.offering.id) throw badRequest(`service_id does not match service instance ${instanceId}.`);
       const lastOperation = await store.getOperation(instance.lastOperationId);
       if (lastOperation?.state === 'in progress') {
-        if (lastOperation.type === 'deprovision') return { async: true, operation: lastOperation.id };
+        if (lastOperation.type === 'deprovision') {
+          if (!asyncAllowed) throw asyncRequired();
+          return { async: true, operation: lastOperation.id };
+        }
         if (lastOperation.type === 'update') throw concurrencyError('This service instance is being updated.');
       }
       const busyBinding = (await store.listBindings(instanceId)).find((binding) => binding.state === 'creating' || binding.state === 'deleting');
@@ -288,7 +295,9 @@ export class InstanceLifecycle {
       runner.cancel(instanceId, 'deprovision requested');
       const operation = runner.create('deprovision', instanceId, 'Deprovisioning requested.');
       await store.putOperation(operation);
-      await store.putInstance({ ...instance, state: 'deprovisioning', lastOperationId: operation.id, updatedAt: now() });
+      await afterFirstWrite(runner, operation, () =>
+        store.putInstance({ ...instance, state: 'deprovisioning', lastOperationId: operation.id, updatedAt: now() }),
+      );
       log.info({ instanceId, operation: operation.id, ...meta }, 'deprovisioning');
       runner.launch(operation, () => this.runDeprovision(operation));
       return { async: true, operation: operation.id };

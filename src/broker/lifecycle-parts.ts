@@ -6,7 +6,7 @@ import { LockTimeoutError } from '../store/errors.js';
 import type { OperationRecord } from '../store/records.js';
 import type { InstanceRuntime, PortProbe, StateStore } from './contracts.js';
 import type { Offerings } from './offerings.js';
-import type { OperationRunner } from './operations.js';
+import { reasonOf, type OperationRunner } from './operations.js';
 
 /** What the instance and binding lifecycles are built from. */
 export interface LifecycleParts {
@@ -28,6 +28,19 @@ export async function locked<T>(store: StateStore, instanceId: string, work: () 
     return await store.withLock(instanceId, work);
   } catch (error) {
     if (error instanceof LockTimeoutError) throw concurrencyError();
+    throw error;
+  }
+}
+
+/**
+ * Runs a write that follows an operation's first record (the instance or binding that points to it). Should it
+ * fail, the operation is ended as failed rather than left in progress with nothing pointing to it.
+ */
+export async function afterFirstWrite(runner: OperationRunner, operation: OperationRecord, write: () => Promise<void>): Promise<void> {
+  try {
+    await write();
+  } catch (error) {
+    await runner.finish(operation, 'failed', `The request could not be recorded: ${reasonOf(error)}`).catch(() => undefined);
     throw error;
   }
 }

@@ -155,3 +155,83 @@ test('two instances never share a host port, and a full range fails the provisio
   t.is(failed.body.state, 'failed');
   t.regex(failed.body.description, /no free host port left in BROKER_PORT_RANGE 50000-50009/);
 });
+
+test('a bind or unbind still running is a ConcurrencyError for a client that did not allow an asynchronous answer, never a 202', async (t) => {
+  const { runtime, client } = await setUp(t);
+  await client.provision('m', provisionBody(PG.service, PG.small));
+  await client.waitForInstance('m');
+  const body = { service_id: PG.service, plan_id: PG.small, bind_resource: { app_guid: 'app-1' } };
+  runtime.delays.bind = 400;
+  const started = await client.bind('m', 'b1', body, true);
+  t.is(started.status, 202);
+  for (const [accepts, version] of [
+    [false, '2.17'],
+    [true, '2.13'],
+  ] as const) {
+    const path = `/v2/service_instances/m/service_bindings/b1${accepts ? '?accepts_incomplete=true' : ''}`;
+    const sync = await client.request('PUT', path, body, { version });
+    t.is(sync.status, 422, `bind, ${version}`);
+    t.is(sync.body.error, 'ConcurrencyError');
+    t.is(sync.body.credentials, undefined);
+  }
+  const again = await client.bind('m', 'b1', body, true);
+  t.is(again.status, 202);
+  t.is(again.body.operation, started.body.operation);
+  t.is((await client.waitForBinding('m', 'b1')).body.state, 'succeeded');
+
+  runtime.delays.unbind = 400;
+  const unbinding = await client.unbind('m', 'b1', PG.service, PG.small, true);
+  t.is(unbinding.status, 202);
+  const syncUnbind = await client.unbind('m', 'b1', PG.service, PG.small);
+  t.is(syncUnbind.status, 422);
+  t.is(syncUnbind.body.error, 'ConcurrencyError');
+  const unbindAgain = await client.unbind('m', 'b1', PG.service, PG.small, true);
+  t.is(unbindAgain.status, 202);
+  t.is(unbindAgain.body.operation, unbinding.body.operation);
+  t.is((await client.waitForBinding('m', 'b1')).body.state, 'succeeded');
+  t.is((await client.unbind('m', 'b1', PG.service, PG.small)).status, 410);
+});
+
+test('a provision, update or deprovision still running is AsyncRequired for a request without accepts_incomplete', async (t) => {
+  const { runtime, client } = await setUp(t);
+  runtime.delays.start = 300;
+  const provision = await client.provision('n', provisionBody(PG.service, PG.small));
+  t.is(provision.status, 202);
+  const syncProvision = await client.provision('n', provisionBody(PG.service, PG.small), false);
+  t.is(syncProvision.status, 422);
+  t.is(syncProvision.body.error, 'AsyncRequired');
+  await client.waitForInstance('n');
+
+  runtime.delays.configure = 300;
+  const update = { service_id: PG.service, plan_id: PG.medium };
+  t.is((await client.request('PATCH', '/v2/service_instances/n?accepts_incomplete=true', update)).status, 202);
+  const syncUpdate = await client.request('PATCH', '/v2/service_instances/n', update);
+  t.is(syncUpdate.status, 422);
+  t.is(syncUpdate.body.error, 'AsyncRequired');
+  await client.waitForInstance('n');
+
+  runtime.delays.destroy = 300;
+  t.is((await client.deprovision('n', PG.service, PG.medium)).status, 202);
+  const syncDeprovision = await client.deprovision('n', PG.service, PG.medium, false);
+  t.is(syncDeprovision.status, 422);
+  t.is(syncDeprovision.body.error, 'AsyncRequired');
+  t.is((await client.waitForInstance('n')).body.state, 'succeeded');
+});
+
+test('a write that fails after an operation was recorded ends that operation as failed, never in progress', async (t) => {
+  const { store, client } = await setUp(t);
+  await client.provision('q', provisionBody(PG.service, PG.small));
+  await client.waitForInstance('q');
+  const putBinding = store.putBinding.bind(store);
+  store.putBinding = async () => {
+    throw new Error('the store refused the write');
+  };
+  const bind = await client.bind('q', 'b1', { service_id: PG.service, plan_id: PG.small }, true);
+  t.is(bind.status, 500);
+  store.putBinding = putBinding;
+  const bindOperations = [...store.operations.values()].filter((operation) => operation.type === 'bind');
+  t.is(bindOperations.length, 1);
+  t.is(bindOperations[0]!.state, 'failed');
+  t.is(store.bindings.size, 0);
+  t.is((await client.bind('q', 'b1', { service_id: PG.service, plan_id: PG.small })).status, 201, 'asking again works');
+});
