@@ -197,10 +197,6 @@ export class BindingLifecycle {
     checkId(instanceId, 'instance_id');
     checkId(bindingId, 'binding_id');
     offerings.checkOptionalIds(query);
-    const binding = await store.getBinding(instanceId, bindingId);
-    if (!binding) throw notFound(`Service binding ${bindingId} does not exist.`);
-    return toLastOperation(
-      await operationFor(store, binding.lastOperationId, query.operation, (op) => op.bindingId === bindingId && op.instanceId === instanceId),
-    );
+    return toLastOperation(await operationFor(store, instanceId, bindingId, query.operation, `Service binding ${bindingId} does not exist.`));
   }
 }

@@ -18,6 +18,11 @@ export interface StateStore {
   deleteBindingsOf(instanceId: string): Promise<void>;
 
   getOperation(id: string): Promise<OperationRecord | undefined>;
+  /**
+   * The latest operation of an instance, or of one of its bindings, in one round trip (platforms poll it):
+   * undefined when the instance or binding has no record; `operation` undefined when the operation's record is gone.
+   */
+  latestOperation(instanceId: string, bindingId?: string): Promise<{ operation?: OperationRecord } | undefined>;
   putOperation(record: OperationRecord): Promise<void>;
 
   /** Reserves the first port of the range nobody holds and `usable` accepts; undefined when none is left. */

@@ -332,8 +332,6 @@ export class InstanceLifecycle {
     const { offerings, store } = this.parts;
     checkId(instanceId, 'instance_id');
     offerings.checkOptionalIds(query);
-    const instance = await store.getInstance(instanceId);
-    if (!instance) throw notFound(`Service instance ${instanceId} does not exist.`);
-    return toLastOperation(await operationFor(store, instance.lastOperationId, query.operation, (op) => op.instanceId === instanceId && !op.bindingId));
+    return toLastOperation(await operationFor(store, instanceId, undefined, query.operation, `Service instance ${instanceId} does not exist.`));
   }
 }

@@ -45,17 +45,25 @@ export async function afterFirstWrite(runner: OperationRunner, operation: Operat
   }
 }
 
-/** The operation last_operation reports: the requested one if it belongs here, else the resource's latest. */
+/**
+ * The operation last_operation reports: the requested one if it belongs to this instance (or this binding of it),
+ * else the latest one. One store round trip when it does, since platforms poll this.
+ */
 export async function operationFor(
   store: StateStore,
-  latestId: string,
+  instanceId: string,
+  bindingId: string | undefined,
   requestedId: string | undefined,
-  belongs: (operation: OperationRecord) => boolean,
+  missing: string,
 ): Promise<OperationRecord> {
-  const requested = requestedId ? await store.getOperation(requestedId) : undefined;
-  const operation = requested && belongs(requested) ? requested : await store.getOperation(latestId);
-  if (!operation) throw notFound('No operation is known for this resource.');
-  return operation;
+  if (requestedId) {
+    const requested = await store.getOperation(requestedId);
+    if (requested && requested.instanceId === instanceId && (requested.bindingId ?? undefined) === bindingId) return requested;
+  }
+  const latest = await store.latestOperation(instanceId, bindingId);
+  if (!latest) throw notFound(missing);
+  if (!latest.operation) throw notFound('No operation is known for this resource.');
+  return latest.operation;
 }
 
 export function toLastOperation(operation: OperationRecord): LastOperation {

@@ -17,6 +17,54 @@ const RESERVE_PORT = `if redis.call('set', KEYS[1], ARGV[1], 'NX') then redis.ca
 const RELEASE_PORT = `redis.call('srem', KEYS[2], ARGV[2]) if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
 const RELEASE_IF_OWNER = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
 
+// Operation records expire BROKER_TOMBSTONE_SECONDS after they stop being the latest of a live instance or binding.
+// These scripts read the operation ids inside records, so they name operation keys (ARGV) that KEYS does not list:
+// fine for one Redis, not for a cluster. Operation ids are [a-z0-9], which key parts keep as they are.
+/** Lua: retire(id) gives a finished operation the tombstone time (ARGV[1]) unless it expires sooner; ARGV[2] is the operation key prefix. */
+const RETIRE = `local function retire(id)
+  if type(id) ~= 'string' or not string.match(id, '^[%w_.-]+$') then return end
+  local key = ARGV[2] .. id
+  local raw = redis.call('get', key)
+  if not raw then return end
+  local ok, operation = pcall(cjson.decode, raw)
+  if not ok or type(operation) ~= 'table' or operation.state == 'in progress' then return end
+  local ttl = redis.call('ttl', key)
+  if ttl == -1 or ttl > tonumber(ARGV[1]) then redis.call('expire', key, ARGV[1]) end
+end
+local function latest(raw)
+  if not raw then return nil end
+  local ok, resource = pcall(cjson.decode, raw)
+  if ok and type(resource) == 'table' then return resource end
+  return nil
+end
+`;
+/** Before an instance or binding (KEYS[1]) is written: its previous latest operation retires when ARGV[3] replaces it, or ARGV[3] itself when ARGV[4] says it is deleted. */
+const RETIRE_REPLACED = `${RETIRE}
+local previous = latest(redis.call('get', KEYS[1]))
+if previous and previous.lastOperationId ~= ARGV[3] then retire(previous.lastOperationId) end
+if ARGV[4] == '1' then retire(ARGV[3]) end
+return 0`;
+/** Bindings about to be removed (KEYS): their latest operations retire. */
+const RETIRE_LATEST_OF = `${RETIRE}
+for _, key in ipairs(KEYS) do
+  local binding = latest(redis.call('get', key))
+  if binding then retire(binding.lastOperationId) end
+end
+return 0`;
+/** A finished operation (KEYS[1], id ARGV[1]) lives on while it is the latest of its live resource (KEYS[2]), else for ARGV[2] seconds. */
+const SETTLE_FINISHED = `local raw = redis.call('get', KEYS[2])
+if raw then
+  local ok, resource = pcall(cjson.decode, raw)
+  if ok and type(resource) == 'table' and resource.lastOperationId == ARGV[1] and resource.state ~= 'deleted' then return redis.call('persist', KEYS[1]) end
+end
+return redis.call('expire', KEYS[1], ARGV[2])`;
+/** The latest operation of a resource (KEYS[1]): nil without the resource, else {1, operation record or nil}; ARGV[1] is the operation key prefix. */
+const LATEST_OPERATION = `local raw = redis.call('get', KEYS[1])
+if not raw then return false end
+local ok, resource = pcall(cjson.decode, raw)
+if not ok or type(resource) ~= 'table' or type(resource.lastOperationId) ~= 'string' or not string.match(resource.lastOperationId, '^[%w_.-]+$') then return {1} end
+return {1, redis.call('get', ARGV[1] .. resource.lastOperationId)}`;
+
 /** Reply errors that mean "not now" rather than "wrong request". */
 const TRANSIENT_REPLY = /^(LOADING|BUSY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN)\b/;
 
@@ -153,6 +201,7 @@ export class RedisStore {
 
   async putInstance(record: InstanceRecord): Promise<void> {
     const key = this.key('instance', record.id);
+    await this.retireReplaced(key, record.lastOperationId, record.state === 'deleted');
     if (record.state === 'deleted') {
       await this.redis
         .multi()
@@ -193,6 +242,7 @@ export class RedisStore {
   async putBinding(record: BindingRecord): Promise<void> {
     const key = this.key('binding', record.instanceId, record.id);
     const set = this.key('bindings', record.instanceId);
+    await this.retireReplaced(key, record.lastOperationId, record.state === 'deleted');
     if (record.state === 'deleted') {
       await this.redis.multi().set(key, this.write(key, record), 'EX', this.tombstoneSeconds).srem(set, record.id).exec();
     } else {
@@ -203,6 +253,7 @@ export class RedisStore {
   /** Removes every binding record of an instance, tombstones included. */
   async deleteBindingsOf(instanceId: string): Promise<void> {
     const keys = await this.scan(`${this.key('binding', instanceId)}:*`);
+    if (keys.length) await this.redis.eval(RETIRE_LATEST_OF, keys.length, ...keys, this.tombstoneSeconds, this.operationPrefix());
     await this.redis.del(this.key('bindings', instanceId), ...keys);
   }
 
@@ -218,10 +269,36 @@ export class RedisStore {
     return this.read<OperationRecord>(this.key('operation', id));
   }
 
+  /** The latest operation of an instance or binding in one round trip; undefined when that resource has no record. */
+  async latestOperation(instanceId: string, bindingId?: string): Promise<{ operation?: OperationRecord } | undefined> {
+    const resource = bindingId === undefined ? this.key('instance', instanceId) : this.key('binding', instanceId, bindingId);
+    const found = (await this.redis.eval(LATEST_OPERATION, 1, resource, this.operationPrefix())) as [number, string | null] | null;
+    if (!found) return undefined;
+    const raw = found[1];
+    // Operation records hold no secrets, so they are stored unsealed.
+    return { operation: typeof raw === 'string' ? (JSON.parse(raw) as OperationRecord) : undefined };
+  }
+
+  private operationPrefix(): string {
+    return `${this.key('operation')}:`;
+  }
+
+  /** Before a resource record is written: the operation it no longer points to, or its last one when deleted, starts to expire. */
+  private async retireReplaced(resourceKey: string, latestOperationId: string, deleted: boolean): Promise<void> {
+    await this.redis.eval(RETIRE_REPLACED, 1, resourceKey, this.tombstoneSeconds, this.operationPrefix(), latestOperationId, deleted ? '1' : '0');
+  }
+
+  /** After a finished operation is written: kept while it is the latest of its live resource, else the tombstone time. */
+  private async settleFinished(record: OperationRecord): Promise<void> {
+    const resource = record.bindingId === undefined ? this.key('instance', record.instanceId) : this.key('binding', record.instanceId, record.bindingId);
+    await this.redis.eval(SETTLE_FINISHED, 2, this.key('operation', record.id), resource, record.id, this.tombstoneSeconds);
+  }
+
   async putOperation(record: OperationRecord): Promise<void> {
     const key = this.key('operation', record.id);
     if (record.state === 'in progress') await this.redis.set(key, this.write(key, record));
     else await this.redis.set(key, this.write(key, record), 'EX', FINISHED_OPERATION_TTL_SECONDS);
+    if (record.state !== 'in progress') await this.settleFinished(record);
   }
 
   // Host ports

@@ -50,6 +50,12 @@ export class MemoryStore implements StateStore {
     const record = this.operations.get(id);
     return record && copy(record);
   }
+  async latestOperation(instanceId: string, bindingId?: string) {
+    const resource = bindingId === undefined ? this.instances.get(instanceId) : this.bindings.get(`${instanceId}/${bindingId}`);
+    if (!resource) return undefined;
+    const operation = this.operations.get(resource.lastOperationId);
+    return { operation: operation && copy(operation) };
+  }
   async putOperation(record: OperationRecord) {
     this.operations.set(record.id, copy(record));
   }

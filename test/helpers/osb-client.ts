@@ -1,3 +1,5 @@
+import { waitFor } from '../../src/wait.js';
+
 /** A small platform: speaks OSB to the broker like Cloud Foundry would. */
 export interface Reply {
   status: number;
@@ -49,21 +51,23 @@ export class OsbClient {
   }
 
   async waitForInstance(id: string, operation?: string, timeoutMs = 180_000): Promise<Reply> {
-    return this.poll(() => this.lastOperation(id, operation), timeoutMs);
+    return this.untilFinished(() => this.lastOperation(id, operation), timeoutMs);
   }
 
   async waitForBinding(instanceId: string, bindingId: string, timeoutMs = 60_000): Promise<Reply> {
-    return this.poll(() => this.request('GET', `/v2/service_instances/${instanceId}/service_bindings/${bindingId}/last_operation`), timeoutMs);
+    return this.untilFinished(() => this.request('GET', `/v2/service_instances/${instanceId}/service_bindings/${bindingId}/last_operation`), timeoutMs);
   }
 
-  private async poll(get: () => Promise<Reply>, timeoutMs: number): Promise<Reply> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const reply = await get();
-      if (reply.status !== 200 || reply.body.state !== 'in progress') return reply;
-      if (Date.now() > deadline) throw new Error(`operation still in progress after ${timeoutMs} ms: ${JSON.stringify(reply.body)}`);
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+  /** Polls a last_operation request every 100 ms until it answers anything but 200 "in progress". */
+  async untilFinished(get: () => Promise<Reply>, timeoutMs: number): Promise<Reply> {
+    let last: Reply | undefined;
+    return waitFor(
+      async () => {
+        last = await get();
+        return last.status !== 200 || last.body.state !== 'in progress' ? last : undefined;
+      },
+      { intervalMs: 100, timeoutMs, onTimeout: () => new Error(`operation still in progress after ${timeoutMs} ms: ${JSON.stringify(last?.body)}`) },
+    );
   }
 
   deprovision(id: string, serviceId: string, planId: string, acceptsIncomplete = true) {

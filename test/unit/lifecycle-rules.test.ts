@@ -218,6 +218,42 @@ test('a provision, update or deprovision still running is AsyncRequired for a re
   t.is((await client.waitForInstance('n')).body.state, 'succeeded');
 });
 
+test('last_operation reads the store once; an operation of another resource is never reported for this one', async (t) => {
+  const { store, client } = await setUp(t);
+  const first = await client.provision('p1', provisionBody(PG.service, PG.small));
+  const other = await client.provision('p2', provisionBody(PG.service, PG.small));
+  await client.waitForInstance('p1');
+  await client.waitForInstance('p2');
+  await client.bind('p1', 'b1', { service_id: PG.service, plan_id: PG.small });
+
+  const reads: string[] = [];
+  for (const method of ['getInstance', 'getBinding', 'getOperation', 'latestOperation', 'listInstances', 'listBindings'] as const) {
+    const original = store[method].bind(store) as (...args: unknown[]) => Promise<unknown>;
+    (store as unknown as Record<string, unknown>)[method] = (...args: unknown[]) => {
+      reads.push(method);
+      return original(...args);
+    };
+  }
+  const latest = await client.lastOperation('p1');
+  t.deepEqual(latest.body, { state: 'succeeded', description: 'The service instance is ready.' });
+  t.deepEqual(reads, ['latestOperation']);
+  reads.length = 0;
+  t.is((await client.lastOperation('p1', first.body.operation)).body.state, 'succeeded');
+  t.deepEqual(reads, ['getOperation']);
+  reads.length = 0;
+  t.is((await client.request('GET', '/v2/service_instances/p1/service_bindings/b1/last_operation')).body.description, 'The service binding is ready.');
+  t.deepEqual(reads, ['latestOperation']);
+
+  // Another instance's operation, or a binding's, is not this instance's: its own latest one is reported.
+  t.is((await client.lastOperation('p1', other.body.operation)).body.description, 'The service instance is ready.');
+  const bindOperation = [...store.operations.values()].find((operation) => operation.type === 'bind')!;
+  t.is((await client.lastOperation('p1', bindOperation.id)).body.description, 'The service instance is ready.');
+  t.is((await client.lastOperation('p1', 'no-such-operation')).body.description, 'The service instance is ready.');
+  t.is((await client.lastOperation('p3')).status, 404);
+  t.is((await client.lastOperation('p3', first.body.operation)).status, 404);
+  t.is((await client.request('GET', '/v2/service_instances/p1/service_bindings/b2/last_operation')).status, 404);
+});
+
 test('a write that fails after an operation was recorded ends that operation as failed, never in progress', async (t) => {
   const { store, client } = await setUp(t);
   await client.provision('q', provisionBody(PG.service, PG.small));
