@@ -44,9 +44,11 @@ const routerMiddleware = (router: Router) => [router.routes(), router.allowedMet
 export function createApp(broker: ServiceBroker, options: AppOptions): Koa {
   const app = new Koa();
   app.proxy = false;
-  // A client that leaves a live log stream is normal, not an error.
+  // A client that leaves a live log stream is normal, not an error; nor is one that sends bytes HTTP's parser
+  // refuses (Node answers those with 400 itself), which anyone could otherwise use to fill the log.
   app.on('error', (error: NodeJS.ErrnoException) => {
     if (error.code === 'ERR_STREAM_PREMATURE_CLOSE' || error.code === 'ECONNRESET' || error.code === 'EPIPE') return;
+    if (error.code?.startsWith('HPE_')) return;
     options.log.error({ reason: error.message }, 'response failed');
   });
   const auth = basicAuth(options.username, options.password);

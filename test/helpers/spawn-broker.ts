@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { PACKAGE_ROOT } from '../../src/config.js';
+import { waitFor } from '../../src/wait.js';
 import { OsbClient } from './osb-client.js';
 
 /** The broker as a real process: `node dist/src/main.js`, as an operator runs it. */
@@ -85,20 +86,24 @@ export async function spawnBroker(env: Record<string, string | undefined>, timeo
   let ended: Exit | undefined;
   void exited.then((exit) => (ended = exit));
 
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (ended) throw new Error(`the broker exited (${JSON.stringify(ended)}) before answering /healthz:\n${stderr.join('\n')}`);
-    const healthy = await fetch(`${url}/healthz`).then(
-      (response) => response.ok,
-      () => false,
-    );
-    if (healthy) break;
-    if (Date.now() > deadline) {
-      child.kill('SIGKILL');
-      throw new Error(`the broker did not answer /healthz within ${timeoutMs} ms:\n${stderr.join('\n')}`);
-    }
-    await sleep(50);
-  }
+  await waitFor(
+    async () => {
+      if (ended) throw new Error(`the broker exited (${JSON.stringify(ended)}) before answering /healthz:\n${stderr.join('\n')}`);
+      const healthy = await fetch(`${url}/healthz`).then(
+        (response) => response.ok,
+        () => false,
+      );
+      return healthy ? true : undefined;
+    },
+    {
+      intervalMs: 50,
+      timeoutMs,
+      onTimeout: () => {
+        child.kill('SIGKILL');
+        return new Error(`the broker did not answer /healthz within ${timeoutMs} ms:\n${stderr.join('\n')}`);
+      },
+    },
+  );
 
   const generatedPassword = /^\s+password: (\S+)$/m.exec(stderr.join('\n'))?.[1];
   const password = env.BROKER_PASSWORD ?? generatedPassword ?? '';
@@ -117,14 +122,12 @@ export async function spawnBroker(env: Record<string, string | undefined>, timeo
     stderr,
     generatedPassword,
     logs,
-    async waitForLog(match, waitMs = 10_000) {
-      const until = Date.now() + waitMs;
-      for (;;) {
-        const found = logs().find(match);
-        if (found) return found;
-        if (Date.now() > until) throw new Error(`no such log line within ${waitMs} ms; log:\n${stdout.join('\n')}`);
-        await sleep(50);
-      }
+    waitForLog(match, waitMs = 10_000) {
+      return waitFor(() => logs().find(match), {
+        intervalMs: 50,
+        timeoutMs: waitMs,
+        onTimeout: () => new Error(`no such log line within ${waitMs} ms; log:\n${stdout.join('\n')}`),
+      });
     },
     async kill(signal = 'SIGKILL') {
       if (!ended) child.kill(signal);
@@ -163,5 +166,3 @@ function collectLines(stream: NodeJS.ReadableStream): string[] {
   });
   return lines;
 }
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
