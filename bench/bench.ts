@@ -2,6 +2,8 @@
  * Broker vs raw engine: provision-to-ready and bind latency, measured in the same run; GET /v2/catalog under load
  * next to a bare node:http server sending the same bytes.
  * Usage: BENCH_N=5 npm run bench
+ * BENCH_ENGINE_N=3 rounds per offering in the every-engine table (0 leaves it out); BENCH_CATALOG_SECONDS=5 of load on
+ * the catalog for each server (0 leaves that line out).
  */
 import os from 'node:os';
 import { randomBytes } from 'node:crypto';
