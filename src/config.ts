@@ -34,6 +34,12 @@ export interface Config {
   dashboardLinkSeconds: number;
   dashboardSessionSeconds: number;
   bodyLimitBytes: number;
+  /** An operation's lease lives this long without renewal: a dead process's work is taken over after about this. */
+  leaseSeconds: number;
+  /** How often every process looks for operations nobody holds. */
+  sweepSeconds: number;
+  /** How long in-flight requests may finish after SIGTERM. */
+  shutdownSeconds: number;
   /** How long a lifecycle script (setup, bind, ...) may run inside the container before it is stopped. */
   scriptTimeoutSeconds: number;
   /** How often the reconciler compares every ready instance with the engine (it also follows its events); 0: off. */
@@ -118,6 +124,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     dashboardLinkSeconds: int(env, 'BROKER_DASHBOARD_LINK_SECONDS', 86400, 10, 30 * 86400),
     dashboardSessionSeconds: int(env, 'BROKER_DASHBOARD_SESSION_SECONDS', 8 * 3600, 10, 30 * 86400),
     bodyLimitBytes: int(env, 'BROKER_BODY_LIMIT_BYTES', 1024 * 1024, 1024, 64 * 1024 * 1024),
+    leaseSeconds: int(env, 'BROKER_LEASE_SECONDS', 10, 2, 600),
+    sweepSeconds: int(env, 'BROKER_SWEEP_SECONDS', 2, 1, 60),
+    shutdownSeconds: int(env, 'BROKER_SHUTDOWN_SECONDS', 25, 0, 600),
     scriptTimeoutSeconds: int(env, 'BROKER_SCRIPT_TIMEOUT_SECONDS', 60, 1, 3600),
     reconcileSeconds: int(env, 'BROKER_RECONCILE_SECONDS', 30, 0, 86400),
     logLevel: env.LOG_LEVEL || 'info',

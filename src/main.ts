@@ -18,12 +18,22 @@ async function main(): Promise<void> {
   const running = await startBroker({ ...config, password: secrets.password, encryptionKey: secrets.encryptionKey }, log);
   let stopping = false;
   const stop = (signal: string) => {
-    if (stopping) return;
+    if (stopping) {
+      log.warn({ signal }, 'stopping at once');
+      process.exit(1);
+    }
     stopping = true;
-    log.info({ signal }, 'stopping; operations in progress resume at the next start');
-    running.server.close();
-    running.server.closeAllConnections();
-    setTimeout(() => process.exit(0), 100).unref();
+    log.info({ signal, graceSeconds: config.shutdownSeconds }, 'stopping: operations are handed back, requests in flight may finish');
+    running.close().then(
+      () => {
+        log.info('stopped');
+        process.exit(0);
+      },
+      (error: unknown) => {
+        log.error({ reason: error instanceof Error ? error.message : String(error) }, 'stopping failed');
+        process.exit(1);
+      },
+    );
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));

@@ -1,4 +1,5 @@
 import type { Server } from 'node:http';
+import { setTimeout as delay } from 'node:timers/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { PACKAGE_ROOT, type Config } from './config.js';
@@ -37,6 +38,10 @@ export interface RunningBroker {
   metrics: BrokerMetrics;
   /** Base URL of the BROKER_METRICS_LISTEN listener, when one is configured. */
   metricsUrl?: string;
+  /**
+   * Graceful stop: no new connections; background operations are handed back at once (leases released, so another
+   * process continues them); requests in flight may finish for up to BROKER_SHUTDOWN_SECONDS; then the store closes.
+   */
   close(): Promise<void>;
 }
 
@@ -67,12 +72,22 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   let publicUrl = config.publicUrl ?? '';
   const dashboardUrl = (instanceId: string) => dashboardLink(tokens, publicUrl, instanceId, config.dashboardLinkSeconds);
   const runtime = new DockerRuntime(engine, images, config);
-  const broker = new DockerBroker(config, definitions, store, runtime, log, (port) => portIsFree(config.publishIp, port), dashboardUrl);
+  const broker = new DockerBroker({
+    config,
+    definitions,
+    store,
+    runtime,
+    log,
+    portIsFree: (port) => portIsFree(config.publishIp, port),
+    dashboardUrl,
+    leases: { leaseMs: config.leaseSeconds * 1000, sweepMs: config.sweepSeconds * 1000 },
+    observer: metrics,
+  });
   let recovery: RecoveryReport;
   let server: Server;
   let metricsServer: Server | undefined;
   try {
-    recovery = await recover(broker, store, engine, config, log);
+    recovery = await recover(store, engine, config, log);
     const app = createApp(broker, {
       username: config.username,
       password: config.password,
@@ -114,6 +129,8 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   log.info({ host: config.listenHost, port, publicUrl, offerings: definitions.map((definition) => definition.offering.name) }, 'broker listening');
   const metricsAddress = hostPort(metricsServer);
   if (metricsAddress) log.info({ address: metricsAddress }, 'metrics listening (GET /metrics, no credentials)');
+  // Only a process that serves takes part in the work: one that failed to listen never touches an operation.
+  broker.startSweeping();
   const reconciler = new Reconciler({ store, runtime, offerings: broker.offerings, log }, { intervalMs: config.reconcileSeconds * 1000 });
   metrics.instancesByHealth = () => reconciler.healthByInstance();
   if (config.reconcileSeconds > 0) reconciler.start();
@@ -127,11 +144,23 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
     metrics,
     metricsUrl: metricsAddress && `http://${metricsAddress}`,
     async close() {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       metricsServer?.close();
       metricsServer?.closeAllConnections();
       await reconciler.stop();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-      server.closeAllConnections();
+      await broker.handBack();
+      // Keep-alive connections between requests would hold the server open; those in a request may finish.
+      const idle = setInterval(() => server.closeIdleConnections(), 100);
+      server.closeIdleConnections();
+      const grace = new AbortController();
+      const graceful = await Promise.race([closed.then(() => true), delay(config.shutdownSeconds * 1000, false, { signal: grace.signal }).catch(() => false)]);
+      grace.abort();
+      clearInterval(idle);
+      if (!graceful) {
+        log.warn({ seconds: config.shutdownSeconds }, 'requests still running at the end of the shutdown grace; closing them');
+        server.closeAllConnections();
+        await closed;
+      }
       await broker.settle();
       await store.close();
     },

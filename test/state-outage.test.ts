@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { LABEL } from '../src/docker/types.js';
 import { stateContainerName, stateImageTag, statePassword } from '../src/embedded-redis.js';
-import { inspectRaw } from './helpers/engine-watch.js';
+import { inspectRaw, pgQuery, watchContainerCreations } from './helpers/engine-watch.js';
 import { engine, removeEverything, uniqueId } from './helpers/env.js';
 import { provisionBody, type OsbClient, type Reply } from './helpers/osb-client.js';
 import { freePort, hexKey, killAllBrokers, spawnBroker, tempStateDir, type SpawnedBroker } from './helpers/spawn-broker.js';
@@ -218,6 +218,38 @@ test.serial('an instance container cannot reach the state Redis; the broker can'
   const deleting = await client.deprovision(id, REDIS.service, REDIS.small);
   t.is(deleting.status, 202);
   t.is((await client.waitForInstance(id, deleting.body.operation, 60_000)).body.state, 'succeeded');
+});
+
+test.serial('a provision interrupted by a state Redis outage continues once it is back, with one container, and no broker restart', async (t) => {
+  const client = broker!.client;
+  const PG = { service: 'd0fc228f-54d1-4bed-8dd0-38c7a33c4500', small: 'fdc3b78d-156f-4bac-aba4-242250cc5840' };
+  const id = uniqueId();
+  const creations = await watchContainerCreations({ [LABEL.broker]: brokerId, [LABEL.instance]: id });
+  const accepted = await client.provision(id, provisionBody(PG.service, PG.small));
+  t.is(accepted.status, 202, JSON.stringify(accepted.body));
+  const operation = accepted.body.operation as string;
+  // Redis goes away while the container is being made: the provision's next write fails.
+  for (;;) {
+    const reply = await client.lastOperation(id, operation);
+    if (/Creating|Starting/.test(String(reply.body.description))) break;
+    t.is(reply.body.state, 'in progress', JSON.stringify(reply.body));
+  }
+  await engine.stopContainer(state, 5);
+  assertUnavailable(t, await client.lastOperation(id, operation), 'last_operation during the outage');
+  await broker!.waitForLog((record) => /continues once it does/.test(record.msg) && record.operation === operation, 15_000);
+  await new Promise((resolve) => setTimeout(resolve, 2_000));
+  await engine.startContainer(state);
+  await servesAgain(t, client);
+
+  const done = await client.waitForInstance(id, operation, 90_000);
+  t.deepEqual(done.body, { state: 'succeeded', description: 'The service instance is ready.' });
+  t.is((await creations.stop()).length, 1, 'the container made before the outage was adopted, not destroyed and made again');
+  const bound = await client.bind(id, 'b-1', { service_id: PG.service, plan_id: PG.small });
+  t.is(bound.status, 201, JSON.stringify(bound.body));
+  t.is((await pgQuery(bound.body.credentials.uri, 'SELECT 1 AS one')).rows[0].one, 1);
+  const deleting = await client.deprovision(id, PG.service, PG.small);
+  t.is((await client.waitForInstance(id, deleting.body.operation, 60_000)).body.state, 'succeeded');
+  t.true(broker!.logs().some((record) => record.msg === 'the state store answers again; continuing the operation' && record.operation === operation));
 });
 
 test.serial('a state container of an older version is replaced at start and its data kept', async (t) => {

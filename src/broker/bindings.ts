@@ -6,7 +6,7 @@ import type { BindingRecord, InstanceRecord, OperationRecord } from '../store/re
 import { renderCredentials, renderValue } from './credentials.js';
 import { checkId, newPassword, newUsername } from './ids.js';
 import { afterFirstWrite, locked, operationFor, toLastOperation, type LifecycleParts } from './lifecycle-parts.js';
-import { now, reasonOf } from './operations.js';
+import { mustHandBack, now, reasonOf } from './operations.js';
 import { optionalObject } from './request-fields.js';
 import { sameJson } from './same.js';
 
@@ -69,14 +69,14 @@ export class BindingLifecycle {
         lastOperationId: operation.id,
         secrets: { password: existing?.secrets.password ?? newPassword(), extra: {} },
       };
-      await store.putOperation(operation);
+      await runner.record(operation);
       await afterFirstWrite(runner, operation, () => store.putBinding(binding));
       log.info({ instanceId, bindingId, operation: operation.id, async: asyncAllowed, ...meta }, 'binding');
       if (asyncAllowed) {
         runner.launch(operation, (signal) => this.runBind(operation, signal));
         return { async: true, alreadyExists: false, operation: operation.id };
       }
-      const ready = await this.runBind(operation, new AbortController().signal);
+      const ready = await runner.runInline(operation, (signal) => this.runBind(operation, signal));
       if (!ready) throw unavailable((await store.getOperation(operation.id))?.description ?? 'Binding failed.');
       return { async: false, alreadyExists: false, ...this.issue(definition, instance, ready) };
     });
@@ -87,7 +87,10 @@ export class BindingLifecycle {
     const { offerings, store, runtime, runner, log } = this.parts;
     const instance = await store.getInstance(operation.instanceId);
     const binding = await store.getBinding(operation.instanceId, operation.bindingId!);
-    if (!instance || !binding) return undefined;
+    if (!instance || !binding) {
+      await runner.finish(operation, 'failed', 'Binding failed: the binding record is missing.');
+      return undefined;
+    }
     const definition = offerings.definitionOf(instance);
     try {
       const extra = await runtime.bind(definition, instance, binding, signal);
@@ -96,6 +99,7 @@ export class BindingLifecycle {
       await runner.finish(operation, 'succeeded', 'The service binding is ready.');
       return ready;
     } catch (error) {
+      if (mustHandBack(error, signal)) throw error;
       const reason = reasonOf(error);
       log.error({ instanceId: instance.id, bindingId: binding.id, operation: operation.id, reason }, 'bind failed');
       await runtime.unbind(definition, instance, binding, signal).catch(() => undefined);
@@ -159,14 +163,14 @@ export class BindingLifecycle {
       const instanceOperation = await store.getOperation(instance.lastOperationId);
       if (instanceOperation?.state === 'in progress') throw concurrencyError();
       const operation = runner.create('unbind', instanceId, 'Unbinding requested.', bindingId);
-      await store.putOperation(operation);
+      await runner.record(operation);
       await afterFirstWrite(runner, operation, () => store.putBinding({ ...binding, state: 'deleting', lastOperationId: operation.id }));
       log.info({ instanceId, bindingId, operation: operation.id, async: asyncAllowed, ...meta }, 'unbinding');
       if (asyncAllowed) {
         runner.launch(operation, (signal) => this.runUnbind(operation, signal));
         return { async: true, operation: operation.id };
       }
-      if (!(await this.runUnbind(operation, new AbortController().signal))) {
+      if (!(await runner.runInline(operation, (signal) => this.runUnbind(operation, signal)))) {
         throw unavailable((await store.getOperation(operation.id))?.description ?? 'Unbinding failed.');
       }
       return { async: false };
@@ -177,13 +181,17 @@ export class BindingLifecycle {
     const { offerings, store, runtime, runner, log } = this.parts;
     const instance = await store.getInstance(operation.instanceId);
     const binding = await store.getBinding(operation.instanceId, operation.bindingId!);
-    if (!instance || !binding) return false;
+    if (!instance || !binding) {
+      await runner.finish(operation, 'succeeded', 'The service binding is deleted.');
+      return true;
+    }
     try {
       if (binding.state !== 'failed') await runtime.unbind(offerings.definitionOf(instance), instance, binding, signal);
       await store.putBinding({ ...binding, state: 'deleted' });
       await runner.finish(operation, 'succeeded', 'The service binding is deleted.');
       return true;
     } catch (error) {
+      if (mustHandBack(error, signal)) throw error;
       const reason = reasonOf(error);
       log.error({ instanceId: instance.id, bindingId: binding.id, operation: operation.id, reason }, 'unbind failed');
       await store.putBinding({ ...binding, state: 'ready' });

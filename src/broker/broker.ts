@@ -21,34 +21,46 @@ import type {
 } from '../osb/types.js';
 import type { OperationRecord, OperationType } from '../store/records.js';
 import { BindingLifecycle } from './bindings.js';
-import type { InstanceRuntime, PortProbe, StateStore } from './contracts.js';
+import type { InstanceRuntime, OperationObserver, PortProbe, StateStore } from './contracts.js';
 import { InstanceLifecycle } from './instances.js';
 import { listInstances } from './listing.js';
 import { Offerings } from './offerings.js';
-import { OperationRunner, type Work } from './operations.js';
+import { OperationRunner, type RunnerSettings, type Work } from './operations.js';
+
+export interface BrokerParts {
+  config: Pick<Config, 'brokerId' | 'portRange' | 'advertisedHost'>;
+  definitions: ServiceDefinition[];
+  store: StateStore;
+  runtime: InstanceRuntime;
+  log: Logger;
+  /** Whether nothing on this host listens on a port, before it is reserved. */
+  portIsFree: PortProbe;
+  /** The instance's dashboard URL, with a fresh access token each time. */
+  dashboardUrl: (instanceId: string) => string;
+  leases: RunnerSettings;
+  observer?: OperationObserver;
+}
 
 /** The ServiceBroker the HTTP adapter serves: OSB semantics on top of the store (state) and the runtime (containers). */
 export class DockerBroker implements ServiceBroker {
   readonly offerings: Offerings;
-  private readonly runner: OperationRunner;
+  readonly runner: OperationRunner;
+  readonly dashboardUrl: (instanceId: string) => string;
+  private readonly store: StateStore;
+  private readonly log: Logger;
   private readonly instances: InstanceLifecycle;
   private readonly bindings: BindingLifecycle;
 
-  constructor(
-    config: Pick<Config, 'brokerId' | 'portRange' | 'advertisedHost'>,
-    definitions: ServiceDefinition[],
-    private readonly store: StateStore,
-    runtime: InstanceRuntime,
-    private readonly log: Logger,
-    portIsFree: PortProbe,
-    /** The instance's dashboard URL, with a fresh access token each time. */
-    readonly dashboardUrl: (instanceId: string) => string,
-  ) {
+  constructor({ config, definitions, store, runtime, log, portIsFree, dashboardUrl, leases, observer }: BrokerParts) {
+    this.store = store;
+    this.log = log;
+    this.dashboardUrl = dashboardUrl;
     this.offerings = new Offerings(definitions);
-    this.runner = new OperationRunner(store, log);
+    this.runner = new OperationRunner(store, log, leases, observer);
     const parts = { config, offerings: this.offerings, store, runtime, runner: this.runner, log, portIsFree, dashboardUrl };
     this.instances = new InstanceLifecycle(parts);
     this.bindings = new BindingLifecycle(parts);
+    this.runner.continueWith((operation) => this.workFor(operation));
   }
 
   catalog(): ServiceOffering[] {
@@ -96,17 +108,26 @@ export class DockerBroker implements ServiceBroker {
     return listInstances(this.store, this.offerings, this.dashboardUrl);
   }
 
-  /** Continues an operation a previous broker process left in progress; every step is idempotent. */
-  resume(operation: OperationRecord): void {
+  /** Starts looking for operations nobody holds (a dead process's, or ones left by an outage) and continues them. */
+  startSweeping(): void {
+    this.runner.startSweeping();
+  }
+
+  /** How to continue an operation of each kind; every step is idempotent. */
+  private workFor(operation: OperationRecord): Work {
     const work: Record<OperationType, Work> = {
       provision: (signal) => this.instances.runProvision(operation, signal),
       update: (signal) => this.instances.runUpdate(operation, signal),
-      deprovision: () => this.instances.runDeprovision(operation),
+      deprovision: (signal) => this.instances.runDeprovision(operation, signal),
       bind: (signal) => this.bindings.runBind(operation, signal),
       unbind: (signal) => this.bindings.runUnbind(operation, signal),
     };
-    this.log.info({ instanceId: operation.instanceId, bindingId: operation.bindingId, operation: operation.id, type: operation.type }, 'resuming operation');
-    this.runner.launch(operation, work[operation.type]);
+    return work[operation.type];
+  }
+
+  /** Shutdown: background operations are handed back for another process (or the next start) to continue. */
+  handBack(): Promise<void> {
+    return this.runner.handBack();
   }
 
   /** Waits for every running operation; used at shutdown and by tests. */

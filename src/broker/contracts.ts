@@ -23,7 +23,15 @@ export interface StateStore {
    * undefined when the instance or binding has no record; `operation` undefined when the operation's record is gone.
    */
   latestOperation(instanceId: string, bindingId?: string): Promise<{ operation?: OperationRecord } | undefined>;
+  /** Records an operation; one in progress is listed as active until a finished record replaces it. */
   putOperation(record: OperationRecord): Promise<void>;
+  activeOperationIds(): Promise<string[]>;
+  forgetActiveOperation(id: string): Promise<void>;
+
+  /** Takes an operation's lease when nobody holds it, or renews it when `owner` does; false when another holds it. */
+  claimLease(operationId: string, owner: string, ttlMs: number): Promise<boolean>;
+  releaseLease(operationId: string, owner: string): Promise<void>;
+  leaseHeld(operationId: string): Promise<boolean>;
 
   /** Reserves the first port of the range nobody holds and `usable` accepts; undefined when none is left. */
   reservePort(instanceId: string, range: { first: number; last: number }, usable: (port: number) => Promise<boolean>): Promise<number | undefined>;

@@ -17,7 +17,7 @@ import { PortTakenError } from './contracts.js';
 import { reserveHostPorts } from './host-ports.js';
 import { checkId, instanceResourceNames, newPassword } from './ids.js';
 import { afterFirstWrite, locked, operationFor, toLastOperation, type LifecycleParts } from './lifecycle-parts.js';
-import { now, reasonOf } from './operations.js';
+import { mustHandBack, now, reasonOf } from './operations.js';
 import { maintenanceVersion, optionalObject, requireString } from './request-fields.js';
 import { sameJson } from './same.js';
 import { describeHealth } from './reconciler.js';
@@ -81,7 +81,7 @@ export class InstanceLifecycle {
         lastOperationId: operation.id,
         secrets: retry?.secrets ?? { adminPassword: newPassword() },
       };
-      await store.putOperation(operation);
+      await runner.record(operation);
       await afterFirstWrite(runner, operation, () => store.putInstance(record));
       log.info({ instanceId, operation: operation.id, service: definition.offering.name, plan: plan.name, ...meta }, 'provisioning');
       runner.launch(operation, (signal) => this.runProvision(operation, signal));
@@ -94,7 +94,13 @@ export class InstanceLifecycle {
     const { offerings, store, runtime, runner, log, config, portIsFree } = this.parts;
     const instanceId = operation.instanceId;
     let instance = await store.getInstance(instanceId);
-    if (!instance) return;
+    // Nothing to continue without its record (a write after the operation's own failed): end it, or every sweep would find it again.
+    if (!instance) return runner.finish(operation, 'failed', 'Provisioning failed: the instance record is missing.');
+    if (instance.lastOperationId !== operation.id) {
+      // Continued after its process died, but a deprovision took over meanwhile.
+      await runner.finish(operation, 'failed', 'Provisioning was cancelled by a deprovision request.');
+      return;
+    }
     const definition = offerings.definitionOf(instance);
     const progress = (description: string) => runner.progress(operation, description);
     try {
@@ -114,6 +120,7 @@ export class InstanceLifecycle {
       }
       await runner.finishInstance(operation, (current) => ({ ...current, state: 'ready' }), 'succeeded', 'The service instance is ready.');
     } catch (error) {
+      if (mustHandBack(error, signal)) throw error;
       if (signal.aborted) {
         await runner.finish(operation, 'failed', 'Provisioning was cancelled by a deprovision request.');
         return;
@@ -217,7 +224,7 @@ export class InstanceLifecycle {
       }
       if (!asyncAllowed) throw asyncRequired();
       const operation: OperationRecord = { ...runner.create('update', instanceId, 'Update requested.'), update: target };
-      await store.putOperation(operation);
+      await runner.record(operation);
       await afterFirstWrite(runner, operation, () =>
         store.putInstance({ ...instance, context: contextChanged ? context : instance.context, lastOperationId: operation.id, updatedAt: now() }),
       );
@@ -231,7 +238,7 @@ export class InstanceLifecycle {
     const { offerings, store, runtime, runner, log } = this.parts;
     const instance = await store.getInstance(operation.instanceId);
     const target = operation.update;
-    if (!instance || !target) return;
+    if (!instance || !target) return runner.finish(operation, 'failed', 'Update failed: the instance record is missing.');
     const definition = offerings.definitionOf(instance);
     const updated: InstanceRecord = {
       ...instance,
@@ -263,6 +270,7 @@ export class InstanceLifecycle {
         'The service instance is updated.',
       );
     } catch (error) {
+      if (mustHandBack(error, signal)) throw error;
       const reason = reasonOf(error);
       log.error({ instanceId: instance.id, operation: operation.id, reason }, 'update failed');
       const container = await runtime.inspect(instance).catch(() => undefined);
@@ -293,21 +301,26 @@ export class InstanceLifecycle {
       if (!asyncAllowed) throw asyncRequired();
       // A deprovision during provisioning stops the creation; the runner starts this one once it has let go.
       runner.cancel(instanceId, 'deprovision requested');
-      const operation = runner.create('deprovision', instanceId, 'Deprovisioning requested.');
-      await store.putOperation(operation);
+      const operation: OperationRecord = {
+        ...runner.create('deprovision', instanceId, 'Deprovisioning requested.'),
+        ...(lastOperation?.state === 'in progress' ? { supersedes: lastOperation.id } : {}),
+      };
+      await runner.record(operation);
       await afterFirstWrite(runner, operation, () =>
         store.putInstance({ ...instance, state: 'deprovisioning', lastOperationId: operation.id, updatedAt: now() }),
       );
       log.info({ instanceId, operation: operation.id, ...meta }, 'deprovisioning');
-      runner.launch(operation, () => this.runDeprovision(operation));
+      runner.launch(operation, (signal) => this.runDeprovision(operation, signal));
       return { async: true, operation: operation.id };
     });
   }
 
-  async runDeprovision(operation: OperationRecord): Promise<void> {
+  async runDeprovision(operation: OperationRecord, signal: AbortSignal): Promise<void> {
     const { store, runtime, runner, log } = this.parts;
+    // The provision this cancelled may run in another process: it stops at its next heartbeat.
+    if (operation.supersedes) await runner.waitForEnd(operation.supersedes);
     const instance = await store.getInstance(operation.instanceId);
-    if (!instance) return;
+    if (!instance) return runner.finish(operation, 'succeeded', 'The service instance is deleted.');
     try {
       await runner.progress(operation, 'Removing the container, its volume and its bindings.');
       await runtime.destroy(instance);
@@ -320,6 +333,7 @@ export class InstanceLifecycle {
         'The service instance is deleted.',
       );
     } catch (error) {
+      if (mustHandBack(error, signal)) throw error;
       const reason = reasonOf(error);
       log.error({ instanceId: instance.id, operation: operation.id, reason }, 'deprovision failed');
       await runner.finishInstance(operation, (current) => ({ ...current, state: 'failed' }), 'failed', `Deprovisioning failed: ${reason}`, {

@@ -2,11 +2,11 @@ import type { Config } from '../config.js';
 import type { DockerEngine } from '../docker/engine.js';
 import { LABEL } from '../docker/types.js';
 import type { Logger } from '../log.js';
-import type { RedisStore } from '../store/redis-store.js';
-import type { DockerBroker } from './broker.js';
+import type { StateStore } from './contracts.js';
 
 export interface RecoveryReport {
-  resumed: number;
+  /** Operations found in progress; the sweep continues those whose lease has lapsed. */
+  unfinished: number;
   orphanContainers: string[];
   orphanVolumes: string[];
   removedOrphans: boolean;
@@ -15,54 +15,58 @@ export interface RecoveryReport {
 }
 
 /**
- * At start: operations a killed broker left in progress are resumed (every step is idempotent), containers and
- * volumes the store does not know are reported (and removed when configured), stale port reservations are freed.
+ * At start, safe while other processes of the same broker run: operations left in progress are made known to the
+ * sweep (records from before leases existed included), containers and volumes that no instance owns are reported
+ * (and removed when configured), and port reservations no instance holds are freed. Engine objects and
+ * reservations are listed before the instances, and each is checked once more before it is touched, so whatever a
+ * live process creates meanwhile is never mistaken for an orphan.
  */
-export async function recover(broker: DockerBroker, store: RedisStore, engine: DockerEngine, config: Config, log: Logger): Promise<RecoveryReport> {
-  await store.clearLocks();
+export async function recover(store: StateStore, engine: DockerEngine, config: Config, log: Logger): Promise<RecoveryReport> {
   const report: RecoveryReport = {
-    resumed: 0,
+    unfinished: 0,
     orphanContainers: [],
     orphanVolumes: [],
     removedOrphans: config.removeOrphans,
     missingContainers: [],
     releasedPorts: [],
   };
+  const labels = { [LABEL.broker]: config.brokerId, [LABEL.role]: 'instance' };
+  const containers = await engine.listContainers(labels);
+  const volumes = await engine.listVolumes(labels);
+  const reservations = await store.listPortReservations();
   const instances = await store.listInstances();
   const known = new Set(instances.map((instance) => instance.id));
-  const containers = await engine.listContainers({ [LABEL.broker]: config.brokerId, [LABEL.role]: 'instance' });
   const containerOf = new Map(containers.map((container) => [container.labels[LABEL.instance], container]));
+  const ownerless = async (instanceId: string | undefined) => {
+    if (!instanceId) return true;
+    if (known.has(instanceId)) return false;
+    const record = await store.getInstance(instanceId);
+    return !record || record.state === 'deleted';
+  };
 
   for (const instance of instances) {
     const operation = await store.getOperation(instance.lastOperationId);
-    if (operation?.state === 'in progress') {
-      broker.resume(operation);
-      report.resumed++;
-    } else if (instance.state === 'ready' && !containerOf.has(instance.id)) {
-      report.missingContainers.push(instance.id);
-      log.error(
-        { instanceId: instance.id, container: instance.containerName },
-        'the container of a ready instance is missing; deprovision and provision it again',
-      );
+    const operations = [operation];
+    for (const binding of await store.listBindings(instance.id)) operations.push(await store.getOperation(binding.lastOperationId));
+    for (const unfinished of operations) {
+      if (unfinished?.state !== 'in progress') continue;
+      // Writing it again lists it as active, which records from before leases existed were not.
+      await store.putOperation(unfinished);
+      report.unfinished++;
     }
-    for (const binding of await store.listBindings(instance.id)) {
-      const bindingOperation = await store.getOperation(binding.lastOperationId);
-      if (bindingOperation?.state === 'in progress' && operation?.state !== 'in progress') {
-        broker.resume(bindingOperation);
-        report.resumed++;
-      }
+    if (instance.state === 'ready' && operation?.state !== 'in progress' && !containerOf.has(instance.id)) {
+      report.missingContainers.push(instance.id);
+      log.error({ instanceId: instance.id, container: instance.containerName }, 'the container of a ready instance is missing');
     }
   }
 
   for (const container of containers) {
-    const instanceId = container.labels[LABEL.instance];
-    if (instanceId && known.has(instanceId)) continue;
+    if (!(await ownerless(container.labels[LABEL.instance]))) continue;
     report.orphanContainers.push(container.name);
     if (config.removeOrphans) await engine.removeContainer(container.name);
   }
-  for (const volume of await engine.listVolumes({ [LABEL.broker]: config.brokerId, [LABEL.role]: 'instance' })) {
-    const instanceId = volume.labels[LABEL.instance];
-    if (instanceId && known.has(instanceId)) continue;
+  for (const volume of volumes) {
+    if (!(await ownerless(volume.labels[LABEL.instance]))) continue;
     report.orphanVolumes.push(volume.name);
     if (config.removeOrphans) await engine.removeVolume(volume.name);
   }
@@ -75,8 +79,8 @@ export async function recover(broker: DockerBroker, store: RedisStore, engine: D
     );
   }
 
-  for (const [port, holder] of await store.listPortReservations()) {
-    if (known.has(holder)) continue;
+  for (const [port, holder] of reservations) {
+    if (!(await ownerless(holder))) continue;
     await store.releasePort(port, holder);
     report.releasedPorts.push(port);
   }

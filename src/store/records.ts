@@ -65,6 +65,8 @@ export interface OperationRecord {
   createdAt: string;
   finishedAt?: string;
   update?: UpdateTarget;
+  /** A deprovision's: the provision it cancelled, which it waits for, wherever that runs. */
+  supersedes?: string;
   instanceUsable?: boolean;
   updateRepeatable?: boolean;
 }

@@ -10,11 +10,13 @@ const keyPart = (part: string) =>
   part.replace(/[^A-Za-z0-9_.-]/gu, (char) => [...Buffer.from(char)].map((byte) => `%${byte.toString(16).toUpperCase().padStart(2, '0')}`).join(''));
 
 const FINISHED_OPERATION_TTL_SECONDS = 7 * 24 * 3600;
-const LOCK_TTL_MS = 30_000;
+/** Renewed every third of it while held, so a dead holder's locks lapse within this. */
+const LOCK_TTL_MS = 10_000;
 
 const EXTEND_IF_OWNER = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end`;
 const RESERVE_PORT = `if redis.call('set', KEYS[1], ARGV[1], 'NX') then redis.call('sadd', KEYS[2], ARGV[2]) return 1 else return 0 end`;
 const RELEASE_PORT = `redis.call('srem', KEYS[2], ARGV[2]) if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
+const CLAIM_LEASE = `local holder = redis.call('get', KEYS[1]) if holder == false or holder == ARGV[1] then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 else return 0 end`;
 const RELEASE_IF_OWNER = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
 
 // Operation records expire BROKER_TOMBSTONE_SECONDS after they stop being the latest of a live instance or binding.
@@ -296,9 +298,37 @@ export class RedisStore {
 
   async putOperation(record: OperationRecord): Promise<void> {
     const key = this.key('operation', record.id);
-    if (record.state === 'in progress') await this.redis.set(key, this.write(key, record));
-    else await this.redis.set(key, this.write(key, record), 'EX', FINISHED_OPERATION_TTL_SECONDS);
+    // The set of active operations changes with the record: sweepers find unfinished work there, whoever started it.
+    if (record.state === 'in progress') await this.redis.multi().set(key, this.write(key, record)).sadd(this.key('operations', 'active'), record.id).exec();
+    else
+      await this.redis.multi().set(key, this.write(key, record), 'EX', FINISHED_OPERATION_TTL_SECONDS).srem(this.key('operations', 'active'), record.id).exec();
     if (record.state !== 'in progress') await this.settleFinished(record);
+  }
+
+  /** Ids of the operations in progress, whoever runs them. */
+  async activeOperationIds(): Promise<string[]> {
+    return this.redis.smembers(this.key('operations', 'active'));
+  }
+
+  /** Forgets an id in the active set whose record is gone or finished. */
+  async forgetActiveOperation(id: string): Promise<void> {
+    await this.redis.srem(this.key('operations', 'active'), id);
+  }
+
+  // Leases: who runs an operation right now. A lease lives while its holder renews it; a lapsed one is free to take.
+
+  /** Takes the lease when nobody holds it, or renews it when `owner` does. */
+  async claimLease(operationId: string, owner: string, ttlMs: number): Promise<boolean> {
+    return (await this.redis.eval(CLAIM_LEASE, 1, this.key('lease', operationId), owner, ttlMs)) === 1;
+  }
+
+  async releaseLease(operationId: string, owner: string): Promise<void> {
+    await this.redis.eval(RELEASE_IF_OWNER, 1, this.key('lease', operationId), owner);
+  }
+
+  /** Whether anybody holds the operation's lease. */
+  async leaseHeld(operationId: string): Promise<boolean> {
+    return (await this.redis.exists(this.key('lease', operationId))) === 1;
   }
 
   // Host ports

@@ -12,6 +12,7 @@ export class MemoryStore implements StateStore {
   readonly bindings = new Map<string, BindingRecord>();
   readonly operations = new Map<string, OperationRecord>();
   readonly ports = new Map<number, string>();
+  readonly active = new Set<string>();
   private readonly locks = new Map<string, string>();
   readonly health = new Map<string, HealthRecord>();
   async getHealth(instanceId: string) {
@@ -58,6 +59,28 @@ export class MemoryStore implements StateStore {
   }
   async putOperation(record: OperationRecord) {
     this.operations.set(record.id, copy(record));
+    if (record.state === 'in progress') this.active.add(record.id);
+    else this.active.delete(record.id);
+  }
+  async activeOperationIds() {
+    return [...this.active];
+  }
+  async forgetActiveOperation(id: string) {
+    this.active.delete(id);
+  }
+  /** Leases with their expiry (ms since the epoch). */
+  readonly leases = new Map<string, { owner: string; until: number }>();
+  async claimLease(operationId: string, owner: string, ttlMs: number) {
+    const lease = this.leases.get(operationId);
+    if (lease && lease.owner !== owner && lease.until > Date.now()) return false;
+    this.leases.set(operationId, { owner, until: Date.now() + ttlMs });
+    return true;
+  }
+  async releaseLease(operationId: string, owner: string) {
+    if (this.leases.get(operationId)?.owner === owner) this.leases.delete(operationId);
+  }
+  async leaseHeld(operationId: string) {
+    return (this.leases.get(operationId)?.until ?? 0) > Date.now();
   }
   async reservePort(instanceId: string, range: { first: number; last: number }, usable: (port: number) => Promise<boolean>) {
     for (let port = range.first; port <= range.last; port++) {

@@ -15,19 +15,24 @@ import path from 'node:path';
 const PG = { service: 'd0fc228f-54d1-4bed-8dd0-38c7a33c4500', small: 'fdc3b78d-156f-4bac-aba4-242250cc5840', medium: '95ea88b7-404d-4f29-bb9b-7c69ceb825bb' };
 const definitions = loadCatalog(path.join(PACKAGE_ROOT, 'catalog'), 'osb-broker/');
 
-async function setUp(t: { teardown(fn: () => Promise<void>): void }) {
-  const store = new MemoryStore();
-  const runtime = new ScriptedRuntime();
-  const config = { brokerId: 'rules', portRange: { first: 50000, last: 50009 }, advertisedHost: 'db.example' };
-  const broker = new DockerBroker(
-    config,
+function newBroker(store: MemoryStore, runtime: ScriptedRuntime): DockerBroker {
+  return new DockerBroker({
+    config: { brokerId: 'rules', portRange: { first: 50000, last: 50009 }, advertisedHost: 'db.example' },
     definitions,
     store,
     runtime,
-    createLogger('silent'),
-    async () => true,
-    (id) => `http://broker/dashboard/${id}`,
-  );
+    log: createLogger('silent'),
+    portIsFree: async () => true,
+    dashboardUrl: (id) => `http://broker/dashboard/${id}`,
+    // Long enough for a loaded machine (the suite runs engine tests alongside); short enough for the take-over tests.
+    leases: { leaseMs: 1_500, sweepMs: 50 },
+  });
+}
+
+async function setUp(t: { teardown(fn: () => Promise<void>): void }) {
+  const store = new MemoryStore();
+  const runtime = new ScriptedRuntime();
+  const broker = newBroker(store, runtime);
   const app = createApp(broker, { username: 'u', password: 'p', bodyLimitBytes: 65536, log: createLogger('silent') });
   const server = await new Promise<Server>((resolve) => {
     const listening = app.listen(0, '127.0.0.1', () => resolve(listening));
@@ -154,6 +159,42 @@ test('two instances never share a host port, and a full range fails the provisio
   const failed = await client.waitForInstance('g3', full.body.operation);
   t.is(failed.body.state, 'failed');
   t.regex(failed.body.description, /no free host port left in BROKER_PORT_RANGE 50000-50009/);
+});
+
+test('a second process of the same broker never takes live work, and takes it over once it is handed back', async (t) => {
+  const { store, runtime, broker, client } = await setUp(t);
+  runtime.delays.start = 5_000;
+  const accepted = await client.provision('h', provisionBody(PG.service, PG.small));
+  const second = newBroker(store, runtime);
+  t.is(await second.runner.sweep(), 0, 'the lease of the running provision keeps the second process away');
+  // Longer than the lease: only renewal keeps it.
+  await new Promise((resolve) => setTimeout(resolve, 2_500));
+  t.is(await second.runner.sweep(), 0, 'the first process renews its lease while it works');
+
+  await broker.handBack();
+  t.is((await store.getOperation(accepted.body.operation))?.state, 'in progress', 'handed back, not failed');
+  t.is(await second.runner.sweep(), 1);
+  await second.settle();
+  t.is((await store.getOperation(accepted.body.operation))?.state, 'succeeded');
+  t.is(runtime.running.size, 1);
+});
+
+test('a deprovision on one process stops the provision running on another', async (t) => {
+  const { store, runtime, client } = await setUp(t);
+  runtime.delays.start = 10_000;
+  const accepted = await client.provision('k', provisionBody(PG.service, PG.small));
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  // The other process serves the deprovision; the provision runs on the first one.
+  const second = newBroker(store, runtime);
+  const started = Date.now();
+  const deprovision = await second.deprovision('k', { service_id: PG.service, plan_id: PG.small }, true, {});
+  t.true(deprovision.async);
+  await second.settle();
+  t.true(Date.now() - started < 5_000, 'the provision stopped at its next heartbeat instead of running to its end');
+  t.is((await store.getOperation(accepted.body.operation))?.state, 'failed');
+  t.is((await store.getOperation(deprovision.operation!))?.state, 'succeeded');
+  t.false(runtime.running.has('k'));
+  t.is(store.ports.size, 0);
 });
 
 test('a bind or unbind still running is a ConcurrencyError for a client that did not allow an asynchronous answer, never a 202', async (t) => {
