@@ -8,6 +8,8 @@ import { reasonOf } from './operations.js';
 
 /** Events come in bursts (kill, die, stop): the instance is looked at once they have settled. */
 const EVENT_SETTLE_MS = 300;
+/** A container being removed is looked at again after this. */
+const REMOVING_RECHECK_MS = 1_000;
 /** How long a process waits for another process's look at the same instance before leaving it to that one. */
 const RECONCILE_LOCK_WAIT_MS = 500;
 /** How long a repair waits for a request that holds the instance; then it tries again a little later. */
@@ -318,6 +320,12 @@ export class Reconciler {
       } else {
         this.states.set(instanceId, health?.state ?? 'running');
       }
+      return;
+    }
+
+    // A container on its way out is no finding yet: what follows (gone with or without its volume) decides.
+    if (finding.kind === 'report' && finding.cause === 'removing') {
+      this.soon(instanceId, REMOVING_RECHECK_MS);
       return;
     }
 

@@ -1,4 +1,7 @@
+// One adapter over the engine API, kept whole so that it stays the only module that imports dockerode; its pure
+// helpers live beside it (types.ts, log-lines.ts, events.ts).
 import Docker from 'dockerode';
+import tar from 'tar-stream';
 import { PassThrough } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import { readdirSync, statSync } from 'node:fs';
@@ -16,6 +19,7 @@ import {
   type ProcessList,
 } from './types.js';
 import { demuxLogs, parseLogLine } from './log-lines.js';
+import { parseContainerEvent } from './events.js';
 
 export class PortInUseError extends Error {}
 
@@ -179,7 +183,12 @@ export class DockerEngine {
    * the request body only: never in the container's metadata.
    */
   async putFile(container: string, folder: string, file: { name: string; content: Buffer; mode: number; uid: number; gid: number }): Promise<void> {
-    await this.docker.getContainer(container).putArchive(tarOfOneFile(file), { path: folder });
+    const archive = tar.pack();
+    archive.entry({ name: file.name, mode: file.mode, uid: file.uid, gid: file.gid, size: file.content.length }, file.content);
+    archive.finalize();
+    const chunks: Buffer[] = [];
+    for await (const chunk of archive) chunks.push(chunk as Buffer);
+    await this.docker.getContainer(container).putArchive(Buffer.concat(chunks), { path: folder });
   }
 
   /** Creates a user-defined bridge network unless one of that name exists. */
@@ -416,52 +425,6 @@ export class DockerEngine {
 function limitsConfig(limits: ContainerLimits) {
   // MemorySwap equal to Memory: no swap, so the plan's memory is the real ceiling.
   return { Memory: limits.memoryBytes, MemorySwap: limits.memoryBytes, NanoCpus: limits.nanoCpus, PidsLimit: limits.pids };
-}
-
-/** One line of the engine's event stream; undefined for anything that is not a container event. */
-function parseContainerEvent(line: string): { event: ContainerEvent; seconds: number } | undefined {
-  if (!line.trim()) return undefined;
-  try {
-    const raw = JSON.parse(line) as {
-      Type?: string;
-      Action?: string;
-      id?: string;
-      time?: number;
-      timeNano?: number;
-      Actor?: { ID?: string; Attributes?: Record<string, string> };
-    };
-    if (raw.Type !== 'container' || !raw.Action) return undefined;
-    const seconds = raw.time ?? Math.floor(Date.now() / 1000);
-    const millis = raw.timeNano ? Math.floor(raw.timeNano / 1e6) : seconds * 1000;
-    return {
-      event: { action: raw.Action, containerId: raw.Actor?.ID ?? raw.id ?? '', attributes: raw.Actor?.Attributes ?? {}, time: new Date(millis).toISOString() },
-      seconds,
-    };
-  } catch {
-    return undefined;
-  }
-}
-
-/** A tar archive (ustar) holding one regular file. */
-function tarOfOneFile(file: { name: string; content: Buffer; mode: number; uid: number; gid: number }): Buffer {
-  const header = Buffer.alloc(512);
-  const field = (offset: number, length: number, value: string) => header.write(value, offset, length, 'utf8');
-  const octal = (offset: number, length: number, value: number) => field(offset, length, value.toString(8).padStart(length - 1, '0') + '\0');
-  if (Buffer.byteLength(file.name) > 100) throw new Error(`file name too long for a tar header: ${file.name}`);
-  field(0, 100, file.name);
-  octal(100, 8, file.mode);
-  octal(108, 8, file.uid);
-  octal(116, 8, file.gid);
-  octal(124, 12, file.content.length);
-  octal(136, 12, Math.floor(Date.now() / 1000));
-  field(148, 8, ' '.repeat(8));
-  field(156, 1, '0');
-  field(257, 8, 'ustar\x0000');
-  let sum = 0;
-  for (const byte of header) sum += byte;
-  field(148, 8, sum.toString(8).padStart(6, '0') + '\0 ');
-  const padding = Buffer.alloc((512 - (file.content.length % 512)) % 512);
-  return Buffer.concat([header, file.content, padding, Buffer.alloc(1024)]);
 }
 
 function labelFilter(labels: Record<string, string>): string[] {

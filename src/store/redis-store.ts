@@ -4,6 +4,17 @@ import { waitFor } from '../wait.js';
 import { LockTimeoutError, StoreUnavailableError } from './errors.js';
 import type { BindingRecord, HealthRecord, InstanceRecord, OperationRecord } from './records.js';
 import type { Sealer } from './sealer.js';
+import {
+  CLAIM_LEASE,
+  EXTEND_IF_OWNER,
+  LATEST_OPERATION,
+  RELEASE_IF_OWNER,
+  RELEASE_PORT,
+  RESERVE_PORT,
+  RETIRE_LATEST_OF,
+  RETIRE_REPLACED,
+  SETTLE_FINISHED,
+} from './lua.js';
 
 /** A key part as it is when it holds only [A-Za-z0-9_.-] (every id of earlier versions), else percent-encoded UTF-8. */
 const keyPart = (part: string) =>
@@ -12,60 +23,6 @@ const keyPart = (part: string) =>
 const FINISHED_OPERATION_TTL_SECONDS = 7 * 24 * 3600;
 /** Renewed every third of it while held, so a dead holder's locks lapse within this. */
 const LOCK_TTL_MS = 10_000;
-
-const EXTEND_IF_OWNER = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end`;
-const RESERVE_PORT = `if redis.call('set', KEYS[1], ARGV[1], 'NX') then redis.call('sadd', KEYS[2], ARGV[2]) return 1 else return 0 end`;
-const RELEASE_PORT = `redis.call('srem', KEYS[2], ARGV[2]) if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
-const CLAIM_LEASE = `local holder = redis.call('get', KEYS[1]) if holder == false or holder == ARGV[1] then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 else return 0 end`;
-const RELEASE_IF_OWNER = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
-
-// Operation records expire BROKER_TOMBSTONE_SECONDS after they stop being the latest of a live instance or binding.
-// These scripts read the operation ids inside records, so they name operation keys (ARGV) that KEYS does not list:
-// fine for one Redis, not for a cluster. Operation ids are [a-z0-9], which key parts keep as they are.
-/** Lua: retire(id) gives a finished operation the tombstone time (ARGV[1]) unless it expires sooner; ARGV[2] is the operation key prefix. */
-const RETIRE = `local function retire(id)
-  if type(id) ~= 'string' or not string.match(id, '^[%w_.-]+$') then return end
-  local key = ARGV[2] .. id
-  local raw = redis.call('get', key)
-  if not raw then return end
-  local ok, operation = pcall(cjson.decode, raw)
-  if not ok or type(operation) ~= 'table' or operation.state == 'in progress' then return end
-  local ttl = redis.call('ttl', key)
-  if ttl == -1 or ttl > tonumber(ARGV[1]) then redis.call('expire', key, ARGV[1]) end
-end
-local function latest(raw)
-  if not raw then return nil end
-  local ok, resource = pcall(cjson.decode, raw)
-  if ok and type(resource) == 'table' then return resource end
-  return nil
-end
-`;
-/** Before an instance or binding (KEYS[1]) is written: its previous latest operation retires when ARGV[3] replaces it, or ARGV[3] itself when ARGV[4] says it is deleted. */
-const RETIRE_REPLACED = `${RETIRE}
-local previous = latest(redis.call('get', KEYS[1]))
-if previous and previous.lastOperationId ~= ARGV[3] then retire(previous.lastOperationId) end
-if ARGV[4] == '1' then retire(ARGV[3]) end
-return 0`;
-/** Bindings about to be removed (KEYS): their latest operations retire. */
-const RETIRE_LATEST_OF = `${RETIRE}
-for _, key in ipairs(KEYS) do
-  local binding = latest(redis.call('get', key))
-  if binding then retire(binding.lastOperationId) end
-end
-return 0`;
-/** A finished operation (KEYS[1], id ARGV[1]) lives on while it is the latest of its live resource (KEYS[2]), else for ARGV[2] seconds. */
-const SETTLE_FINISHED = `local raw = redis.call('get', KEYS[2])
-if raw then
-  local ok, resource = pcall(cjson.decode, raw)
-  if ok and type(resource) == 'table' and resource.lastOperationId == ARGV[1] and resource.state ~= 'deleted' then return redis.call('persist', KEYS[1]) end
-end
-return redis.call('expire', KEYS[1], ARGV[2])`;
-/** The latest operation of a resource (KEYS[1]): nil without the resource, else {1, operation record or nil}; ARGV[1] is the operation key prefix. */
-const LATEST_OPERATION = `local raw = redis.call('get', KEYS[1])
-if not raw then return false end
-local ok, resource = pcall(cjson.decode, raw)
-if not ok or type(resource) ~= 'table' or type(resource.lastOperationId) ~= 'string' or not string.match(resource.lastOperationId, '^[%w_.-]+$') then return {1} end
-return {1, redis.call('get', ARGV[1] .. resource.lastOperationId)}`;
 
 /** Reply errors that mean "not now" rather than "wrong request". */
 const TRANSIENT_REPLY = /^(LOADING|BUSY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN)\b/;
@@ -392,12 +349,6 @@ export class RedisStore {
         if (!(error instanceof StoreUnavailableError)) throw error;
       });
     }
-  }
-
-  /** Locks of a previous process of this broker die with it; called once at start, before serving. */
-  async clearLocks(): Promise<void> {
-    const keys = await this.scan(`${this.key('lock')}:*`);
-    if (keys.length) await this.redis.del(...keys);
   }
 
   private async scan(pattern: string): Promise<string[]> {
