@@ -46,6 +46,8 @@ export class BrokerMetrics implements OperationObserver {
   private readonly operationDuration: Histogram<'type' | 'outcome'>;
   private readonly leaseTakeovers: Counter<'type'>;
   private snapshot?: Promise<Snapshot>;
+  /** Method, route and status are bounded sets (route templates, not paths), so this map stays small. */
+  private readonly requestSeries = new Map<string, { count: { inc(): void }; duration: { observe(value: number): void } }>();
 
   constructor(private readonly sources: MetricsSources) {
     this.instancesByHealth = sources.instancesByHealth;
@@ -151,8 +153,19 @@ export class BrokerMetrics implements OperationObserver {
   /** One answered HTTP request; `route` is a template (never a raw path, which would carry ids). */
   requestFinished(method: string, route: string, status: number, seconds: number): void {
     const knownMethod = METHODS.has(method) ? method : 'other';
-    this.httpRequests.inc({ method: knownMethod, route, status: String(status) });
-    this.httpDuration.observe({ method: knownMethod, route }, seconds);
+    // The labelled series are looked up once per combination: hashing the labels on every request cost as much
+    // as answering the catalog.
+    const key = `${knownMethod} ${route} ${status}`;
+    let series = this.requestSeries.get(key);
+    if (!series) {
+      series = {
+        count: this.httpRequests.labels(knownMethod, route, String(status)),
+        duration: this.httpDuration.labels(knownMethod, route),
+      };
+      this.requestSeries.set(key, series);
+    }
+    series.count.inc();
+    series.duration.observe(seconds);
   }
 
   operationStarted(type: OperationType): void {

@@ -1,14 +1,13 @@
 import { Redis } from 'ioredis';
+import { waitFor } from '../../src/wait.js';
 
 /** Polls `probe` until it returns something truthy; throws after `timeoutMs` saying what it waited for. */
-export async function waitUntil<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 30_000, everyMs = 50): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, everyMs));
-  }
+export function waitUntil<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 30_000, everyMs = 50): Promise<T> {
+  return waitFor(async () => (await probe()) || undefined, {
+    intervalMs: everyMs,
+    timeoutMs,
+    onTimeout: () => new Error(`timed out after ${timeoutMs} ms waiting for ${what}`),
+  });
 }
 
 /**
