@@ -11,7 +11,8 @@ import { ScriptedRuntime } from '../helpers/scripted-runtime.js';
 import path from 'node:path';
 
 // The lifecycle's status-code and concurrency rules with an in-memory store and a scripted runtime: fast, so every
-// rule gets a case. The same rules are exercised against Redis and the Docker engine in the engine tests.
+// rule gets a case. The same rules are exercised against Redis and the Docker engine in the engine tests. A step that
+// must still run when the next request arrives takes seconds, so a machine loaded by the engine tests never finishes it first.
 const PG = { service: 'd0fc228f-54d1-4bed-8dd0-38c7a33c4500', small: 'fdc3b78d-156f-4bac-aba4-242250cc5840', medium: '95ea88b7-404d-4f29-bb9b-7c69ceb825bb' };
 const definitions = loadCatalog(path.join(PACKAGE_ROOT, 'catalog'), 'osb-broker/');
 
@@ -47,7 +48,7 @@ async function setUp(t: { teardown(fn: () => Promise<void>): void }) {
 
 test('provision: 422 without accepts_incomplete and nothing stored; 202, the same 202 again, 409 for other attributes, 200 once ready', async (t) => {
   const { store, runtime, client } = await setUp(t);
-  runtime.delays.start = 200;
+  runtime.delays.start = 2_000;
   const sync = await client.provision('a', provisionBody(PG.service, PG.small), false);
   t.is(sync.status, 422);
   t.is(sync.body.error, 'AsyncRequired');
@@ -66,14 +67,14 @@ test('provision: 422 without accepts_incomplete and nothing stored; 202, the sam
 
 test('an update while provisioning is a ConcurrencyError; a second update while one runs too, unless it is the same', async (t) => {
   const { runtime, client } = await setUp(t);
-  runtime.delays.start = 300;
+  runtime.delays.start = 2_000;
   await client.provision('b', provisionBody(PG.service, PG.small));
   const early = await client.request('PATCH', '/v2/service_instances/b?accepts_incomplete=true', { service_id: PG.service, plan_id: PG.medium });
   t.is(early.status, 422);
   t.is(early.body.error, 'ConcurrencyError');
   await client.waitForInstance('b');
 
-  runtime.delays.configure = 300;
+  runtime.delays.configure = 2_000;
   const update = await client.request('PATCH', '/v2/service_instances/b?accepts_incomplete=true', { service_id: PG.service, plan_id: PG.medium });
   t.is(update.status, 202);
   const same = await client.request('PATCH', '/v2/service_instances/b?accepts_incomplete=true', { service_id: PG.service, plan_id: PG.medium });
@@ -137,7 +138,7 @@ test('bind: asynchronous for 2.14+ clients that accept it; a deprovision waits w
   const { runtime, client } = await setUp(t);
   await client.provision('f', provisionBody(PG.service, PG.small));
   await client.waitForInstance('f');
-  runtime.delays.bind = 300;
+  runtime.delays.bind = 2_000;
   const started = await client.bind('f', 'b1', { service_id: PG.service, plan_id: PG.small }, true);
   t.is(started.status, 202);
   const deprovision = await client.deprovision('f', PG.service, PG.small);
@@ -202,7 +203,7 @@ test('a bind or unbind still running is a ConcurrencyError for a client that did
   await client.provision('m', provisionBody(PG.service, PG.small));
   await client.waitForInstance('m');
   const body = { service_id: PG.service, plan_id: PG.small, bind_resource: { app_guid: 'app-1' } };
-  runtime.delays.bind = 400;
+  runtime.delays.bind = 2_000;
   const started = await client.bind('m', 'b1', body, true);
   t.is(started.status, 202);
   for (const [accepts, version] of [
@@ -220,7 +221,7 @@ test('a bind or unbind still running is a ConcurrencyError for a client that did
   t.is(again.body.operation, started.body.operation);
   t.is((await client.waitForBinding('m', 'b1')).body.state, 'succeeded');
 
-  runtime.delays.unbind = 400;
+  runtime.delays.unbind = 2_000;
   const unbinding = await client.unbind('m', 'b1', PG.service, PG.small, true);
   t.is(unbinding.status, 202);
   const syncUnbind = await client.unbind('m', 'b1', PG.service, PG.small);
@@ -235,7 +236,7 @@ test('a bind or unbind still running is a ConcurrencyError for a client that did
 
 test('a provision, update or deprovision still running is AsyncRequired for a request without accepts_incomplete', async (t) => {
   const { runtime, client } = await setUp(t);
-  runtime.delays.start = 300;
+  runtime.delays.start = 2_000;
   const provision = await client.provision('n', provisionBody(PG.service, PG.small));
   t.is(provision.status, 202);
   const syncProvision = await client.provision('n', provisionBody(PG.service, PG.small), false);
@@ -243,7 +244,7 @@ test('a provision, update or deprovision still running is AsyncRequired for a re
   t.is(syncProvision.body.error, 'AsyncRequired');
   await client.waitForInstance('n');
 
-  runtime.delays.configure = 300;
+  runtime.delays.configure = 2_000;
   const update = { service_id: PG.service, plan_id: PG.medium };
   t.is((await client.request('PATCH', '/v2/service_instances/n?accepts_incomplete=true', update)).status, 202);
   const syncUpdate = await client.request('PATCH', '/v2/service_instances/n', update);
@@ -251,7 +252,7 @@ test('a provision, update or deprovision still running is AsyncRequired for a re
   t.is(syncUpdate.body.error, 'AsyncRequired');
   await client.waitForInstance('n');
 
-  runtime.delays.destroy = 300;
+  runtime.delays.destroy = 2_000;
   t.is((await client.deprovision('n', PG.service, PG.medium)).status, 202);
   const syncDeprovision = await client.deprovision('n', PG.service, PG.medium, false);
   t.is(syncDeprovision.status, 422);
