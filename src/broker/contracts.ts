@@ -27,6 +27,8 @@ export interface StateStore {
   putOperation(record: OperationRecord): Promise<void>;
   activeOperationIds(): Promise<string[]>;
   forgetActiveOperation(id: string): Promise<void>;
+  /** Lists an operation as active without touching its record (records from before leases existed). */
+  rememberActiveOperation(id: string): Promise<void>;
 
   /** Takes an operation's lease when nobody holds it, or renews it when `owner` does; false when another holds it. */
   claimLease(operationId: string, owner: string, ttlMs: number): Promise<boolean>;

@@ -218,14 +218,26 @@ export class OperationRunner {
     const controller = new AbortController();
     const done = (async () => {
       if (previous) await previous.done;
-      const heartbeat = setInterval(() => void this.heartbeat(operation, controller), Math.max(100, this.settings.leaseMs / 3));
+      // The heartbeat ends before the lease is given up, so a late beat never takes back a released lease.
+      const beat = { ended: false, inFlight: Promise.resolve() };
+      const timer = setInterval(
+        () => {
+          beat.inFlight = beat.ended ? beat.inFlight : this.heartbeat(operation, controller);
+        },
+        Math.max(100, this.settings.leaseMs / 3),
+      );
+      const endHeartbeat = async () => {
+        beat.ended = true;
+        clearInterval(timer);
+        await beat.inFlight;
+      };
       try {
         await work(controller.signal);
+        await endHeartbeat();
         await this.store.releaseLease(operation.id, this.owner).catch(() => undefined);
       } catch (error) {
+        await endHeartbeat();
         await this.stopped(operation, error, controller.signal, inline);
-      } finally {
-        clearInterval(heartbeat);
       }
     })().finally(() => {
       if (this.running.get(key)?.operation.id === operation.id) this.running.delete(key);

@@ -50,8 +50,9 @@ export async function recover(store: StateStore, engine: DockerEngine, config: C
     for (const binding of await store.listBindings(instance.id)) operations.push(await store.getOperation(binding.lastOperationId));
     for (const unfinished of operations) {
       if (unfinished?.state !== 'in progress') continue;
-      // Writing it again lists it as active, which records from before leases existed were not.
-      await store.putOperation(unfinished);
+      // Records from before leases existed are not listed as active yet. Only the id is added: rewriting the record
+      // could undo a live replica finishing it meanwhile (the sweep reads the record again before it acts).
+      await store.rememberActiveOperation(unfinished.id);
       report.unfinished++;
     }
     if (instance.state === 'ready' && operation?.state !== 'in progress' && !containerOf.has(instance.id)) {

@@ -267,6 +267,11 @@ export class RedisStore {
     return this.redis.smembers(this.key('operations', 'active'));
   }
 
+  /** Lists an id as active without touching its record; the sweep reads the record before it acts. */
+  async rememberActiveOperation(id: string): Promise<void> {
+    await this.redis.sadd(this.key('operations', 'active'), id);
+  }
+
   /** Forgets an id in the active set whose record is gone or finished. */
   async forgetActiveOperation(id: string): Promise<void> {
     await this.redis.srem(this.key('operations', 'active'), id);

@@ -65,6 +65,9 @@ export class MemoryStore implements StateStore {
   async activeOperationIds() {
     return [...this.active];
   }
+  async rememberActiveOperation(id: string) {
+    this.active.add(id);
+  }
   async forgetActiveOperation(id: string) {
     this.active.delete(id);
   }

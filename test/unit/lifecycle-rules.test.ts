@@ -174,6 +174,9 @@ test('a second process of the same broker never takes live work, and takes it ov
 
   await broker.handBack();
   t.is((await store.getOperation(accepted.body.operation))?.state, 'in progress', 'handed back, not failed');
+  t.false(await store.leaseHeld(accepted.body.operation), 'its lease is given up, and no late heartbeat takes it back');
+  await new Promise((resolve) => setTimeout(resolve, 700));
+  t.false(await store.leaseHeld(accepted.body.operation), 'still free after more than one heartbeat interval');
   t.is(await second.runner.sweep(), 1);
   await second.settle();
   t.is((await store.getOperation(accepted.body.operation))?.state, 'succeeded');
