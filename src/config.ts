@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -28,7 +29,13 @@ export interface Config {
   baseImage?: string;
   publishIp: string;
   advertisedHost: string;
+  /** Where the broker itself reaches the published ports when it checks them (another address from inside a container). */
+  probeHost: string;
   portRange: { first: number; last: number };
+  /** `docker`: instances are containers on one engine; `swarm`: services spread over a Swarm's nodes. */
+  orchestrator: 'docker' | 'swarm';
+  /** Folder with ca.pem, cert.pem and key.pem for the nodes' engines (io.osb-broker.engine), when they speak TLS. */
+  nodeTlsDir?: string;
   removeOrphans: boolean;
   tombstoneSeconds: number;
   dashboardLinkSeconds: number;
@@ -65,6 +72,18 @@ function bool(env: NodeJS.ProcessEnv, name: string): boolean {
   return /^(1|true|yes)$/i.test(env[name] ?? '');
 }
 
+/** NAME, else the content of the file NAME_FILE names (a Docker or Kubernetes secret), without its final newline. */
+function secret(env: NodeJS.ProcessEnv, name: string): string | undefined {
+  if (env[name]) return env[name];
+  const file = env[`${name}_FILE`];
+  if (!file) return undefined;
+  try {
+    return readFileSync(file, 'utf8').replace(/\r?\n$/, '') || undefined;
+  } catch (error) {
+    throw new ConfigError(`${name}_FILE: cannot read ${file}: ${(error as Error).message}`);
+  }
+}
+
 function encryptionKey(raw: string | undefined): Buffer | undefined {
   if (!raw) return undefined;
   const key = /^[0-9a-f]{64}$/i.test(raw) ? Buffer.from(raw, 'hex') : Buffer.from(raw, 'base64');
@@ -80,6 +99,12 @@ function portRange(raw: string): { first: number; last: number } {
     throw new ConfigError(`BROKER_PORT_RANGE must look like 40000-40999 within 1024-65535 (got "${raw}")`);
   }
   return { first, last };
+}
+
+function orchestrator(raw: string | undefined): Config['orchestrator'] {
+  if (!raw || raw === 'docker') return 'docker';
+  if (raw === 'swarm') return 'swarm';
+  throw new ConfigError(`BROKER_ORCHESTRATOR must be docker or swarm (got "${raw}")`);
 }
 
 /** "host:port", "[v6 address]:port" or a port alone (on 127.0.0.1). */
@@ -105,12 +130,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     listenPort,
     publicUrl: env.BROKER_PUBLIC_URL ? env.BROKER_PUBLIC_URL.replace(/\/+$/, '') : undefined,
     username: env.BROKER_USERNAME || 'broker',
-    password: env.BROKER_PASSWORD || undefined,
+    password: secret(env, 'BROKER_PASSWORD'),
     brokerId,
-    redisUrl: env.REDIS_URL || undefined,
+    redisUrl: secret(env, 'REDIS_URL'),
     statePort: env.BROKER_STATE_PORT ? int(env, 'BROKER_STATE_PORT', 0, 1024, 65535) : undefined,
     redisCommandTimeoutMs: int(env, 'REDIS_COMMAND_TIMEOUT_MS', 2000, 50, 60_000),
-    encryptionKey: encryptionKey(env.BROKER_ENCRYPTION_KEY),
+    encryptionKey: encryptionKey(secret(env, 'BROKER_ENCRYPTION_KEY')),
     stateDir: path.resolve(env.BROKER_STATE_DIR || '.broker-state'),
     catalogDir: path.resolve(env.BROKER_CATALOG_DIR || path.join(PACKAGE_ROOT, 'catalog')),
     imagesDir: path.join(PACKAGE_ROOT, 'images'),
@@ -118,7 +143,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     baseImage: env.BASE_IMAGE || undefined,
     publishIp,
     advertisedHost: env.BROKER_ADVERTISED_HOST || (wildcard ? hostname() : publishIp),
+    probeHost: env.BROKER_PROBE_HOST || (publishIp === '0.0.0.0' ? '127.0.0.1' : publishIp === '::' ? '::1' : publishIp),
     portRange: portRange(env.BROKER_PORT_RANGE || '40000-40999'),
+    orchestrator: orchestrator(env.BROKER_ORCHESTRATOR),
+    nodeTlsDir: env.BROKER_NODE_TLS_DIR ? path.resolve(env.BROKER_NODE_TLS_DIR) : undefined,
     removeOrphans: bool(env, 'BROKER_REMOVE_ORPHANS'),
     tombstoneSeconds: int(env, 'BROKER_TOMBSTONE_SECONDS', 3600, 1, 30 * 86400),
     dashboardLinkSeconds: int(env, 'BROKER_DASHBOARD_LINK_SECONDS', 86400, 10, 30 * 86400),

@@ -11,6 +11,7 @@ import { DockerBroker } from './broker/broker.js';
 import { recover, type RecoveryReport } from './broker/recovery.js';
 import { portIsFree } from './broker/probe.js';
 import { DockerRuntime } from './broker/runtime.js';
+import { SwarmRuntime } from './broker/swarm-runtime.js';
 import { Reconciler } from './broker/reconciler.js';
 import { startEmbeddedRedis } from './embedded-redis.js';
 import { RedisStore } from './store/redis-store.js';
@@ -71,14 +72,17 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   // Known once listening (PORT=0 picks a free port); until then no request can ask for it.
   let publicUrl = config.publicUrl ?? '';
   const dashboardUrl = (instanceId: string) => dashboardLink(tokens, publicUrl, instanceId, config.dashboardLinkSeconds);
-  const runtime = new DockerRuntime(engine, images, config);
+  const swarm = config.orchestrator === 'swarm' ? new SwarmRuntime(engine, images, config) : undefined;
+  await swarm?.connect();
+  const runtime = swarm ?? new DockerRuntime(engine, images, config);
   const broker = new DockerBroker({
     config,
     definitions,
     store,
     runtime,
     log,
-    portIsFree: (port) => portIsFree(config.publishIp, port),
+    portIsFree: swarm ? (port, instance) => swarm.portIsFree(port, instance) : (port) => portIsFree(config.publishIp, port),
+    placement: swarm,
     dashboardUrl,
     leases: { leaseMs: config.leaseSeconds * 1000, sweepMs: config.sweepSeconds * 1000 },
     observer: metrics,
@@ -87,7 +91,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   let server: Server;
   let metricsServer: Server | undefined;
   try {
-    recovery = await recover(store, engine, config, log);
+    recovery = await recover(store, runtime, config, log);
     const app = createApp(broker, {
       username: config.username,
       password: config.password,
@@ -97,7 +101,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
       checks,
       metrics,
       dashboard: {
-        service: new DashboardService(store, engine, definitions, config),
+        service: new DashboardService(store, runtime, definitions, config),
         tokens,
         assetsDir: path.join(PACKAGE_ROOT, 'dashboard'),
         linkTtlSeconds: config.dashboardLinkSeconds,

@@ -111,7 +111,7 @@ export class BindingLifecycle {
 
   /** The credentials, endpoints and drain URL a ready binding hands out. */
   private issue(definition: ServiceDefinition, instance: InstanceRecord, binding: BindingRecord): Issued {
-    const host = this.parts.config.advertisedHost;
+    const host = instance.advertisedHost ?? this.parts.config.advertisedHost;
     const values = {
       host,
       port: instance.hostPort,

@@ -21,7 +21,7 @@ import type {
 } from '../osb/types.js';
 import type { OperationRecord, OperationType } from '../store/records.js';
 import { BindingLifecycle } from './bindings.js';
-import type { InstanceRuntime, OperationObserver, PortProbe, StateStore } from './contracts.js';
+import type { InstanceRuntime, OperationObserver, Placement, PortProbe, StateStore } from './contracts.js';
 import { InstanceLifecycle } from './instances.js';
 import { listInstances } from './listing.js';
 import { Offerings } from './offerings.js';
@@ -39,6 +39,8 @@ export interface BrokerParts {
   dashboardUrl: (instanceId: string) => string;
   leases: RunnerSettings;
   observer?: OperationObserver;
+  /** On Swarm: where new instances may go. */
+  placement?: Placement;
 }
 
 /** The ServiceBroker the HTTP adapter serves: OSB semantics on top of the store (state) and the runtime (containers). */
@@ -51,13 +53,13 @@ export class DockerBroker implements ServiceBroker {
   private readonly instances: InstanceLifecycle;
   private readonly bindings: BindingLifecycle;
 
-  constructor({ config, definitions, store, runtime, log, portIsFree, dashboardUrl, leases, observer }: BrokerParts) {
+  constructor({ config, definitions, store, runtime, log, portIsFree, dashboardUrl, leases, observer, placement }: BrokerParts) {
     this.store = store;
     this.log = log;
     this.dashboardUrl = dashboardUrl;
     this.offerings = new Offerings(definitions);
     this.runner = new OperationRunner(store, log, leases, observer);
-    const parts = { config, offerings: this.offerings, store, runtime, runner: this.runner, log, portIsFree, dashboardUrl };
+    const parts = { config, offerings: this.offerings, store, runtime, runner: this.runner, log, portIsFree, dashboardUrl, placement };
     this.instances = new InstanceLifecycle(parts);
     this.bindings = new BindingLifecycle(parts);
     this.runner.continueWith((operation) => this.workFor(operation));

@@ -1,6 +1,8 @@
 import type { ServiceDefinition } from '../catalog/definition.js';
 import type { ContainerSummary } from '../docker/types.js';
-import type { BindingRecord, HealthRecord, InstanceRecord, OperationRecord, OperationType } from '../store/records.js';
+import type { ContainerTarget } from './scripts.js';
+import type { PlacementNode } from './placement.js';
+import type { BindingRecord, HealthRecord, InstanceRecord, OperationRecord, OperationType, PortReservation } from '../store/records.js';
 
 /**
  * What the lifecycle needs from its two outside parts, in its own terms. The Redis store and the Docker runtime
@@ -35,11 +37,19 @@ export interface StateStore {
   releaseLease(operationId: string, owner: string): Promise<void>;
   leaseHeld(operationId: string): Promise<boolean>;
 
-  /** Reserves the first port of the range nobody holds and `usable` accepts; undefined when none is left. */
-  reservePort(instanceId: string, range: { first: number; last: number }, usable: (port: number) => Promise<boolean>): Promise<number | undefined>;
-  releasePort(port: number, instanceId: string): Promise<void>;
+  /**
+   * Reserves the first port of the range nobody holds and `usable` accepts; undefined when none is left. Ports are
+   * reserved per scope (a Swarm node's id), so two nodes may use the same number; no scope is the single engine.
+   */
+  reservePort(
+    instanceId: string,
+    range: { first: number; last: number },
+    usable: (port: number) => Promise<boolean>,
+    scope?: string,
+  ): Promise<number | undefined>;
+  releasePort(port: number, instanceId: string, scope?: string): Promise<void>;
   releasePortsOf(instanceId: string): Promise<void>;
-  listPortReservations(): Promise<Map<number, string>>;
+  listPortReservations(): Promise<PortReservation[]>;
 
   /** Runs `work` holding the named lock; throws LockTimeoutError after waiting `waitMs` for it. */
   withLock<T>(name: string, work: () => Promise<T>, waitMs?: number): Promise<T>;
@@ -59,12 +69,44 @@ export interface InstanceRuntime {
   recreate(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal, progress: Progress): Promise<void>;
   /** Removes container and volume; either may already be gone. */
   destroy(instance: InstanceRecord): Promise<void>;
-  inspect(instance: InstanceRecord): Promise<ContainerSummary | undefined>;
+  inspect(instance: Omit<InstanceRecord, 'secrets'>): Promise<ContainerSummary | undefined>;
   applyLimits(definition: ServiceDefinition, instance: InstanceRecord, planId: string): Promise<void>;
   configure(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal): Promise<void>;
   /** Creates the binding's user; returns extra credential fields. */
   bind(definition: ServiceDefinition, instance: InstanceRecord, binding: BindingRecord, signal: AbortSignal): Promise<Record<string, string | number>>;
   unbind(definition: ServiceDefinition, instance: InstanceRecord, binding: BindingRecord, signal: AbortSignal): Promise<void>;
+}
+
+/**
+ * Where an instance's container runs, for the dashboard's live views and the scripts: the local engine, or on
+ * Swarm the engine of the instance's node. Neither needs the instance's secrets.
+ */
+export interface InstanceContainers {
+  /** The container's state as the platform should see it (on Swarm: the service's task, and whether its node is up). */
+  inspect(instance: Omit<InstanceRecord, 'secrets'>): Promise<ContainerSummary | undefined>;
+  /** The engine and container id to exec in, read logs of, and so on; throws when the container cannot be reached. */
+  locate(instance: Omit<InstanceRecord, 'secrets'>): Promise<ContainerTarget>;
+}
+
+/** A container (a service, on Swarm) or volume carrying this broker's instance labels. */
+export interface InventoryObject {
+  name: string;
+  instanceId?: string;
+  /** The Swarm node a volume is on. */
+  node?: string;
+}
+
+/** What start-up recovery needs to find and remove what no instance owns, on every node. */
+export interface EngineInventory {
+  /** The broker's instance containers (services on Swarm) and volumes; `unreachable` names nodes that could not be asked. */
+  inventory(): Promise<{ workloads: InventoryObject[]; volumes: InventoryObject[]; unreachable: string[] }>;
+  removeWorkload(object: InventoryObject): Promise<void>;
+  removeVolume(object: InventoryObject): Promise<void>;
+}
+
+/** A runtime that spreads instances over nodes (Swarm): the nodes a new instance may go to, with their addresses. */
+export interface Placement {
+  candidates(): Promise<PlacementNode[]>;
 }
 
 /** A lifecycle event of one instance's container (die, stop, kill, oom, destroy, start). */
@@ -88,8 +130,8 @@ export interface DriftRuntime extends Pick<InstanceRuntime, 'start' | 'inspect'>
 /** A host port the runtime found taken by something outside the broker; the provision picks another. */
 export class PortTakenError extends Error {}
 
-/** Free-port check on the publishing address, before a port is reserved. */
-export type PortProbe = (port: number) => Promise<boolean>;
+/** Free-port check on the publishing address (of the instance's node, on Swarm), before a port is reserved. */
+export type PortProbe = (port: number, instance: InstanceRecord) => Promise<boolean>;
 
 /** How an operation ended, as the operation runner reports it to observers. */
 export type OperationOutcome = 'succeeded' | 'failed';

@@ -6,7 +6,8 @@ import { Cancelled, now } from './operations.js';
 
 /**
  * Reserves the instance's main host port and one per extra port of its offering, and records them on the
- * instance. Reservations live in the store for the instance's life, so two instances never share a port.
+ * instance. Reservations live in the store for the instance's life, so two instances never share a port (on Swarm:
+ * per node, so two nodes may use the same number).
  */
 export async function reserveHostPorts(
   store: StateStore,
@@ -20,7 +21,7 @@ export async function reserveHostPorts(
   // The record is the truth: whatever a killed broker reserved without recording it is given back first.
   await store.releasePortsOf(instance.id);
   const reserve = async () => {
-    const port = await store.reservePort(instance.id, config.portRange, portIsFree);
+    const port = await store.reservePort(instance.id, config.portRange, (candidate) => portIsFree(candidate, instance), instance.node);
     if (!port) {
       await store.releasePortsOf(instance.id);
       throw new Error(`no free host port left in BROKER_PORT_RANGE ${config.portRange.first}-${config.portRange.last}`);

@@ -15,6 +15,7 @@ import type {
 import type { InstanceRecord, OperationRecord, UpdateTarget } from '../store/records.js';
 import { PortTakenError } from './contracts.js';
 import { reserveHostPorts } from './host-ports.js';
+import { placeInstance } from './place-instance.js';
 import { checkId, instanceResourceNames, newPassword } from './ids.js';
 import { afterFirstWrite, locked, operationFor, toLastOperation, type LifecycleParts } from './lifecycle-parts.js';
 import { mustHandBack, now, reasonOf } from './operations.js';
@@ -91,7 +92,7 @@ export class InstanceLifecycle {
 
   /** Runs (or resumes) a provision to its end; everything it made is removed if it fails. */
   async runProvision(operation: OperationRecord, signal: AbortSignal): Promise<void> {
-    const { offerings, store, runtime, runner, log, config, portIsFree } = this.parts;
+    const { offerings, store, runtime, runner, log, config, portIsFree, placement } = this.parts;
     const instanceId = operation.instanceId;
     let instance = await store.getInstance(instanceId);
     // Nothing to continue without its record (a write after the operation's own failed): end it, or every sweep would find it again.
@@ -104,6 +105,7 @@ export class InstanceLifecycle {
     const definition = offerings.definitionOf(instance);
     const progress = (description: string) => runner.progress(operation, description);
     try {
+      if (placement) instance = await placeInstance(store, placement, offerings, definition, instance, operation);
       for (let attempt = 1; ; attempt++) {
         instance = await reserveHostPorts(store, config, portIsFree, definition, instance, operation);
         try {

@@ -4,7 +4,7 @@ import { concurrencyError, notFound } from '../osb/errors.js';
 import type { LastOperation } from '../osb/types.js';
 import { LockTimeoutError } from '../store/errors.js';
 import type { OperationRecord } from '../store/records.js';
-import type { InstanceRuntime, PortProbe, StateStore } from './contracts.js';
+import type { InstanceRuntime, Placement, PortProbe, StateStore } from './contracts.js';
 import type { Offerings } from './offerings.js';
 import { reasonOf, type OperationRunner } from './operations.js';
 
@@ -20,6 +20,8 @@ export interface LifecycleParts {
   portIsFree: PortProbe;
   /** The instance's dashboard URL, with a fresh access token each time. */
   dashboardUrl: (instanceId: string) => string;
+  /** On Swarm: where new instances may go. Without it, everything runs on the one engine. */
+  placement?: Placement;
 }
 
 /** Runs a request's read-check-write under the instance lock; a lock held too long is the spec's ConcurrencyError. */

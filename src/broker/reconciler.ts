@@ -84,6 +84,10 @@ export async function assess(
       cause: 'restarting',
     };
   }
+  // On Swarm: the instance's node is down. Its volume is there, so nothing is made again elsewhere; it returns with the node.
+  if (container?.status === 'unreachable') {
+    return { kind: 'report', since: validTime(container.finishedAt) ?? now, reason: container.error ?? 'its node is unreachable', cause: 'node-down' };
+  }
   if (container?.status === 'removing') return { kind: 'report', since: now, reason: 'container being removed', cause: 'removing' };
   if (!(await volumePresent())) {
     return {

@@ -1,8 +1,6 @@
 import type { Config } from '../config.js';
-import type { DockerEngine } from '../docker/engine.js';
-import { LABEL } from '../docker/types.js';
 import type { Logger } from '../log.js';
-import type { StateStore } from './contracts.js';
+import type { EngineInventory, StateStore } from './contracts.js';
 
 export interface RecoveryReport {
   /** Operations found in progress; the sweep continues those whose lease has lapsed. */
@@ -21,7 +19,7 @@ export interface RecoveryReport {
  * reservations are listed before the instances, and each is checked once more before it is touched, so whatever a
  * live process creates meanwhile is never mistaken for an orphan.
  */
-export async function recover(store: StateStore, engine: DockerEngine, config: Config, log: Logger): Promise<RecoveryReport> {
+export async function recover(store: StateStore, engine: EngineInventory, config: Config, log: Logger): Promise<RecoveryReport> {
   const report: RecoveryReport = {
     unfinished: 0,
     orphanContainers: [],
@@ -30,13 +28,12 @@ export async function recover(store: StateStore, engine: DockerEngine, config: C
     missingContainers: [],
     releasedPorts: [],
   };
-  const labels = { [LABEL.broker]: config.brokerId, [LABEL.role]: 'instance' };
-  const containers = await engine.listContainers(labels);
-  const volumes = await engine.listVolumes(labels);
+  const { workloads: containers, volumes, unreachable } = await engine.inventory();
+  if (unreachable.length) log.warn({ nodes: unreachable }, 'nodes that did not answer were left out of the orphan check');
   const reservations = await store.listPortReservations();
   const instances = await store.listInstances();
   const known = new Set(instances.map((instance) => instance.id));
-  const containerOf = new Map(containers.map((container) => [container.labels[LABEL.instance], container]));
+  const containerOf = new Map(containers.map((container) => [container.instanceId, container]));
   const ownerless = async (instanceId: string | undefined) => {
     if (!instanceId) return true;
     if (known.has(instanceId)) return false;
@@ -62,14 +59,14 @@ export async function recover(store: StateStore, engine: DockerEngine, config: C
   }
 
   for (const container of containers) {
-    if (!(await ownerless(container.labels[LABEL.instance]))) continue;
+    if (!(await ownerless(container.instanceId))) continue;
     report.orphanContainers.push(container.name);
-    if (config.removeOrphans) await engine.removeContainer(container.name);
+    if (config.removeOrphans) await engine.removeWorkload(container);
   }
   for (const volume of volumes) {
-    if (!(await ownerless(volume.labels[LABEL.instance]))) continue;
+    if (!(await ownerless(volume.instanceId))) continue;
     report.orphanVolumes.push(volume.name);
-    if (config.removeOrphans) await engine.removeVolume(volume.name);
+    if (config.removeOrphans) await engine.removeVolume(volume);
   }
   if (report.orphanContainers.length || report.orphanVolumes.length) {
     log.warn(
@@ -80,9 +77,9 @@ export async function recover(store: StateStore, engine: DockerEngine, config: C
     );
   }
 
-  for (const [port, holder] of reservations) {
+  for (const { port, scope, holder } of reservations) {
     if (!(await ownerless(holder))) continue;
-    await store.releasePort(port, holder);
+    await store.releasePort(port, holder, scope);
     report.releasedPorts.push(port);
   }
   log.info({ ...report, instances: instances.length }, 'recovery done');

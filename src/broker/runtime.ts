@@ -5,27 +5,29 @@ import { LABEL, type ContainerLimits } from '../docker/types.js';
 import type { ImageBuilder } from '../images/builder.js';
 import type { BindingRecord, InstanceRecord } from '../store/records.js';
 import { waitFor } from '../wait.js';
-import { PortTakenError, type DriftRuntime, type InstanceEvent, type InstanceRuntime, type Progress } from './contracts.js';
+import { InstanceScripts, type ContainerTarget } from './scripts.js';
+import {
+  PortTakenError,
+  type DriftRuntime,
+  type EngineInventory,
+  type InventoryObject,
+  type InstanceContainers,
+  type InstanceEvent,
+  type InstanceRuntime,
+  type Progress,
+} from './contracts.js';
 import { publishedPortAnswers } from './probe.js';
-
-const READY_POLL_MS = 100;
-/** After the time-out, `timeout` sends TERM; a script that ignores it is killed this much later. */
-const SCRIPT_KILL_AFTER_SECONDS = 5;
-/** coreutils `timeout` exits with 124 when TERM stopped the command, 137 (128 + KILL) when it had to kill it. */
-const TIMED_OUT = 124;
-const KILLED = 137;
 
 /** Container events after which the reconciler looks at the instance again. */
 const WATCHED_ACTIONS = ['die', 'stop', 'kill', 'oom', 'destroy', 'start'];
 
-export class ScriptError extends Error {}
-
 /** What it takes to run one instance on the engine: containers, volumes and the scripts inside the image. */
-export class DockerRuntime implements InstanceRuntime, DriftRuntime {
+export class DockerRuntime implements InstanceRuntime, DriftRuntime, InstanceContainers, EngineInventory {
   constructor(
     private readonly engine: DockerEngine,
     private readonly images: ImageBuilder,
     private readonly config: Config,
+    private readonly scripts = new InstanceScripts(config),
   ) {}
 
   labels(instance: InstanceRecord): Record<string, string> {
@@ -79,42 +81,19 @@ export class DockerRuntime implements InstanceRuntime, DriftRuntime {
       throw error;
     }
     await progress(`Starting ${displayName(definition)}.`);
-    await this.waitReady(definition, instance, signal);
+    await this.scripts.waitReady(async () => this.target(instance), definition, instance, signal);
     // The server listens from here on, so the published port can be probed while setup and the login check run.
     const published = this.waitForPublishedPort(instance, signal);
     published.catch(() => {}); // awaited below; a failure must not go unhandled meanwhile
     await progress('Setting up the administrator and the database.');
-    await this.script(definition, instance, 'setup', {}, signal);
+    await this.script(definition, instance, 'setup', signal);
     await progress('Checking that the service accepts a login through the published port.');
-    await this.script(definition, instance, 'check', {}, signal);
+    await this.script(definition, instance, 'check', signal);
     await published;
   }
 
-  private async waitReady(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal): Promise<void> {
-    const seconds = definition.container.readyTimeoutSeconds;
-    await waitFor(
-      async () => {
-        const result = await this.engine
-          .exec(instance.containerName, ['timeout', '-k', '2s', '10s', '/osb/ready'], {
-            user: definition.container.execUser,
-            env: this.env(definition, instance),
-            timeoutMs: 15_000,
-            signal,
-          })
-          .catch((error: Error) => ({ exitCode: -1, stdout: '', stderr: error.message }));
-        if (result.exitCode === 0) return true;
-        const container = await this.engine.inspectContainer(instance.containerName);
-        if (!container?.running) {
-          throw new Error(`the container stopped while starting (state: ${container?.status ?? 'missing'}); see its logs`);
-        }
-        return undefined;
-      },
-      { intervalMs: READY_POLL_MS, timeoutMs: seconds * 1000, signal, onTimeout: () => new Error(`the service was not ready within ${seconds} s`) },
-    );
-  }
-
   private async waitForPublishedPort(instance: InstanceRecord, signal: AbortSignal): Promise<void> {
-    const host = this.config.publishIp === '0.0.0.0' ? '127.0.0.1' : this.config.publishIp === '::' ? '::1' : this.config.publishIp;
+    const host = this.config.probeHost;
     await waitFor(async () => ((await publishedPortAnswers(host, instance.hostPort!)) ? true : undefined), {
       intervalMs: 100,
       timeoutMs: 5_000,
@@ -123,7 +102,7 @@ export class DockerRuntime implements InstanceRuntime, DriftRuntime {
     });
   }
 
-  inspect(instance: InstanceRecord) {
+  inspect(instance: Omit<InstanceRecord, 'secrets'>) {
     return this.engine.inspectContainer(instance.containerName);
   }
 
@@ -145,6 +124,26 @@ export class DockerRuntime implements InstanceRuntime, DriftRuntime {
     );
   }
 
+  /** The broker's instance containers and volumes on this engine. */
+  async inventory(): Promise<{ workloads: InventoryObject[]; volumes: InventoryObject[]; unreachable: string[] }> {
+    const labels = { [LABEL.broker]: this.config.brokerId, [LABEL.role]: 'instance' };
+    const containers = await this.engine.listContainers(labels);
+    const volumes = await this.engine.listVolumes(labels);
+    return {
+      workloads: containers.map((container) => ({ name: container.name, instanceId: container.labels[LABEL.instance] })),
+      volumes: volumes.map((volume) => ({ name: volume.name, instanceId: volume.labels[LABEL.instance] })),
+      unreachable: [],
+    };
+  }
+
+  async removeWorkload(object: InventoryObject): Promise<void> {
+    await this.engine.removeContainer(object.name);
+  }
+
+  async removeVolume(object: InventoryObject): Promise<void> {
+    await this.engine.removeVolume(object.name);
+  }
+
   /** Removes container and volume; both may already be gone. */
   async destroy(instance: InstanceRecord): Promise<void> {
     await this.engine.removeContainer(instance.containerName);
@@ -164,85 +163,30 @@ export class DockerRuntime implements InstanceRuntime, DriftRuntime {
   }
 
   async configure(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal): Promise<void> {
-    await this.script(definition, instance, 'configure', {}, signal);
+    await this.script(definition, instance, 'configure', signal);
   }
 
-  /** Creates the binding's user; returns extra credential fields the bind script printed as JSON. */
-  async bind(definition: ServiceDefinition, instance: InstanceRecord, binding: BindingRecord, signal: AbortSignal): Promise<Record<string, string | number>> {
-    const output = await this.script(definition, instance, 'bind', bindingEnv(binding), signal);
-    const text = output.trim();
-    if (!text) return {};
-    try {
-      const extra = JSON.parse(text) as unknown;
-      if (typeof extra !== 'object' || extra === null || Array.isArray(extra)) throw new Error('not an object');
-      return extra as Record<string, string | number>;
-    } catch {
-      throw new ScriptError('the bind script printed something other than a JSON object');
-    }
+  bind(definition: ServiceDefinition, instance: InstanceRecord, binding: BindingRecord, signal: AbortSignal): Promise<Record<string, string | number>> {
+    return this.scripts.bind(this.target(instance), definition, instance, binding, signal);
   }
 
   async unbind(definition: ServiceDefinition, instance: InstanceRecord, binding: BindingRecord, signal: AbortSignal): Promise<void> {
-    await this.script(definition, instance, 'unbind', bindingEnv(binding), signal);
+    await this.scripts.unbind(this.target(instance), definition, instance, binding, signal);
   }
 
-  /** Environment handed to every script: the admin login, the plan's limits, the instance's parameters as PARAM_<NAME>. */
-  private env(definition: ServiceDefinition, instance: InstanceRecord): Record<string, string> {
-    const limits = definition.limits.get(instance.planId);
-    const env: Record<string, string> = {
-      INSTANCE_ID: instance.id,
-      ADMIN_USERNAME: definition.container.adminUsername,
-      ADMIN_PASSWORD: instance.secrets.adminPassword,
-      ...(limits ? { PLAN_MEMORY_MB: String(limits.memoryMb), PLAN_CPUS: String(limits.cpus), PLAN_PIDS: String(limits.pids) } : {}),
-    };
-    for (const [name, value] of Object.entries(instance.parameters)) {
-      if (value === undefined || value === null) continue;
-      env[`PARAM_${name.toUpperCase()}`] = typeof value === 'string' ? value : JSON.stringify(value);
-    }
-    return env;
+  async locate(instance: Omit<InstanceRecord, 'secrets'>): Promise<ContainerTarget> {
+    return this.target(instance);
   }
 
-  /**
-   * Runs /osb/<name> in the container; its output is returned, a failure carries its stderr with secrets removed.
-   * An offering without that script has nothing to do at that step.
-   */
-  private async script(
-    definition: ServiceDefinition,
-    instance: InstanceRecord,
-    name: string,
-    extraEnv: Record<string, string>,
-    signal: AbortSignal,
-  ): Promise<string> {
-    if (!definition.scripts.has(name)) return '';
-    const env = { ...this.env(definition, instance), ...extraEnv };
-    // `timeout` stops the script inside the container; the broker's own deadline is only the last resort.
-    const command = ['timeout', '-k', `${SCRIPT_KILL_AFTER_SECONDS}s`, `${this.config.scriptTimeoutSeconds}s`, `/osb/${name}`];
-    const started = Date.now();
-    const result = await this.engine.exec(instance.containerName, command, {
-      user: definition.container.execUser,
-      env,
-      timeoutMs: (this.config.scriptTimeoutSeconds + SCRIPT_KILL_AFTER_SECONDS + 5) * 1000,
-      signal,
-    });
-    const overran = Date.now() - started >= this.config.scriptTimeoutSeconds * 1000;
-    if (result.exitCode === TIMED_OUT || (result.exitCode === KILLED && overran))
-      throw new ScriptError(`${name} script did not finish within ${this.config.scriptTimeoutSeconds} s and was stopped`);
-    if (result.exitCode !== 0) {
-      const secrets = [env.ADMIN_PASSWORD, env.BINDING_PASSWORD].filter((value): value is string => Boolean(value));
-      const reason = redact(result.stderr.trim().split('\n').slice(-3).join(' '), secrets) || `exit code ${result.exitCode}`;
-      throw new ScriptError(`${name} script failed: ${reason}`);
-    }
-    return result.stdout;
+  private target(instance: Omit<InstanceRecord, 'secrets'>): ContainerTarget {
+    return { engine: this.engine, container: instance.containerName };
+  }
+
+  private script(definition: ServiceDefinition, instance: InstanceRecord, name: string, signal: AbortSignal): Promise<string> {
+    return this.scripts.run(this.target(instance), definition, instance, name, {}, signal);
   }
 }
 
 export function containerLimits(limits: Limits): ContainerLimits {
   return { memoryBytes: limits.memoryMb * 1024 * 1024, nanoCpus: Math.round(limits.cpus * 1e9), pids: limits.pids };
-}
-
-function bindingEnv(binding: BindingRecord): Record<string, string> {
-  return { BINDING_ID: binding.id, BINDING_USERNAME: binding.username, BINDING_PASSWORD: binding.secrets.password };
-}
-
-export function redact(text: string, secrets: string[]): string {
-  return secrets.reduce((result, secret) => result.split(secret).join('[redacted]'), text);
 }

@@ -1,9 +1,9 @@
 import { displayName, type ServiceDefinition } from '../catalog/definition.js';
 import type { Config } from '../config.js';
-import type { DockerEngine } from '../docker/engine.js';
 import type { ContainerUsage, LogLine, ProcessList } from '../docker/types.js';
 import type { HealthRecord, InstanceRecord } from '../store/records.js';
 import { describeHealth } from '../broker/reconciler.js';
+import type { InstanceContainers } from '../broker/contracts.js';
 import type { RedisStore } from '../store/redis-store.js';
 
 export interface InstanceDetails {
@@ -56,7 +56,7 @@ export class DashboardService {
 
   constructor(
     private readonly store: RedisStore,
-    private readonly engine: DockerEngine,
+    private readonly containers: InstanceContainers,
     definitions: ServiceDefinition[],
     private readonly config: Config,
   ) {
@@ -99,7 +99,7 @@ export class DashboardService {
     const [operation, bindings, container, health] = await Promise.all([
       this.store.getOperation(instance.lastOperationId),
       this.store.listBindings(instance.id),
-      this.engine.inspectContainer(instance.containerName),
+      this.containers.inspect(instance),
       instance.state === 'ready' ? this.store.getHealth(instance.id) : undefined,
     ]);
     const ports = [instance.hostPort, ...Object.values(instance.extraHostPorts ?? {})].filter((port): port is number => Boolean(port));
@@ -118,7 +118,7 @@ export class DashboardService {
       image: definition ? `${definition.imageRepository}:${instance.maintenanceVersion}` : '',
       version: instance.maintenanceVersion,
       createdAt: instance.createdAt,
-      endpoints: ports.map((port) => `${this.config.advertisedHost}:${port}`),
+      endpoints: ports.map((port) => `${instance.advertisedHost ?? this.config.advertisedHost}:${port}`),
       bindings: bindings.filter((binding) => binding.state === 'ready').length,
       container: container && {
         status: container.status,
@@ -146,22 +146,23 @@ export class DashboardService {
 
   /** Live CPU, memory, network and process count; undefined when the container is not running. */
   async usage(instance: DashboardInstance): Promise<ContainerUsage | undefined> {
-    const container = await this.engine.inspectContainer(instance.containerName);
-    return container?.running ? this.engine.usage(instance.containerName).catch(() => undefined) : undefined;
+    const target = await this.running(instance);
+    return target ? target.engine.usage(target.container).catch(() => undefined) : undefined;
   }
 
   async top(instance: DashboardInstance): Promise<ProcessList | undefined> {
-    const container = await this.engine.inspectContainer(instance.containerName);
-    if (!container?.running) return undefined;
+    const target = await this.running(instance);
+    if (!target) return undefined;
     const redact = await this.redactor(instance);
-    const list = await this.engine.top(instance.containerName);
+    const list = await target.engine.top(target.container);
     return { titles: list.titles, processes: list.processes.map((row) => row.map(redact)) };
   }
 
   async logs(instance: DashboardInstance, tail: number): Promise<LogLine[] | undefined> {
-    if (!(await this.engine.inspectContainer(instance.containerName))) return undefined;
+    const target = await this.containers.locate(instance).catch(() => undefined);
+    if (!target || !(await target.engine.inspectContainer(target.container))) return undefined;
     const redact = await this.redactor(instance);
-    return (await this.engine.logs(instance.containerName, tail)).map((line) => ({ ...line, text: redact(line.text) }));
+    return (await target.engine.logs(target.container, tail)).map((line) => ({ ...line, text: redact(line.text) }));
   }
 
   /** Streams new lines, redacted, until the signal aborts; the secrets list is refreshed as bindings come and go. */
@@ -174,13 +175,21 @@ export class DashboardService {
       );
     }, 2000);
     try {
-      await this.engine.followLogs(instance.containerName, sinceSeconds, (line) => onLine({ ...line, text: redact(line.text) }), signal);
+      const target = await this.containers.locate(instance);
+      await target.engine.followLogs(target.container, sinceSeconds, (line) => onLine({ ...line, text: redact(line.text) }), signal);
     } finally {
       clearInterval(refresh);
     }
   }
 
   /** Every secret the broker knows for this instance, removed before any byte leaves the broker. */
+  /** The container of a running instance, wherever it runs; undefined when it is not running or cannot be reached. */
+  private async running(instance: DashboardInstance) {
+    const target = await this.containers.locate(instance).catch(() => undefined);
+    const container = target && (await target.engine.inspectContainer(target.container).catch(() => undefined));
+    return container?.running ? target : undefined;
+  }
+
   private async redactor(instance: DashboardInstance): Promise<(text: string) => string> {
     const [record, bindings] = await Promise.all([this.store.getInstance(instance.id), this.store.listBindings(instance.id)]);
     const secrets = [record?.secrets.adminPassword ?? '', ...bindings.map((binding) => binding.secrets.password)]

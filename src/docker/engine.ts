@@ -51,6 +51,25 @@ export class DockerEngine {
     return image?.Config?.Labels?.[label];
   }
 
+  /** The image's content id (sha256:...), or undefined when the engine does not have it. */
+  async imageId(tag: string): Promise<string | undefined> {
+    const image = await ignoreStatus(this.docker.getImage(tag).inspect(), 404);
+    return image?.Id;
+  }
+
+  /** Copies an image from this engine to another one as a stream (`docker save | docker load`), never buffered. */
+  async copyImageTo(target: DockerEngine, tag: string): Promise<void> {
+    const archive = (await this.docker.getImage(tag).get());
+    const reply = (await target.docker.loadImage(archive, { quiet: true }));
+    await new Promise<void>((resolve, reject) => {
+      target.docker.modem.followProgress(reply, (error: Error | null, output: Array<{ error?: string }>) => {
+        const failed = error?.message ?? output.find((event) => event.error)?.error;
+        if (failed) reject(new Error(`loading ${tag} failed: ${failed.trim()}`));
+        else resolve();
+      });
+    });
+  }
+
   /** Builds `contextDir` into `tag`, reporting each line of build output. */
   async buildImage(
     contextDir: string,

@@ -22,6 +22,9 @@ export interface InstanceRecord {
   /** The main published port, and the offering's extra ones by name; reserved in Redis for the instance's life. */
   hostPort?: number;
   extraHostPorts?: Record<string, number>;
+  /** On Swarm: the node the instance is placed on (its volume lives there), and the address clients use to reach it. */
+  node?: string;
+  advertisedHost?: string;
   createdAt: string;
   updatedAt: string;
   lastOperationId: string;
@@ -74,10 +77,10 @@ export interface OperationRecord {
 /**
  * Why a ready instance was not running: its container `stopped` (exited, dead, never started), is `restarting` (the
  * engine's restart policy is at it), `paused`, being removed (`removing`) or `removed` (its volume kept), its data
- * volume is missing (`volume-missing`), or it cannot be made again because the catalog moved to another version
- * (`version-gone`).
+ * volume is missing (`volume-missing`), it cannot be made again because the catalog moved to another version
+ * (`version-gone`), or its Swarm node is down or unreachable (`node-down`; it comes back with the node).
  */
-export type DriftCause = 'stopped' | 'restarting' | 'paused' | 'removing' | 'removed' | 'volume-missing' | 'version-gone';
+export type DriftCause = 'stopped' | 'restarting' | 'paused' | 'removing' | 'removed' | 'volume-missing' | 'version-gone' | 'node-down';
 
 /**
  * What the engine really runs for a ready instance, kept by the reconciler (no record: nothing went wrong yet).
@@ -92,4 +95,11 @@ export interface HealthRecord {
   /** For `repaired`: when the broker had it running again, and how. */
   repairedAt?: string;
   repair?: 'restarted' | 'recreated';
+}
+
+/** One reserved host port: its number, its scope (a Swarm node; none on a single engine) and the instance holding it. */
+export interface PortReservation {
+  port: number;
+  scope?: string;
+  holder: string;
 }

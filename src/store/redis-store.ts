@@ -2,7 +2,7 @@ import { Redis } from 'ioredis';
 import { randomBytes } from 'node:crypto';
 import { waitFor } from '../wait.js';
 import { LockTimeoutError, StoreUnavailableError } from './errors.js';
-import type { BindingRecord, HealthRecord, InstanceRecord, OperationRecord } from './records.js';
+import type { BindingRecord, HealthRecord, InstanceRecord, OperationRecord, PortReservation } from './records.js';
 import type { Sealer } from './sealer.js';
 import {
   CLAIM_LEASE,
@@ -296,34 +296,50 @@ export class RedisStore {
   // Host ports
 
   /** Reserves the first port of the range that nobody holds in Redis and for which `usable` says yes. */
-  async reservePort(instanceId: string, range: { first: number; last: number }, usable: (port: number) => Promise<boolean>): Promise<number | undefined> {
+  async reservePort(
+    instanceId: string,
+    range: { first: number; last: number },
+    usable: (port: number) => Promise<boolean>,
+    scope?: string,
+  ): Promise<number | undefined> {
     for (let port = range.first; port <= range.last; port++) {
-      const key = this.key('port', String(port));
+      const key = this.portKey(port, scope);
       if ((await this.redis.exists(key)) || !(await usable(port))) continue;
       // The port and the instance's index of its ports change together, so no crash can leave one without the other.
-      if (await this.redis.eval(RESERVE_PORT, 2, key, this.key('ports', instanceId), instanceId, port)) return port;
+      if (await this.redis.eval(RESERVE_PORT, 2, key, this.key('ports', instanceId), instanceId, portMember(port, scope))) return port;
     }
     return undefined;
   }
 
-  async releasePort(port: number, instanceId: string): Promise<void> {
-    await this.redis.eval(RELEASE_PORT, 2, this.key('port', String(port)), this.key('ports', instanceId), instanceId, port);
+  async releasePort(port: number, instanceId: string, scope?: string): Promise<void> {
+    await this.redis.eval(RELEASE_PORT, 2, this.portKey(port, scope), this.key('ports', instanceId), instanceId, portMember(port, scope));
   }
 
   /** Releases every port the instance holds, including any a crash left reserved but unrecorded. */
   async releasePortsOf(instanceId: string): Promise<void> {
-    for (const port of await this.redis.smembers(this.key('ports', instanceId))) await this.releasePort(Number(port), instanceId);
+    for (const member of await this.redis.smembers(this.key('ports', instanceId))) {
+      const { port, scope } = parsePortMember(member);
+      await this.releasePort(port, instanceId, scope);
+    }
   }
 
-  async listPortReservations(): Promise<Map<number, string>> {
-    const reservations = new Map<number, string>();
-    const keys = await this.scan(`${this.key('port')}:*`);
+  async listPortReservations(): Promise<PortReservation[]> {
+    const prefix = `${this.key('port')}:`;
+    const keys = await this.scan(`${prefix}*`);
     const holders = keys.length ? await this.redis.mget(...keys) : [];
+    const reservations: PortReservation[] = [];
     keys.forEach((key, index) => {
       const holder = holders[index];
-      if (holder) reservations.set(Number(key.slice(key.lastIndexOf(':') + 1)), holder);
+      // port:<port> on a single engine, port:<node>:<port> per Swarm node.
+      const parts = key.slice(prefix.length).split(':');
+      const port = Number(parts.at(-1));
+      if (holder && port) reservations.push({ port, scope: parts.length > 1 ? parts[0] : undefined, holder });
     });
     return reservations;
+  }
+
+  private portKey(port: number, scope?: string): string {
+    return scope ? this.key('port', scope, String(port)) : this.key('port', String(port));
   }
 
   // Locks
@@ -381,4 +397,14 @@ export class RedisStore {
     const { sealed, ...rest } = JSON.parse(raw) as { sealed?: string };
     return (sealed === undefined ? rest : { ...rest, secrets: this.sealer.open<unknown>(sealed, key) }) as T;
   }
+}
+
+/** The member of an instance's port index: "<port>" on a single engine, "<node>/<port>" per Swarm node. */
+function portMember(port: number, scope?: string): string {
+  return scope ? `${scope}/${port}` : String(port);
+}
+
+function parsePortMember(member: string): { port: number; scope?: string } {
+  const slash = member.lastIndexOf('/');
+  return slash < 0 ? { port: Number(member) } : { port: Number(member.slice(slash + 1)), scope: member.slice(0, slash) };
 }

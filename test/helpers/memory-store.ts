@@ -11,7 +11,8 @@ export class MemoryStore implements StateStore {
   readonly instances = new Map<string, InstanceRecord>();
   readonly bindings = new Map<string, BindingRecord>();
   readonly operations = new Map<string, OperationRecord>();
-  readonly ports = new Map<number, string>();
+  /** "<port>", or "<node>/<port>" per Swarm node, to the instance holding it. */
+  readonly ports = new Map<string, string>();
   readonly active = new Set<string>();
   private readonly locks = new Map<string, string>();
   readonly health = new Map<string, HealthRecord>();
@@ -85,22 +86,27 @@ export class MemoryStore implements StateStore {
   async leaseHeld(operationId: string) {
     return (this.leases.get(operationId)?.until ?? 0) > Date.now();
   }
-  async reservePort(instanceId: string, range: { first: number; last: number }, usable: (port: number) => Promise<boolean>) {
+  async reservePort(instanceId: string, range: { first: number; last: number }, usable: (port: number) => Promise<boolean>, scope?: string) {
     for (let port = range.first; port <= range.last; port++) {
-      if (this.ports.has(port) || !(await usable(port))) continue;
-      this.ports.set(port, instanceId);
+      const slot = scope ? `${scope}/${port}` : String(port);
+      if (this.ports.has(slot) || !(await usable(port))) continue;
+      this.ports.set(slot, instanceId);
       return port;
     }
     return undefined;
   }
-  async releasePort(port: number, instanceId: string) {
-    if (this.ports.get(port) === instanceId) this.ports.delete(port);
+  async releasePort(port: number, instanceId: string, scope?: string) {
+    const slot = scope ? `${scope}/${port}` : String(port);
+    if (this.ports.get(slot) === instanceId) this.ports.delete(slot);
   }
   async releasePortsOf(instanceId: string) {
-    for (const [port, holder] of [...this.ports]) if (holder === instanceId) this.ports.delete(port);
+    for (const [slot, holder] of [...this.ports]) if (holder === instanceId) this.ports.delete(slot);
   }
   async listPortReservations() {
-    return new Map(this.ports);
+    return [...this.ports].map(([slot, holder]) => {
+      const [scope, port] = slot.includes('/') ? slot.split('/') : [undefined, slot];
+      return { port: Number(port), scope, holder };
+    });
   }
   async withLock<T>(name: string, work: () => Promise<T>, waitMs = 2_000): Promise<T> {
     const token = randomBytes(8).toString('hex');

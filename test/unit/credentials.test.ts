@@ -1,6 +1,6 @@
 import test from 'ava';
 import { renderCredentials } from '../../src/broker/credentials.js';
-import { redact } from '../../src/broker/runtime.js';
+import { redact } from '../../src/broker/scripts.js';
 import { Sealer } from '../../src/store/sealer.js';
 import { randomBytes } from 'node:crypto';
 

@@ -155,7 +155,7 @@ test('two instances never share a host port, and a full range fails the provisio
     await client.waitForInstance(id);
   }
   t.deepEqual([...store.ports.values()].sort(), ['g1', 'g2']);
-  for (let port = 50002; port <= 50009; port++) store.ports.set(port, 'someone-else');
+  for (let port = 50002; port <= 50009; port++) store.ports.set(String(port), 'someone-else');
   const full = await client.provision('g3', provisionBody(PG.service, PG.small));
   const failed = await client.waitForInstance('g3', full.body.operation);
   t.is(failed.body.state, 'failed');
