@@ -76,6 +76,8 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, InstanceCont
 
   /** Every node, with what placement needs: its free resources come from the store, its usability from here. */
   async candidates(): Promise<PlacementNode[]> {
+    // Never from the cache: a node drained a moment ago must not get the next instance.
+    this.nodeList = undefined;
     return (await this.nodes()).map((node) => ({
       id: node.id,
       hostname: node.hostname,
@@ -263,11 +265,13 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, InstanceCont
   ): Promise<void> {
     await progress(`Starting ${displayName(definition)}.`);
     const seconds = definition.container.readyTimeoutSeconds;
+    let last = '';
     const target = await waitFor(
       async () => {
         const service = await this.manager.inspectService(instance.containerName);
         if (!service) throw new Error(`the service ${instance.containerName} disappeared while starting`);
         const message = service.taskMessage ?? '';
+        last = `${service.taskState ?? 'no task'}${message ? `: ${message}` : ''}`;
         if (PORT_TAKEN.test(message)) throw new PortTakenError(message);
         if (service.taskState === 'running' && service.containerId && service.containerId !== previous) {
           return { engine: this.engineOf(await this.nodeOf(instance, service)), container: service.containerId };
@@ -277,7 +281,7 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, InstanceCont
         }
         return undefined;
       },
-      { intervalMs: 250, timeoutMs: seconds * 1000, signal, onTimeout: () => new Error(`the service's task did not run within ${seconds} s`) },
+      { intervalMs: 250, timeoutMs: seconds * 1000, signal, onTimeout: () => new Error(`the service's task did not run within ${seconds} s (${last})`) },
     );
     await this.scripts.waitReady(async () => target, definition, instance, signal);
     const published = this.waitForPublishedPort(instance, signal);
