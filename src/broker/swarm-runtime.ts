@@ -150,9 +150,15 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, InstanceCont
 
   /** Removes the service, then its containers and volume on its node; a node that is down makes this fail clearly. */
   async destroy(instance: InstanceRecord): Promise<void> {
+    this.nodeList = undefined;
+    const node = instance.node ? (await this.nodes()).find((candidate) => candidate.id === instance.node) : undefined;
+    // Nothing is touched while the node is down: the instance stays whole, and the deprovision can be tried again.
+    if (node && node.state !== 'ready') {
+      throw new Error(`its node ${node.hostname} is ${node.state}, so its data volume cannot be removed; try again when the node is back`);
+    }
     await this.manager.removeService(instance.containerName);
-    if (!instance.node) return;
-    const node = await this.nodeOf(instance);
+    // Never placed, or its node left the Swarm for good, and its volume with it.
+    if (!node) return;
     try {
       const engine = this.engineOf(node);
       // Swarm stops the task's container itself, but only after its grace period; the service is gone, so no wait.

@@ -36,6 +36,7 @@ let redis: { url: string; stop(): Promise<void> };
 let state: { dir: string; remove(): void };
 const brokerId = `sw${uniqueId('').slice(1, 9)}`;
 const placed: Placed[] = [];
+let brokerEnv: Record<string, string>;
 
 test.before(async (t) => {
   cluster = await startSwarmCluster({ name: 'osb-scale', nodes: 3, heartbeatSeconds: 2, log: (line) => t.log(line) });
@@ -50,8 +51,7 @@ test.before(async (t) => {
   }
   redis = await startTestRedis();
   state = tempStateDir();
-  broker = await spawnBroker({
-    PORT: String(await freePort()),
+  brokerEnv = {
     DOCKER_HOST: cluster.managerUrl,
     BROKER_ORCHESTRATOR: 'swarm',
     BROKER_ID: brokerId,
@@ -62,7 +62,8 @@ test.before(async (t) => {
     BROKER_PORT_RANGE: '45000-45099',
     BROKER_RECONCILE_SECONDS: '2',
     LOG_LEVEL: 'info',
-  });
+  };
+  broker = await spawnBroker({ ...brokerEnv, PORT: String(await freePort()) });
 });
 
 test.after.always(async () => {
@@ -142,6 +143,38 @@ async function roundTrip(offering: OfferingName, credentials: Record<string, any
   }
 }
 
+/** Whether a value written earlier through roundTrip is still stored (PostgreSQL, Redis and MariaDB keep data). */
+async function stillHas(offering: OfferingName, credentials: Record<string, any>, value: string): Promise<boolean> {
+  if (offering === 'postgresql') {
+    const client = new pg.Client({ connectionString: credentials.uri, connectionTimeoutMillis: 5000 });
+    await client.connect();
+    try {
+      return (await client.query('SELECT 1 FROM notes WHERE value = $1', [value])).rowCount === 1;
+    } finally {
+      await client.end();
+    }
+  }
+  if (offering === 'redis') {
+    const client = new Redis(credentials.uri, { lazyConnect: true, connectTimeout: 5000, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    await client.connect();
+    try {
+      return (await client.get(`note:${value}`)) === value;
+    } finally {
+      client.disconnect();
+    }
+  }
+  if (offering === 'mariadb') {
+    const client = await mysql.createConnection({ uri: credentials.uri, connectTimeout: 5000 });
+    try {
+      const [rows] = await client.query('SELECT value FROM notes WHERE value = ?', [value]);
+      return (rows as unknown[]).length === 1;
+    } finally {
+      await client.end();
+    }
+  }
+  return true;
+}
+
 /** The broker's Swarm services, by the node each is pinned to. */
 async function servicesByNode(): Promise<Map<string, string[]>> {
   const services = await cluster.manager.listServices({ filters: { label: [`io.osb-broker.broker=${brokerId}`] } });
@@ -205,7 +238,9 @@ test.serial('the dashboard of an instance on a worker shows its processes and lo
 
 test.serial('a drained node gets no new instances; its own come back with their data when it is active again', async (t) => {
   const drained = cluster.nodes[2]!;
-  const before = placed.find((instance) => instance.credentials.host === drained.ip)!;
+  const mine = placed.filter((instance) => instance.credentials.host === drained.ip);
+  const before = mine.find((instance) => instance.offering !== 'mqtt') ?? mine[0]!;
+  await roundTrip(before.offering, before.credentials, 'before-drain');
   await cluster.drain(drained.name);
   try {
     const ids = await Promise.all([provision('redis'), provision('redis')]);
@@ -225,7 +260,7 @@ test.serial('a drained node gets no new instances; its own come back with their 
     120_000,
     1000,
   );
-  t.pass();
+  t.true(await stillHas(before.offering, before.credentials, 'before-drain'), 'the data written before the drain is still there');
 });
 
 test.serial(
@@ -292,6 +327,32 @@ test.serial(
     t.pass();
   },
 );
+
+test.serial('start-up recovery reports the services and volumes no instance owns, on every node', async (t) => {
+  const worker = cluster.nodes[2]!;
+  const labels = { 'io.osb-broker.broker': brokerId, 'io.osb-broker.role': 'instance', 'io.osb-broker.instance': 'ghost-instance' };
+  const volume = `osb-${brokerId}-ghost-volume`;
+  await worker.engine.createVolume({ Name: volume, Labels: labels });
+  const service = `osb-${brokerId}-ghost-service`;
+  await cluster.manager.createService({
+    Name: service,
+    Labels: labels,
+    TaskTemplate: { ContainerSpec: { Image: 'osb-broker/redis:7.0.0' }, Placement: { Constraints: [`node.id==${cluster.nodes[0]!.swarmNodeId}`] } },
+    Mode: { Replicated: { Replicas: 0 } },
+  });
+  // A second process of the same broker, as an operator would start one: its recovery looks at every node.
+  const second = await spawnBroker({ ...brokerEnv, PORT: String(await freePort()) });
+  try {
+    const report = await second.waitForLog((record) => record.msg === 'recovery done', 60_000);
+    t.deepEqual(report.orphanVolumes, [volume]);
+    t.deepEqual(report.orphanContainers, [service]);
+    t.is(report.removedOrphans, false);
+  } finally {
+    await second.kill('SIGTERM');
+    await cluster.manager.getService(service).remove();
+    await worker.engine.getVolume(volume).remove();
+  }
+});
 
 test.serial('deprovisioning everything leaves no service, container, volume or port reservation on any node', async (t) => {
   await Promise.all(
