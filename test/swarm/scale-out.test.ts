@@ -37,6 +37,7 @@ let state: { dir: string; remove(): void };
 const brokerId = `sw${uniqueId('').slice(1, 9)}`;
 const placed: Placed[] = [];
 let brokerEnv: Record<string, string>;
+let redisImage = '';
 
 test.before(async (t) => {
   cluster = await startSwarmCluster({ name: 'osb-scale', nodes: 3, heartbeatSeconds: 2, log: (line) => t.log(line) });
@@ -48,7 +49,14 @@ test.before(async (t) => {
     const definition = definitions.find((candidate) => candidate.offering.name === name)!;
     const [load] = await cluster.loadImage(imageTag(definition), [cluster.nodes[0]!.name]);
     t.log(`${imageTag(definition)} on the manager: ${load!.skipped ? 'already there' : `${load!.bytes} bytes in ${load!.ms} ms`}`);
+    if (name === 'redis') redisImage = imageTag(definition);
   }
+  // The workers keep images between runs (their volumes are a cache): take Redis's away, so the broker must copy it.
+  for (const node of cluster.nodes.slice(1))
+    await node.engine
+      .getImage(redisImage)
+      .remove({ force: true })
+      .catch(() => undefined);
   redis = await startTestRedis();
   state = tempStateDir();
   brokerEnv = {
@@ -110,6 +118,7 @@ async function roundTrip(offering: OfferingName, credentials: Record<string, any
     }
     case 'redis': {
       const client = new Redis(credentials.uri, { lazyConnect: true, connectTimeout: 5000, maxRetriesPerRequest: 0, retryStrategy: () => null });
+      client.on('error', () => {}); // connect() rejects with it
       await client.connect();
       try {
         await client.set(`note:${value}`, value);
@@ -156,6 +165,7 @@ async function stillHas(offering: OfferingName, credentials: Record<string, any>
   }
   if (offering === 'redis') {
     const client = new Redis(credentials.uri, { lazyConnect: true, connectTimeout: 5000, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    client.on('error', () => {}); // connect() rejects with it
     await client.connect();
     try {
       return (await client.get(`note:${value}`)) === value;
@@ -203,6 +213,12 @@ test.serial('six instances of mixed offerings spread over three nodes, each used
     t.true(nodeIps().includes(credentials.host), `${offering} is advertised at a node address (${credentials.host})`);
     t.is(await roundTrip(offering, credentials, `hello-${index}`), `hello-${index}`);
     placed.push({ id, offering, credentials });
+  }
+  // The broker copied Redis's image to the nodes that run a Redis instance: the very image of the manager.
+  const managerImage = (await cluster.manager.getImage(redisImage).inspect()).Id;
+  for (const instance of placed.filter((candidate) => candidate.offering === 'redis')) {
+    const node = cluster.nodes.find((candidate) => candidate.ip === instance.credentials.host)!;
+    t.is((await node.engine.getImage(redisImage).inspect()).Id, managerImage, `${redisImage} on ${node.name}`);
   }
   const hosts = new Set(placed.map((instance) => instance.credentials.host));
   t.is(hosts.size, 3, 'every node holds instances');
