@@ -207,7 +207,7 @@ function instanceName(instance: DashboardInstance): string | undefined {
 
 function explain(
   instance: DashboardInstance,
-  container: { running: boolean; status: string; exitCode?: number } | undefined,
+  container: { running: boolean; status: string; exitCode?: number; error?: string } | undefined,
   health: HealthRecord | undefined,
   reconcileSeconds: number,
 ): string | undefined {
@@ -235,6 +235,7 @@ function explain(
   if (!container.running) {
     const state = `The container is ${container.status}${container.exitCode !== undefined ? ` (exit code ${container.exitCode})` : ''}.`;
     if (container.status === 'restarting') return `${state} Docker restarts it; the logs below show why it ended.`;
+    if (container.status === 'unreachable') return `The instance cannot be reached: ${container.error ?? 'its node is down'}.`;
     return ready && reconcileSeconds > 0
       ? `${state} The broker starts it again within moments; the logs below show why it ended.`
       : `${state} The logs below show why it ended.`;
