@@ -160,12 +160,11 @@ async function main(): Promise<void> {
   console.log(`\nSwarm scale-out: ${N} Redis instances at once; ${cpus.length} cpus, node ${process.version}; nodes are Docker-in-Docker on this machine\n`);
   console.log(
     table(
-      ['nodes', 'what', 'total', 'failures', 'p50 each', 'p95 each', 'vs bare', 'broker peak RSS', 'removal'],
+      ['Swarm nodes, what', 'total', 'failures', 'p50 each', 'p95 each', 'vs bare', 'broker peak RSS', 'removal'],
       runs.map((run) => {
         const bare = runs.find((candidate) => candidate.nodes === run.nodes && candidate.what.startsWith('bare'))!;
         return [
-          String(run.nodes),
-          run.what,
+          `${run.nodes} node${run.nodes === 1 ? '' : 's'}, ${run.what}`,
           ms(run.totalMs),
           String(run.failures),
           run.perInstance.length ? ms(median(run.perInstance)) : '-',
