@@ -217,7 +217,6 @@ export class OperationRunner {
     const previous = this.running.get(key);
     const controller = new AbortController();
     const done = (async () => {
-      if (previous) await previous.done;
       // The heartbeat ends before the lease is given up, so a late beat never takes back a released lease.
       const beat = { ended: false, inFlight: Promise.resolve() };
       const timer = setInterval(
@@ -232,6 +231,8 @@ export class OperationRunner {
         await beat.inFlight;
       };
       try {
+        // Waiting behind the previous operation on this resource is holding this one: its lease is renewed meanwhile.
+        if (previous) await previous.done;
         await work(controller.signal);
         await endHeartbeat();
         await this.store.releaseLease(operation.id, this.owner).catch(() => undefined);

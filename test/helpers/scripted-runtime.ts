@@ -15,10 +15,12 @@ export class ScriptedRuntime implements InstanceRuntime {
   readonly calls: Array<{ step: Step; instanceId: string }> = [];
   delays: Partial<Record<Step, number>> = {};
   failures: Partial<Record<Step, string>> = {};
+  /** Steps that run their whole delay even when the operation is cancelled, as an image build does. */
+  readonly unabortable = new Set<Step>();
 
   private async step(step: Step, instanceId: string, signal?: AbortSignal): Promise<void> {
     this.calls.push({ step, instanceId });
-    if (this.delays[step]) await delay(this.delays[step], undefined, { signal });
+    if (this.delays[step]) await delay(this.delays[step], undefined, { signal: this.unabortable.has(step) ? undefined : signal });
     if (this.failures[step]) throw new Error(this.failures[step]);
   }
 

@@ -183,6 +183,23 @@ test('a second process of the same broker never takes live work, and takes it ov
   t.is(runtime.running.size, 1);
 });
 
+test('an operation queued behind a step that cannot be interrupted keeps its lease while it waits', async (t) => {
+  const { store, runtime, broker, client } = await setUp(t);
+  runtime.delays.start = 5_000;
+  runtime.unabortable.add('start'); // as an image build: the cancelled provision still runs to its end
+  const accepted = await client.provision('q', provisionBody(PG.service, PG.small));
+  const deleting = await client.deprovision('q', PG.service, PG.small);
+  t.is(deleting.status, 202);
+  const second = newBroker(store, runtime);
+  // Twice the lease: only renewal keeps the queued deprovision from looking abandoned.
+  await new Promise((resolve) => setTimeout(resolve, 3_000));
+  t.is(await second.runner.sweep(), 0, 'neither the running provision nor the queued deprovision is taken over');
+  await broker.settle();
+  t.not((await store.getOperation(accepted.body.operation))?.state, 'in progress');
+  t.is((await store.getOperation(deleting.body.operation))?.state, 'succeeded');
+  t.false(runtime.running.has('q'));
+});
+
 test('a deprovision on one process stops the provision running on another', async (t) => {
   const { store, runtime, client } = await setUp(t);
   runtime.delays.start = 10_000;
