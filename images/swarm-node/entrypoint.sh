@@ -19,6 +19,14 @@ if [[ "$(stat -f -c %T /var/lib/docker)" == overlayfs ]]; then
   exit 1
 fi
 
+# The volume outlives the node container (it caches images): a new node container must not rejoin the Swarm of
+# the one before it, whose half-left state also keeps the network agent from starting (overlay networks then have no
+# name resolution). A restart of the same container keeps its Swarm membership: the marker is on the root filesystem.
+if [[ ! -e /etc/osb-swarm-node.started ]]; then
+  rm -rf /var/lib/docker/swarm /var/lib/docker/network
+  touch /etc/osb-swarm-node.started
+fi
+
 cgroup="${OSB_NODE_CGROUP:-osb-swarm/$(hostname)}"
 exec /usr/sbin/dockerd \
   --host=unix:///var/run/docker.sock \
