@@ -59,8 +59,8 @@ export class DockerEngine {
 
   /** Copies an image from this engine to another one as a stream (`docker save | docker load`), never buffered. */
   async copyImageTo(target: DockerEngine, tag: string): Promise<void> {
-    const archive = (await this.docker.getImage(tag).get());
-    const reply = (await target.docker.loadImage(archive, { quiet: true }));
+    const archive = await this.docker.getImage(tag).get();
+    const reply = await target.docker.loadImage(archive, { quiet: true });
     await new Promise<void>((resolve, reject) => {
       target.docker.modem.followProgress(reply, (error: Error | null, output: Array<{ error?: string }>) => {
         const failed = error?.message ?? output.find((event) => event.error)?.error;
