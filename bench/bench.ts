@@ -130,7 +130,8 @@ function reportCatalog(samples: CatalogSamples): void {
   );
   if (broker.failures + bare.failures > 0) console.log(`  failed requests: broker ${broker.failures}, bare ${bare.failures}`);
   console.log(
-    '  broker: the full request path (basic auth, X-Broker-API-Version, a JSON access log line per request, the catalog serialised once);' +
+    '  broker: the full request path (basic auth, X-Broker-API-Version, a JSON access log line and the request metrics per request, the catalog' +
+      '\n          serialised once; answered ahead of Koa by src/http/catalog-fast-path.ts);' +
       '\n  bare:   node:http answering every request with the same bytes; load from autocannon in a worker thread, one untimed second each first.',
   );
 }

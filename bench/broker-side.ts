@@ -1,9 +1,8 @@
 /** The broker under test, in-process, spoken to over HTTP like a platform would. */
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { pino } from 'pino';
 import { loadConfig } from '../src/config.js';
-import { createLogger } from '../src/log.js';
+import { createLogger, logDestination } from '../src/log.js';
 import { startBroker } from '../src/server.js';
 import { PG, removeEverything, startTestRedis } from '../test/helpers/env.js';
 import { OsbClient, provisionBody, type Reply } from '../test/helpers/osb-client.js';
@@ -59,8 +58,8 @@ export async function startBrokerSide(): Promise<BrokerSide> {
   const brokerId = `bench-${randomBytes(4).toString('hex')}`;
   const password = randomBytes(16).toString('hex');
   const config = loadConfig({ ...process.env, PORT: '0', REDIS_URL: redis.url, BROKER_ID: brokerId, BROKER_PORT_RANGE: '45000-45099', LOG_LEVEL: 'silent' });
-  // It logs as in production (a JSON line per request, written at once), only to /dev/null.
-  const log = createLogger('info', {}, pino.destination({ dest: '/dev/null', sync: true }));
+  // It logs as in production (a JSON line per request, through the same destination), only to /dev/null.
+  const log = createLogger('info', {}, logDestination('/dev/null'));
   const running = await startBroker({ ...config, password, encryptionKey: randomBytes(32) }, log).catch(async (error) => {
     await redis.stop();
     throw error;

@@ -1,4 +1,4 @@
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, type Metric } from 'prom-client';
 import type { OperationObserver, OperationOutcome } from './broker/contracts.js';
 import type { ServiceDefinition } from './catalog/definition.js';
 import { within, type DependencyChecks, type Readiness } from './health.js';
@@ -21,6 +21,114 @@ export interface MetricsSources {
 const OPERATION_TYPES: OperationType[] = ['provision', 'update', 'deprovision', 'bind', 'unbind'];
 const OUTCOMES: OperationOutcome[] = ['succeeded', 'failed'];
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
+/** osb_http_request_duration_seconds's buckets: prom-client's defaults, which it has always had. */
+const HTTP_DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+/** One method and route's durations: count, sum and the observations per bucket (not yet cumulative). */
+interface Durations {
+  labels: { method: string; route: string };
+  count: number;
+  sum: number;
+  perBucket: number[];
+}
+
+/** One method, route and status: its count, and the durations it adds to. */
+interface RequestSeries {
+  count: { labels: { method: string; route: string; status: string }; value: number };
+  durations: Durations;
+}
+
+/** A metric as the registry reads it (what prom-client's own metrics give it). */
+interface CollectedMetric {
+  name: string;
+  help: string;
+  type: 'counter' | 'histogram';
+  aggregator: 'sum';
+  values: Array<{ value: number; labels: Record<string, string | number>; metricName?: string }>;
+}
+
+/**
+ * osb_http_requests_total and osb_http_request_duration_seconds, counted in plain numbers and turned into what the
+ * registry reads only at a scrape: prom-client's own counter and histogram check and hash their labels on every
+ * request, which cost as much as answering the catalog. The text a scrape gets is the same, series for series.
+ */
+class HttpRequestMetrics {
+  /** By method, route template and status: bounded sets (templates, not paths), so these maps stay small. */
+  private readonly series = new Map<string, Map<string, Map<number, RequestSeries>>>();
+  private readonly counts: RequestSeries['count'][] = [];
+  private readonly durations = new Map<string, Durations>();
+
+  constructor(registry: Registry) {
+    const metric = (name: string, help: string, type: CollectedMetric['type'], values: () => CollectedMetric['values']) => {
+      const collected = {
+        name,
+        help,
+        type,
+        aggregator: 'sum' as const,
+        get: async (): Promise<CollectedMetric> => ({ name: collected.name, help, type, aggregator: 'sum', values: values() }),
+        reset: () => this.reset(),
+      };
+      registry.registerMetric(collected as unknown as Metric);
+    };
+    metric('osb_http_requests_total', 'HTTP requests answered, by method, route template and status code.', 'counter', () =>
+      this.counts.map(({ labels, value }) => ({ value, labels: { ...labels } })),
+    );
+    metric('osb_http_request_duration_seconds', 'Time from a request arriving to its answer being ready, by method and route template.', 'histogram', () =>
+      [...this.durations.values()].flatMap((durations) => this.histogramValues(durations)),
+    );
+  }
+
+  /** `method` is one of METHODS or "other". */
+  observe(method: string, route: string, status: number, seconds: number): void {
+    let routes = this.series.get(method);
+    if (!routes) this.series.set(method, (routes = new Map<string, Map<number, RequestSeries>>()));
+    let statuses = routes.get(route);
+    if (!statuses) routes.set(route, (statuses = new Map<number, RequestSeries>()));
+    let series = statuses.get(status);
+    if (!series) statuses.set(status, (series = this.newSeries(method, route, status)));
+    series.count.value++;
+    const { durations } = series;
+    durations.count++;
+    durations.sum += seconds;
+    // A duration above the last bucket is in none of them, only in the count (+Inf).
+    for (let bucket = 0; bucket < HTTP_DURATION_BUCKETS.length; bucket++) {
+      if (seconds <= HTTP_DURATION_BUCKETS[bucket]!) {
+        durations.perBucket[bucket]!++;
+        break;
+      }
+    }
+  }
+
+  private newSeries(method: string, route: string, status: number): RequestSeries {
+    const count = { labels: { method, route, status: String(status) }, value: 0 };
+    this.counts.push(count);
+    const key = `${method} ${route}`;
+    let durations = this.durations.get(key);
+    if (!durations) {
+      durations = { labels: { method, route }, count: 0, sum: 0, perBucket: HTTP_DURATION_BUCKETS.map(() => 0) };
+      this.durations.set(key, durations);
+    }
+    return { count, durations };
+  }
+
+  /** The values prom-client's histogram gives for one series: cumulative buckets, +Inf, sum and count. */
+  private histogramValues({ labels, count, sum, perBucket }: Durations): CollectedMetric['values'] {
+    const bucketName = 'osb_http_request_duration_seconds_bucket';
+    let cumulative = 0;
+    return [
+      ...HTTP_DURATION_BUCKETS.map((le, bucket) => ({ value: (cumulative += perBucket[bucket]!), labels: { le, ...labels }, metricName: bucketName })),
+      { value: count, labels: { le: '+Inf', ...labels }, metricName: bucketName },
+      { value: sum, labels: { ...labels }, metricName: 'osb_http_request_duration_seconds_sum' },
+      { value: count, labels: { ...labels }, metricName: 'osb_http_request_duration_seconds_count' },
+    ];
+  }
+
+  private reset(): void {
+    this.series.clear();
+    this.counts.length = 0;
+    this.durations.clear();
+  }
+}
 
 /** What one scrape reads once and every gauge shares. */
 interface Snapshot {
@@ -39,33 +147,19 @@ export class BrokerMetrics implements OperationObserver {
   /** Settable after start, once a reconciler that keeps health records exists. */
   instancesByHealth?: InstanceHealthSource;
 
-  private readonly httpRequests: Counter<'method' | 'route' | 'status'>;
-  private readonly httpDuration: Histogram<'method' | 'route'>;
+  private readonly http: HttpRequestMetrics;
   private readonly operationsStarted: Counter<'type'>;
   private readonly operationsFinished: Counter<'type' | 'outcome'>;
   private readonly operationDuration: Histogram<'type' | 'outcome'>;
   private readonly leaseTakeovers: Counter<'type'>;
   private snapshot?: Promise<Snapshot>;
-  /** Method, route and status are bounded sets (route templates, not paths), so this map stays small. */
-  private readonly requestSeries = new Map<string, { count: { inc(): void }; duration: { observe(value: number): void } }>();
 
   constructor(private readonly sources: MetricsSources) {
     this.instancesByHealth = sources.instancesByHealth;
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
 
-    this.httpRequests = new Counter({
-      name: 'osb_http_requests_total',
-      help: 'HTTP requests answered, by method, route template and status code.',
-      labelNames: ['method', 'route', 'status'],
-      registers,
-    });
-    this.httpDuration = new Histogram({
-      name: 'osb_http_request_duration_seconds',
-      help: 'Time from a request arriving to its answer being ready, by method and route template.',
-      labelNames: ['method', 'route'],
-      registers,
-    });
+    this.http = new HttpRequestMetrics(this.registry);
     this.operationsStarted = new Counter({
       name: 'osb_operations_started_total',
       help: 'Operations whose work this broker process started, by type.',
@@ -152,20 +246,7 @@ export class BrokerMetrics implements OperationObserver {
 
   /** One answered HTTP request; `route` is a template (never a raw path, which would carry ids). */
   requestFinished(method: string, route: string, status: number, seconds: number): void {
-    const knownMethod = METHODS.has(method) ? method : 'other';
-    // The labelled series are looked up once per combination: hashing the labels on every request cost as much
-    // as answering the catalog.
-    const key = `${knownMethod} ${route} ${status}`;
-    let series = this.requestSeries.get(key);
-    if (!series) {
-      series = {
-        count: this.httpRequests.labels(knownMethod, route, String(status)),
-        duration: this.httpDuration.labels(knownMethod, route),
-      };
-      this.requestSeries.set(key, series);
-    }
-    series.count.inc();
-    series.duration.observe(seconds);
+    this.http.observe(METHODS.has(method) ? method : 'other', route, status, seconds);
   }
 
   operationStarted(type: OperationType): void {

@@ -30,21 +30,25 @@ function reply(ctx: Context, status: number, payload: Record<string, unknown>, r
  * If-None-Match as RFC 9110 has it: a list of tags (weak ones compared weakly) or "*". Unlike Koa's ctx.fresh it
  * ignores a request's Cache-Control: no-cache, which fetch adds to every conditional request and which is for caches.
  */
-function matchesEtag(header: string, etag: string): boolean {
+export function matchesEtag(header: string, etag: string): boolean {
   return header !== '' && header.split(',').some((tag) => ['*', etag].includes(tag.trim().replace(/^W\//, '')));
 }
 
 /** The newest minor version whose fields the catalog knows; later 2.x clients get the same catalog. */
 const NEWEST_CATALOG_MINOR = 17;
 
-/**
- * GET /v2/catalog. The catalog is fixed for the life of the process: serialised once per API version, with an
- * ETag for 304s. The app puts it right after the credential and version checks, ahead of the router, since
- * platforms poll it; the router's own catalog route answers the same.
- */
-export function catalogEndpoint(broker: ServiceBroker): Middleware {
-  const catalogs = new Map<number, { body: Buffer; etag: string }>();
-  const catalog = (apiVersion: ApiVersion) => {
+/** The catalog as one API version's clients get it: its bytes and their ETag. */
+export interface CatalogVariant {
+  body: Buffer;
+  etag: string;
+}
+
+/** The catalog for a client's version, serialised once per minor version (the catalog is fixed for the process). */
+export type CatalogCache = (apiVersion: ApiVersion) => CatalogVariant;
+
+export function catalogCache(broker: ServiceBroker): CatalogCache {
+  const catalogs = new Map<number, CatalogVariant>();
+  return (apiVersion) => {
     const minor = Math.min(apiVersion.minor, NEWEST_CATALOG_MINOR);
     let cached = catalogs.get(minor);
     if (!cached) {
@@ -54,6 +58,14 @@ export function catalogEndpoint(broker: ServiceBroker): Middleware {
     }
     return cached;
   };
+}
+
+/**
+ * GET /v2/catalog, with an ETag for 304s. The app puts it right after the credential and version checks, ahead of
+ * the router, since platforms poll it; the router's own catalog route answers the same, and so does the app's fast
+ * path (catalog-fast-path.ts), which shares the cache.
+ */
+export function catalogEndpoint(broker: ServiceBroker, catalog: CatalogCache = catalogCache(broker)): Middleware {
   return async (ctx, next) => {
     if (ctx.path !== '/v2/catalog' || (ctx.method !== 'GET' && ctx.method !== 'HEAD')) {
       await next();
