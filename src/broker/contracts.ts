@@ -1,3 +1,4 @@
+import type { Readable } from 'node:stream';
 import type { ServiceDefinition } from '../catalog/definition.js';
 import type { ContainerSummary } from '../docker/types.js';
 import type { ContainerTarget } from './scripts.js';
@@ -107,6 +108,18 @@ export interface EngineInventory {
 /** A runtime that spreads instances over nodes (Swarm): the nodes a new instance may go to, with their addresses. */
 export interface Placement {
   candidates(): Promise<PlacementNode[]>;
+}
+
+/** What backups need of a runtime: the offering's dump of an instance's data out, and back in. */
+export interface DumpRuntime {
+  /** Runs the backup script: its stdout is the dump. Read it to its end; `finished` rejects if the script failed. */
+  backup(
+    definition: ServiceDefinition,
+    instance: InstanceRecord,
+    options: { timeoutSeconds: number; signal: AbortSignal },
+  ): Promise<{ stdout: Readable; finished: Promise<void> }>;
+  /** Runs the restore script with the dump on its stdin; resolves once it loaded it. */
+  restore(definition: ServiceDefinition, instance: InstanceRecord, dump: Readable, options: { timeoutSeconds: number; signal: AbortSignal }): Promise<void>;
 }
 
 /** A lifecycle event of one instance's container (die, stop, kill, oom, destroy, start). */

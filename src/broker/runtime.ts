@@ -2,6 +2,7 @@ import type { Config } from '../config.js';
 import { displayName, imageTag, type Limits, type ServiceDefinition } from '../catalog/definition.js';
 import { PortInUseError, type DockerEngine } from '../docker/engine.js';
 import { LABEL, type ContainerLimits } from '../docker/types.js';
+import type { Readable } from 'node:stream';
 import type { ImageBuilder } from '../images/builder.js';
 import type { BindingRecord, InstanceRecord } from '../store/records.js';
 import { waitFor } from '../wait.js';
@@ -9,6 +10,7 @@ import { InstanceScripts, type ContainerTarget } from './scripts.js';
 import {
   PortTakenError,
   type DriftRuntime,
+  type DumpRuntime,
   type EngineInventory,
   type InventoryObject,
   type InstanceContainers,
@@ -22,7 +24,7 @@ import { publishedPortAnswers } from './probe.js';
 const WATCHED_ACTIONS = ['die', 'stop', 'kill', 'oom', 'destroy', 'start'];
 
 /** What it takes to run one instance on the engine: containers, volumes and the scripts inside the image. */
-export class DockerRuntime implements InstanceRuntime, DriftRuntime, InstanceContainers, EngineInventory {
+export class DockerRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime, InstanceContainers, EngineInventory {
   constructor(
     private readonly engine: DockerEngine,
     private readonly images: ImageBuilder,
@@ -168,6 +170,21 @@ export class DockerRuntime implements InstanceRuntime, DriftRuntime, InstanceCon
 
   bind(definition: ServiceDefinition, instance: InstanceRecord, binding: BindingRecord, signal: AbortSignal): Promise<Record<string, string | number>> {
     return this.scripts.bind(this.target(instance), definition, instance, binding, signal);
+  }
+
+  async backup(definition: ServiceDefinition, instance: InstanceRecord, options: { timeoutSeconds: number; signal: AbortSignal }) {
+    return this.scripts.stream(this.target(instance), definition, instance, 'backup', options);
+  }
+
+  async restore(
+    definition: ServiceDefinition,
+    instance: InstanceRecord,
+    dump: Readable,
+    options: { timeoutSeconds: number; signal: AbortSignal },
+  ): Promise<void> {
+    const run = await this.scripts.stream(this.target(instance), definition, instance, 'restore', { ...options, input: dump });
+    run.stdout.resume();
+    await run.finished;
   }
 
   async unbind(definition: ServiceDefinition, instance: InstanceRecord, binding: BindingRecord, signal: AbortSignal): Promise<void> {

@@ -2,6 +2,7 @@ import type { Config } from '../config.js';
 import type { ServiceDefinition } from '../catalog/definition.js';
 import type { DockerEngine } from '../docker/engine.js';
 import type { BindingRecord, InstanceRecord } from '../store/records.js';
+import type { Readable } from 'node:stream';
 import { waitFor } from '../wait.js';
 
 const READY_POLL_MS = 100;
@@ -98,6 +99,37 @@ export class InstanceScripts {
       throw new ScriptError(`${name} script failed: ${reason}`);
     }
     return result.stdout;
+  }
+
+  /**
+   * Runs /osb/<name> with `input` as its stdin and its stdout as a stream (backup and restore: dumps of any size,
+   * never held in memory). `finished` rejects with a ScriptError, secrets removed, when the script fails.
+   */
+  async stream(
+    target: ContainerTarget,
+    definition: ServiceDefinition,
+    instance: InstanceRecord,
+    name: string,
+    options: { input?: Readable; timeoutSeconds: number; signal: AbortSignal },
+  ): Promise<{ stdout: Readable; finished: Promise<void> }> {
+    const env = this.env(definition, instance);
+    const command = ['timeout', '-k', `${SCRIPT_KILL_AFTER_SECONDS}s`, `${options.timeoutSeconds}s`, `/osb/${name}`];
+    const run = await target.engine.execStream(target.container, command, {
+      user: definition.container.execUser,
+      env,
+      input: options.input,
+      signal: options.signal,
+    });
+    const finished = run.finished.then(({ exitCode, stderr }) => {
+      if (exitCode === TIMED_OUT || exitCode === KILLED)
+        throw new ScriptError(`${name} script did not finish within ${options.timeoutSeconds} s and was stopped`);
+      if (exitCode !== 0) {
+        const reason = redact(stderr.trim().split('\n').slice(-3).join(' '), [env.ADMIN_PASSWORD!]) || `exit code ${exitCode}`;
+        throw new ScriptError(`${name} script failed: ${reason}`);
+      }
+    });
+    finished.catch(() => {}); // the caller awaits it
+    return { stdout: run.stdout, finished };
   }
 
   /** Environment handed to every script: the admin login, the plan's limits, the instance's parameters as PARAM_<NAME>. */

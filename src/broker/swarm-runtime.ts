@@ -3,12 +3,14 @@ import { displayName, imageTag, type ServiceDefinition } from '../catalog/defini
 import { DockerEngine } from '../docker/engine.js';
 import { engineOptions, SwarmManager, type ServicePlan, type ServiceState, type SwarmNode } from '../docker/swarm.js';
 import { LABEL, type ContainerSummary } from '../docker/types.js';
+import type { Readable } from 'node:stream';
 import type { ImageBuilder } from '../images/builder.js';
 import type { BindingRecord, InstanceRecord } from '../store/records.js';
 import { waitFor } from '../wait.js';
 import {
   PortTakenError,
   type DriftRuntime,
+  type DumpRuntime,
   type EngineInventory,
   type InstanceContainers,
   type InstanceEvent,
@@ -35,7 +37,7 @@ type Instance = Omit<InstanceRecord, 'secrets'>;
  * mode on that node. Swarm runs and restarts them; scripts, logs, processes and usage go through the node's own
  * engine (node label io.osb-broker.engine), and images reach a node by being copied from the manager's engine.
  */
-export class SwarmRuntime implements InstanceRuntime, DriftRuntime, InstanceContainers, EngineInventory, Placement {
+export class SwarmRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime, InstanceContainers, EngineInventory, Placement {
   private readonly manager: SwarmManager;
   private readonly scripts: InstanceScripts;
   private readonly engines = new Map<string, DockerEngine>();
@@ -142,6 +144,21 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, InstanceCont
 
   async bind(definition: ServiceDefinition, instance: InstanceRecord, binding: BindingRecord, signal: AbortSignal) {
     return this.scripts.bind(await this.locate(instance), definition, instance, binding, signal);
+  }
+
+  async backup(definition: ServiceDefinition, instance: InstanceRecord, options: { timeoutSeconds: number; signal: AbortSignal }) {
+    return this.scripts.stream(await this.locate(instance), definition, instance, 'backup', options);
+  }
+
+  async restore(
+    definition: ServiceDefinition,
+    instance: InstanceRecord,
+    dump: Readable,
+    options: { timeoutSeconds: number; signal: AbortSignal },
+  ): Promise<void> {
+    const run = await this.scripts.stream(await this.locate(instance), definition, instance, 'restore', { ...options, input: dump });
+    run.stdout.resume();
+    await run.finished;
   }
 
   async unbind(definition: ServiceDefinition, instance: InstanceRecord, binding: BindingRecord, signal: AbortSignal): Promise<void> {

@@ -2,7 +2,8 @@
 // helpers live beside it (types.ts, log-lines.ts, events.ts).
 import Docker from 'dockerode';
 import tar from 'tar-stream';
-import { PassThrough } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
@@ -20,6 +21,7 @@ import {
 } from './types.js';
 import { demuxLogs, parseLogLine } from './log-lines.js';
 import { parseContainerEvent } from './events.js';
+import { ExecDemux } from './exec-frames.js';
 
 export class PortInUseError extends Error {}
 
@@ -417,6 +419,54 @@ export class DockerEngine {
       stdout: Buffer.concat(out).toString('utf8'),
       stderr: Buffer.concat(err).toString('utf8'),
     };
+  }
+
+  /**
+   * Runs a command with `input` (if any) as its stdin and its stdout as a stream, both with backpressure, so dumps of
+   * any size pass through without piling up in memory. Read `stdout` to its end (or resume it); `finished` then
+   * resolves with the exit code and the end of stderr. Aborting the signal ends the command's connection.
+   */
+  async execStream(
+    name: string,
+    cmd: string[],
+    options: Omit<ExecOptions, 'timeoutMs'> & { input?: Readable } = {},
+  ): Promise<{ stdout: Readable; finished: Promise<{ exitCode: number; stderr: string }> }> {
+    const exec = await this.docker.getContainer(name).exec({
+      Cmd: cmd,
+      Env: Object.entries(options.env ?? {}).map(([key, value]) => `${key}=${value}`),
+      User: options.user,
+      AttachStdin: Boolean(options.input),
+      AttachStdout: true,
+      AttachStderr: true,
+    });
+    const socket = await exec.start({ hijack: true, stdin: Boolean(options.input) });
+    const demux = new ExecDemux();
+    const onAbort = () => socket.destroy(options.signal?.reason instanceof Error ? options.signal.reason : new Error('aborted'));
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+    // Ending the input half-closes the connection: the engine then closes the command's stdin.
+    const fed = options.input ? pipeline(options.input, socket, { end: true }) : Promise.resolve();
+    const read = pipeline(socket, demux).catch((error: unknown) => {
+      demux.destroy(error as Error);
+      throw error;
+    });
+    const finished = (async () => {
+      try {
+        await Promise.all([fed, read]);
+        // The exit code is there a moment after the stream ends.
+        const exitCode = await waitFor(
+          async () => {
+            const state = await exec.inspect();
+            return state.Running ? undefined : (state.ExitCode ?? -1);
+          },
+          { intervalMs: 20, timeoutMs: 10_000 },
+        );
+        return { exitCode, stderr: demux.stderr };
+      } finally {
+        options.signal?.removeEventListener('abort', onAbort);
+      }
+    })();
+    finished.catch(() => {}); // the caller awaits it; until then a failure must not go unhandled
+    return { stdout: demux, finished };
   }
 
   async listContainers(labels: Record<string, string>): Promise<ContainerSummary[]> {
