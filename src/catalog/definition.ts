@@ -21,6 +21,18 @@ export interface ContainerSpec {
   readyTimeoutSeconds: number;
 }
 
+/** Whether an offering's instances can be backed up and restored, and what a backup holds (service.json `backups`). */
+export interface BackupSpec {
+  /** True: scripts/backup writes a dump of an instance to stdout, scripts/restore reads one from stdin. */
+  supported: boolean;
+  /** What a backup holds and what it leaves out, for people (README, API); "nothing" when unsupported. */
+  contains: string;
+  /** The dump's format, for people (supported only). */
+  format?: string;
+  /** Why the offering has no backups (unsupported only). */
+  reason?: string;
+}
+
 /** One catalog folder, validated: the OSB offering plus what the broker needs to run it. */
 export interface ServiceDefinition {
   folder: string;
@@ -36,13 +48,15 @@ export interface ServiceDefinition {
   syslogDrainUrl?: string;
   /** Scripts the image has under /osb/; any but `ready` may be missing, which makes that step a no-op. */
   scripts: Set<string>;
+  /** Backups: with `supported`, `scripts` has `backup` and `restore`. */
+  backups: BackupSpec;
   /** Image repository without tag; the tag is the maintenance version. */
   imageRepository: string;
 }
 
 export type CredentialsTemplate = Record<string, string | string[]>;
 
-export const SCRIPTS = ['ready', 'setup', 'check', 'bind', 'unbind', 'configure'] as const;
+export const SCRIPTS = ['ready', 'setup', 'check', 'bind', 'unbind', 'configure', 'backup', 'restore'] as const;
 
 export const imageTag = (definition: ServiceDefinition) =>
   `${definition.imageRepository}:${definition.maintenanceInfo.version}`;

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { Ajv, type AnySchemaObject, type ErrorObject, type ValidateFunction } from 'ajv';
 import { PACKAGE_ROOT } from '../config.js';
 import type { MaintenanceInfo, Plan, ServiceOffering } from '../osb/types.js';
-import { SCRIPTS, type ContainerSpec, type CredentialsTemplate, type Limits, type ServiceDefinition } from './definition.js';
+import { SCRIPTS, type BackupSpec, type ContainerSpec, type CredentialsTemplate, type Limits, type ServiceDefinition } from './definition.js';
 import { compileSchema } from './parameters.js';
 
 export class CatalogError extends Error {}
@@ -21,6 +21,7 @@ interface ServiceJson {
   updatable_parameters: string[];
   credentials: CredentialsTemplate;
   syslog_drain_url?: string;
+  backups?: { supported: boolean; format?: string; contains?: string; reason?: string };
   container: {
     port: number;
     extra_ports: Record<string, number>;
@@ -170,6 +171,7 @@ function loadDefinition(folder: string, imagePrefix: string): ServiceDefinition 
   const scriptsDir = path.join(folder, 'scripts');
   const scripts = new Set(existsSync(scriptsDir) ? readdirSync(scriptsDir).filter((name) => (SCRIPTS as readonly string[]).includes(name)) : []);
   if (!scripts.has('ready')) throw new CatalogError(`${folder}: scripts/ready is missing (the broker polls it until the service accepts connections)`);
+  const backups = loadBackups(root.backups, scripts, folder, fail);
 
   const container = root.container;
   const containerSpec: ContainerSpec = {
@@ -196,8 +198,41 @@ function loadDefinition(folder: string, imagePrefix: string): ServiceDefinition 
     credentials: root.credentials,
     syslogDrainUrl,
     scripts,
+    backups,
     imageRepository: `${imagePrefix}${offering.name}`,
   };
+}
+
+/**
+ * The `backups` declaration, checked against the scripts: an offering with backups has both scripts, and says what a
+ * backup holds and in which format; one without says why, and has neither script (a script that never runs is a mistake).
+ */
+function loadBackups(
+  raw: ServiceJson['backups'],
+  scripts: Set<string>,
+  folder: string,
+  fail: (field: string, problem: string) => never,
+): BackupSpec {
+  const present = ['backup', 'restore'].filter((name) => scripts.has(name));
+  if (raw?.supported) {
+    for (const [name, does] of [
+      ['backup', 'writes a dump of an instance to stdout'],
+      ['restore', 'reads a dump from stdin into an instance'],
+    ] as const) {
+      if (!scripts.has(name)) throw new CatalogError(`${folder}: scripts/${name} is missing (backups.supported is true: it ${does})`);
+    }
+    if (raw.format === undefined) fail('backups.format', 'is required when backups.supported is true: the format of the dump scripts/backup writes');
+    if (raw.contains === undefined) fail('backups.contains', 'is required when backups.supported is true: what a backup holds and what it leaves out');
+    return { supported: true, format: raw.format, contains: raw.contains };
+  }
+  const scriptsNamed = present.map((name) => `scripts/${name}`).join(' and ');
+  if (raw === undefined) {
+    if (present.length > 0) fail('backups', `is missing, but the folder has ${scriptsNamed}: declare { "supported": true, "format": …, "contains": … }`);
+    return { supported: false, contains: 'nothing', reason: 'the offering declares no backups' };
+  }
+  if (present.length > 0) fail('backups.supported', `must be true when the folder has ${scriptsNamed} (got false)`);
+  if (raw.reason === undefined) fail('backups.reason', 'is required when backups.supported is false: why the offering has no backups');
+  return { supported: false, contains: 'nothing', reason: raw.reason };
 }
 
 /** The offering as platforms see it: plans without their limits, with the maintenance info and parameter schemas. */

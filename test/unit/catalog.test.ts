@@ -1,6 +1,6 @@
 import test from 'ava';
 import { Ajv } from 'ajv';
-import { cpSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { PACKAGE_ROOT } from '../../src/config.js';
@@ -50,6 +50,34 @@ test('the shipped catalog loads: fixed GUIDs, lowercase names, plans with limits
   const drain = definitions.find((definition) => definition.offering.name === 'syslog-drain')!;
   t.deepEqual(drain.offering.requires, ['syslog_drain']);
   t.is(drain.syslogDrainUrl, 'syslog://{host}:{port}');
+});
+
+test('every shipped offering says whether it has backups; those that have them have both scripts', (t) => {
+  const definitions = loadCatalog(realCatalog, 'osb-broker/');
+  const withBackups = definitions.filter((definition) => definition.backups.supported).map((definition) => definition.offering.name);
+  t.deepEqual(withBackups.sort(), ['mariadb', 'mqtt', 'postgresql', 'rabbitmq', 'redis', 'syslog-drain']);
+  for (const definition of definitions) {
+    const { backups, scripts } = definition;
+    if (backups.supported) {
+      t.true(scripts.has('backup') && scripts.has('restore'), definition.offering.name);
+      t.truthy(backups.format);
+      t.regex(backups.contains, /Not included:/, `${definition.offering.name} says what a backup leaves out`);
+    } else {
+      t.false(scripts.has('backup') || scripts.has('restore'), definition.offering.name);
+      t.truthy(backups.reason);
+    }
+  }
+  const rabbitmq = definitions.find((definition) => definition.offering.name === 'rabbitmq')!;
+  t.regex(rabbitmq.offering.metadata?.longDescription as string, /not its messages/, 'the catalog tells users that messages are not backed up');
+});
+
+test('a catalog folder with backups but without scripts/restore stops the broker', (t) => {
+  const dir = catalogWith(() => {});
+  rmSync(path.join(dir, 'postgresql', 'scripts', 'restore'));
+  t.throws(() => loadCatalog(dir, 'x/'), {
+    instanceOf: CatalogError,
+    message: /postgresql: scripts\/restore is missing \(backups\.supported is true: it reads a dump from stdin into an instance\)/,
+  });
 });
 
 const badCases: Array<[string, (service: any) => void, RegExp]> = [
@@ -206,6 +234,34 @@ const badCases: Array<[string, (service: any) => void, RegExp]> = [
       delete s.container.port;
     },
     /container\.port must be an integer >= 1 and <= 65535 \(it is missing\)/,
+  ],
+  [
+    'backups without "supported"',
+    (s) => {
+      s.backups = { contains: 'the database' };
+    },
+    /service\.json: backups\.supported must be true or false \(it is missing\)/,
+  ],
+  [
+    'backups that do not say what a backup holds',
+    (s) => {
+      delete s.backups.contains;
+    },
+    /service\.json: backups\.contains is required when backups\.supported is true/,
+  ],
+  [
+    'backup scripts but backups not supported',
+    (s) => {
+      s.backups = { supported: false, reason: 'none' };
+    },
+    /service\.json: backups\.supported must be true when the folder has scripts\/backup and scripts\/restore \(got false\)/,
+  ],
+  [
+    'backup scripts but no backups declaration',
+    (s) => {
+      delete s.backups;
+    },
+    /service\.json: backups is missing, but the folder has scripts\/backup and scripts\/restore/,
   ],
 ];
 

@@ -18,6 +18,8 @@ OSB_SOCKET=/run/mysqld/mysqld.sock
 OSB_VOLUME=/var/lib/mysql
 # shellcheck disable=SC2034 # used by the scripts that source this file
 OSB_SETTINGS="$OSB_VOLUME/osb.cnf"
+# The definer /osb/restore gives restored views, routines, triggers and events.
+OSB_DEFINER=osb_definer
 
 die() {
   printf '%s: %s\n' "$OSB_OP" "$*" >&2
@@ -69,7 +71,7 @@ check_user_name() {
   local v="${!1}"
   (( $(byte_length "$v") <= 80 )) || die "$1 is longer than 80 bytes"
   case "$v" in
-    root | mysql | mariadb.sys | PUBLIC | public) die "$1 may not be '$v' (reserved)";;
+    root | mysql | mariadb.sys | PUBLIC | public | "$OSB_DEFINER") die "$1 may not be '$v' (reserved)";;
   esac
 }
 

@@ -87,3 +87,15 @@ psql_local() {
     psql --no-psqlrc --quiet --no-password \
       -v ON_ERROR_STOP=1 -v VERBOSITY=terse -v SHOW_CONTEXT=never "$@"
 }
+
+# pg_local DBNAME COMMAND [options...] : run a libpq client (pg_dump,
+# pg_restore) as superuser "postgres" over the local unix socket, like
+# psql_local; DBNAME goes via PGDATABASE.
+pg_local() {
+  local db="$1" tool="$2"
+  shift 2
+  PGHOST=/var/run/postgresql PGPORT=5432 PGUSER=postgres PGDATABASE="$db" \
+  PGAPPNAME="osb-$OSB_OP" PGCONNECT_TIMEOUT=10 PGPASSFILE=/nonexistent/pgpass \
+  PGOPTIONS="$OSB_QUIET_SESSION" \
+    "$tool" --no-password "$@"
+}

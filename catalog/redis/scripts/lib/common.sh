@@ -117,3 +117,15 @@ set_user() {
 is_privileged() {
   [[ "$(as_admin ACL DRYRUN "$1" CONFIG GET maxmemory)" == OK ]]
 }
+
+# check_rdb FILE : succeeds when FILE is a complete, valid RDB file
+# (redis-check-rdb); otherwise sets OSB_RDB_PROBLEM to what it found.
+OSB_RDB_PROBLEM=""
+check_rdb() {
+  local out
+  if out="$(redis-check-rdb "$1" 2>&1)"; then return 0; fi
+  # The line after "--- RDB ERROR DETECTED ---" says what and where.
+  OSB_RDB_PROBLEM="$(grep -m 1 -A 1 -e '^--- RDB ERROR DETECTED ---' <<<"$out" | tail -n 1 || true)"
+  OSB_RDB_PROBLEM="${OSB_RDB_PROBLEM:-$(tail -n 1 <<<"$out")}"
+  return 1
+}

@@ -77,3 +77,67 @@ prune() {
 tcp_open() {
   exec 3<>"/dev/tcp/127.0.0.1/$PORT"
 }
+
+# pack DIR [NAME...] : writes a tar archive of the files NAME... of DIR to
+# stdout, with their SHA-256 checksums as its last member, SHA256SUMS. A dump
+# that lacks it, or whose files do not match it, is incomplete (see unpack).
+pack() {
+  local dir="$1"
+  shift
+  if (( $# > 0 )); then
+    (cd "$dir" && sha256sum -- "$@" > SHA256SUMS) || return 1
+  else
+    : > "$dir/SHA256SUMS" || return 1
+  fi
+  tar -C "$dir" --format=posix --owner=0 --group=0 --numeric-owner -cf - -- "$@" SHA256SUMS
+}
+
+# unpack DIR PATTERN : reads an archive made by pack from stdin into the empty
+# directory DIR, keeping it at DIR/.archive while it is checked. Succeeds only
+# if the archive is complete (readable to its end, SHA256SUMS its last member,
+# every checksum right) and every other member is a regular file whose name
+# matches the extended regular expression PATTERN and is listed in SHA256SUMS.
+# Otherwise fails, with OSB_UNPACK_PROBLEM saying what is wrong with the dump
+# ("is empty", ...).
+OSB_UNPACK_PROBLEM=""
+# shellcheck disable=SC2034 # OSB_UNPACK_PROBLEM is read by the scripts that source this file
+unpack() {
+  local dir="$1" pattern="$2" archive="$1/.archive" listing names name last="" count=0 out
+  OSB_UNPACK_PROBLEM="could not be read from stdin"
+  cat > "$archive" || return 1
+  OSB_UNPACK_PROBLEM="is empty"
+  [[ -s "$archive" ]] || return 1
+  if ! listing="$(tar -tvf "$archive" 2>&1)"; then
+    OSB_UNPACK_PROBLEM="is not a complete tar archive ($(grep -m 1 '^tar: ' <<<"$listing" || true))"
+    return 1
+  fi
+  names="$(tar -tf "$archive")" || return 1
+  while IFS= read -r name; do
+    if [[ -n "$name" && "$name" != -* ]]; then
+      OSB_UNPACK_PROBLEM="has a member that is not a regular file: ${name:0:100}"
+      return 1
+    fi
+  done <<<"$listing"
+  while IFS= read -r name; do
+    [[ -n "$name" ]] || continue
+    if [[ "$name" != SHA256SUMS && ! "$name" =~ $pattern ]]; then
+      OSB_UNPACK_PROBLEM="has an unexpected member '${name:0:100}' (a dump of another offering?)"
+      return 1
+    fi
+    [[ "$name" == SHA256SUMS ]] || count=$(( count + 1 ))
+    last="$name"
+  done <<<"$names"
+  OSB_UNPACK_PROBLEM="is incomplete (SHA256SUMS is not its last member)"
+  [[ "$last" == SHA256SUMS ]] || return 1
+  if ! out="$(tar -C "$dir" --no-same-owner --no-same-permissions -xf "$archive" 2>&1)"; then
+    OSB_UNPACK_PROBLEM="could not be unpacked ($(grep -m 1 '^tar: ' <<<"$out" || true))"
+    return 1
+  fi
+  rm -f "$archive"
+  OSB_UNPACK_PROBLEM="is damaged (a file does not match its checksum in SHA256SUMS)"
+  (cd "$dir" && sha256sum --check --strict --quiet SHA256SUMS >/dev/null 2>&1) || return 1
+  OSB_UNPACK_PROBLEM="is damaged (SHA256SUMS does not list every file)"
+  [[ "$(wc -l < "$dir/SHA256SUMS")" == "$count" ]] || return 1
+  rm -f "$dir/SHA256SUMS"
+  OSB_UNPACK_PROBLEM=""
+}
