@@ -32,6 +32,8 @@ export interface Config {
   /** Where the broker itself reaches the published ports when it checks them (another address from inside a container). */
   probeHost: string;
   portRange: { first: number; last: number };
+  /** How long one backup or restore script may run (dumps of gigabytes take a while). */
+  backupTimeoutSeconds: number;
   /** `docker`: instances are containers on one engine; `swarm`: services spread over a Swarm's nodes. */
   orchestrator: 'docker' | 'swarm';
   /** Folder with ca.pem, cert.pem and key.pem for the nodes' engines (io.osb-broker.engine), when they speak TLS. */
@@ -146,6 +148,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     probeHost: env.BROKER_PROBE_HOST || (publishIp === '0.0.0.0' ? '127.0.0.1' : publishIp === '::' ? '::1' : publishIp),
     portRange: portRange(env.BROKER_PORT_RANGE || '40000-40999'),
     orchestrator: orchestrator(env.BROKER_ORCHESTRATOR),
+    backupTimeoutSeconds: int(env, 'BROKER_BACKUP_TIMEOUT_SECONDS', 3600, 10, 7 * 86400),
     nodeTlsDir: env.BROKER_NODE_TLS_DIR ? path.resolve(env.BROKER_NODE_TLS_DIR) : undefined,
     removeOrphans: bool(env, 'BROKER_REMOVE_ORPHANS'),
     tombstoneSeconds: int(env, 'BROKER_TOMBSTONE_SECONDS', 3600, 1, 30 * 86400),

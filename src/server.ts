@@ -12,6 +12,9 @@ import { recover, type RecoveryReport } from './broker/recovery.js';
 import { portIsFree } from './broker/probe.js';
 import { DockerRuntime } from './broker/runtime.js';
 import { SwarmRuntime } from './broker/swarm-runtime.js';
+import { BackupService } from './broker/backups.js';
+import { Offerings } from './broker/offerings.js';
+import { createBackupStore, loadBackupConfig, type BackupConfig } from './backups/index.js';
 import { Reconciler } from './broker/reconciler.js';
 import { startEmbeddedRedis } from './embedded-redis.js';
 import { RedisStore } from './store/redis-store.js';
@@ -25,7 +28,7 @@ import { BrokerMetrics } from './metrics.js';
 import { listenForMetrics } from './http/metrics-listener.js';
 
 /** Configuration with the secrets resolved (from the environment or the state folder). */
-export type BrokerConfig = Config & { password: string; encryptionKey: Buffer };
+export type BrokerConfig = Config & { password: string; encryptionKey: Buffer; backup?: BackupConfig };
 
 export interface RunningBroker {
   server: Server;
@@ -75,6 +78,19 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   const swarm = config.orchestrator === 'swarm' ? new SwarmRuntime(engine, images, config) : undefined;
   await swarm?.connect();
   const runtime = swarm ?? new DockerRuntime(engine, images, config);
+  const backupConfig = config.backup ?? loadBackupConfig({ ...process.env, BROKER_STATE_DIR: config.stateDir });
+  const backups = new BackupService({
+    store,
+    runtime,
+    offerings: new Offerings(definitions),
+    backupStore: createBackupStore(backupConfig.store),
+    encryptionKey: config.encryptionKey,
+    log,
+    owner: `${hostname()}/${process.pid}/backups`,
+    timeoutSeconds: config.backupTimeoutSeconds,
+    leaseMs: config.leaseSeconds * 1000,
+    retention: backupConfig.retention,
+  });
   const broker = new DockerBroker({
     config,
     definitions,
@@ -83,6 +99,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
     log,
     portIsFree: swarm ? (port, instance) => swarm.portIsFree(port, instance) : (port) => portIsFree(config.publishIp, port),
     placement: swarm,
+    backups,
     dashboardUrl,
     leases: { leaseMs: config.leaseSeconds * 1000, sweepMs: config.sweepSeconds * 1000 },
     observer: metrics,
@@ -98,6 +115,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
       bodyLimitBytes: config.bodyLimitBytes,
       log,
       listing: () => broker.listing(),
+      backups,
       checks,
       metrics,
       dashboard: {
@@ -166,6 +184,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
         await closed;
       }
       await broker.settle();
+      await backups.settle();
       await store.close();
     },
   };

@@ -22,6 +22,7 @@ import type {
 import type { OperationRecord, OperationType } from '../store/records.js';
 import { BindingLifecycle } from './bindings.js';
 import type { InstanceRuntime, OperationObserver, Placement, PortProbe, StateStore } from './contracts.js';
+import type { BackupService } from './backups.js';
 import { InstanceLifecycle } from './instances.js';
 import { listInstances } from './listing.js';
 import { Offerings } from './offerings.js';
@@ -41,6 +42,8 @@ export interface BrokerParts {
   observer?: OperationObserver;
   /** On Swarm: where new instances may go. */
   placement?: Placement;
+  /** Backups: on demand through the broker API, and restore_from at provision. */
+  backups?: BackupService;
 }
 
 /** The ServiceBroker the HTTP adapter serves: OSB semantics on top of the store (state) and the runtime (containers). */
@@ -53,13 +56,13 @@ export class DockerBroker implements ServiceBroker {
   private readonly instances: InstanceLifecycle;
   private readonly bindings: BindingLifecycle;
 
-  constructor({ config, definitions, store, runtime, log, portIsFree, dashboardUrl, leases, observer, placement }: BrokerParts) {
+  constructor({ config, definitions, store, runtime, log, portIsFree, dashboardUrl, leases, observer, placement, backups }: BrokerParts) {
     this.store = store;
     this.log = log;
     this.dashboardUrl = dashboardUrl;
     this.offerings = new Offerings(definitions);
     this.runner = new OperationRunner(store, log, leases, observer);
-    const parts = { config, offerings: this.offerings, store, runtime, runner: this.runner, log, portIsFree, dashboardUrl, placement };
+    const parts = { config, offerings: this.offerings, store, runtime, runner: this.runner, log, portIsFree, dashboardUrl, placement, backups };
     this.instances = new InstanceLifecycle(parts);
     this.bindings = new BindingLifecycle(parts);
     this.runner.continueWith((operation) => this.workFor(operation));

@@ -36,12 +36,23 @@ export class InstanceLifecycle {
     requireString(request.space_guid, 'space_guid');
     const context = optionalObject(request.context, 'context');
     const requestedParameters = request.parameters ?? {};
-    const parameters = validateParameters(definition.parameterSchema, request.parameters, 'parameters');
+    // restore_from is the broker's own parameter, valid for every offering with backups; the rest is the offering's.
+    const { restore_from: restoreRequest, ...ownParameters } = request.parameters ?? {};
+    const parameters = validateParameters(definition.parameterSchema, request.parameters && ownParameters, 'parameters');
     const requestedVersion = maintenanceVersion(request.maintenance_info);
     if (requestedVersion !== undefined && requestedVersion !== definition.maintenanceInfo.version) {
       throw maintenanceInfoConflict(definition.maintenanceInfo.version);
     }
     const dashboardUrl = this.parts.dashboardUrl(instanceId);
+    let restoreFrom: InstanceRecord['restoreFrom'];
+    if (restoreRequest !== undefined) {
+      if (!this.parts.backups || !definition.backups.supported) throw badRequest(`restore_from: ${definition.offering.name} instances have no backups.`);
+      restoreFrom = await this.parts.backups.authorise(restoreRequest, {
+        serviceId: definition.offering.id,
+        organizationGuid: request.organization_guid,
+        spaceGuid: request.space_guid,
+      });
+    }
 
     return locked(store, instanceId, async () => {
       const existing = await store.getInstance(instanceId);
@@ -81,6 +92,7 @@ export class InstanceLifecycle {
         updatedAt: now(),
         lastOperationId: operation.id,
         secrets: retry?.secrets ?? { adminPassword: newPassword() },
+        restoreFrom,
       };
       await runner.record(operation);
       await afterFirstWrite(runner, operation, () => store.putInstance(record));
@@ -119,6 +131,11 @@ export class InstanceLifecycle {
           log.warn({ instanceId, port: instance.hostPort, extraPorts: instance.extraHostPorts }, 'host port taken by another process; choosing others');
           instance = { ...instance, hostPort: undefined, extraHostPorts: undefined };
         }
+      }
+      if (instance.restoreFrom) {
+        const { instanceId: source, backupId } = instance.restoreFrom;
+        await progress(`Restoring backup ${backupId} of instance ${source}.`);
+        await this.parts.backups!.restoreInto(definition, instance, instance.restoreFrom, signal);
       }
       await runner.finishInstance(operation, (current) => ({ ...current, state: 'ready' }), 'succeeded', 'The service instance is ready.');
     } catch (error) {

@@ -6,6 +6,7 @@ import { LockTimeoutError } from '../store/errors.js';
 import type { OperationRecord } from '../store/records.js';
 import type { InstanceRuntime, Placement, PortProbe, StateStore } from './contracts.js';
 import type { Offerings } from './offerings.js';
+import type { BackupService } from './backups.js';
 import { reasonOf, type OperationRunner } from './operations.js';
 
 /** What the instance and binding lifecycles are built from. */
@@ -22,6 +23,8 @@ export interface LifecycleParts {
   dashboardUrl: (instanceId: string) => string;
   /** On Swarm: where new instances may go. Without it, everything runs on the one engine. */
   placement?: Placement;
+  /** Backups (restore_from at provision); without it, restore_from is refused. */
+  backups?: BackupService;
 }
 
 /** Runs a request's read-check-write under the instance lock; a lock held too long is the spec's ConcurrencyError. */

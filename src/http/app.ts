@@ -18,6 +18,8 @@ import { originatingIdentity } from './middleware/originating-identity.js';
 import { requestIdentity } from './middleware/request-identity.js';
 import { catalogCache, catalogEndpoint, osbRoutes } from './osb-routes.js';
 import { listingRoutes } from './listing-routes.js';
+import { backupRoutes } from './backup-routes.js';
+import type { BackupService } from '../broker/backups.js';
 
 export interface AppOptions {
   username: string;
@@ -28,6 +30,8 @@ export interface AppOptions {
   dashboard?: Omit<DashboardOptions, 'brokerAuth'>;
   /** Without it, no listing route is served. */
   listing?: () => Promise<ListedInstance[]>;
+  /** Without it, no backup routes are served. */
+  backups?: BackupService;
   /** Without it, /readyz is not served (/healthz always is). */
   checks?: ReadinessSource;
   /** Without it, requests are not counted and /metrics is not served; with it, /metrics needs the broker's credentials. */
@@ -70,7 +74,11 @@ export function createApp(broker: ServiceBroker, options: AppOptions): Koa {
   app.use(healthRoutes(options.checks));
   if (options.metrics) app.use(metricsRoute(options.metrics, auth));
   app.use(under('/v2', compose([auth, apiVersion, originatingIdentity, catalog, jsonBody(options.bodyLimitBytes), ...routerMiddleware(osb)])));
-  if (options.listing) app.use(under('/broker', compose([auth, ...routerMiddleware(listingRoutes(options.listing))])));
+  const brokerApi = [
+    ...(options.listing ? routerMiddleware(listingRoutes(options.listing)) : []),
+    ...(options.backups ? routerMiddleware(backupRoutes(options.backups)) : []),
+  ];
+  if (brokerApi.length) app.use(under('/broker', compose([auth, ...brokerApi])));
   if (options.dashboard) {
     const dashboard = dashboardRoutes({ ...options.dashboard, brokerAuth: auth });
     app.use(under('/dashboard', compose(routerMiddleware(dashboard))));

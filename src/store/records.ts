@@ -25,6 +25,8 @@ export interface InstanceRecord {
   /** On Swarm: the node the instance is placed on (its volume lives there), and the address clients use to reach it. */
   node?: string;
   advertisedHost?: string;
+  /** The backup a new instance starts from (provision parameter restore_from): loaded once its service runs. */
+  restoreFrom?: { instanceId: string; backupId: string };
   createdAt: string;
   updatedAt: string;
   lastOperationId: string;
@@ -102,4 +104,33 @@ export interface PortReservation {
   port: number;
   scope?: string;
   holder: string;
+}
+
+/**
+ * One backup of an instance: the dump of its offering's backup script, sealed (compressed, encrypted) in the backup
+ * store under `storeKey`. Kept after the instance is deleted (with the instance's organization, space and offering,
+ * so a restore can be authorised then), until retention removes it.
+ */
+export interface BackupRecord {
+  id: string;
+  instanceId: string;
+  state: 'in progress' | 'succeeded' | 'failed';
+  serviceId: string;
+  planId: string;
+  organizationGuid: string;
+  spaceGuid: string;
+  /** The instance's maintenance version (engine version) when the backup was made. */
+  maintenanceVersion: string;
+  storeKey: string;
+  createdAt: string;
+  finishedAt?: string;
+  /** For a failure: why, in words an operator understands (no secret). */
+  description?: string;
+  /** Bytes of the dump, and of the sealed object in the store. */
+  plainBytes?: number;
+  storedBytes?: number;
+  /** SHA-256 (hex) of the stored object. */
+  sha256?: string;
+  /** The process making it (lease holder), while in progress. */
+  owner?: string;
 }

@@ -2,7 +2,7 @@ import { Redis } from 'ioredis';
 import { randomBytes } from 'node:crypto';
 import { waitFor } from '../wait.js';
 import { LockTimeoutError, StoreUnavailableError } from './errors.js';
-import type { BindingRecord, HealthRecord, InstanceRecord, OperationRecord, PortReservation } from './records.js';
+import type { BackupRecord, BindingRecord, HealthRecord, InstanceRecord, OperationRecord, PortReservation } from './records.js';
 import type { Sealer } from './sealer.js';
 import {
   CLAIM_LEASE,
@@ -220,6 +220,36 @@ export class RedisStore {
     const ids = await this.redis.smembers(this.key('bindings', instanceId));
     const records = await Promise.all(ids.map((id) => this.getBinding(instanceId, id)));
     return records.filter((record): record is BindingRecord => record !== undefined);
+  }
+
+  // Backups
+
+  async putBackup(record: BackupRecord): Promise<void> {
+    const key = this.key('backup', record.instanceId, record.id);
+    await this.redis
+      .multi()
+      .set(key, JSON.stringify(record))
+      .zadd(this.key('backups', record.instanceId), String(Date.parse(record.createdAt)), record.id)
+      .exec();
+  }
+
+  async getBackup(instanceId: string, backupId: string): Promise<BackupRecord | undefined> {
+    return this.read<BackupRecord>(this.key('backup', instanceId, backupId));
+  }
+
+  /** The instance's backups, oldest first. */
+  async listBackups(instanceId: string): Promise<BackupRecord[]> {
+    const ids = await this.redis.zrange(this.key('backups', instanceId), '0', '-1');
+    const records = await Promise.all(ids.map((id) => this.getBackup(instanceId, id)));
+    return records.filter((record): record is BackupRecord => record !== undefined);
+  }
+
+  async deleteBackup(instanceId: string, backupId: string): Promise<void> {
+    await this.redis
+      .multi()
+      .del(this.key('backup', instanceId, backupId))
+      .zrem(this.key('backups', instanceId), backupId)
+      .exec();
   }
 
   // Operations
