@@ -163,8 +163,9 @@ test('syslog drain: bind hands out the drain url, messages reach docker logs and
     octetCounted(rfc5424(`bulk ${last}`)),
   ];
   await sendFrames(drainPort, burst(12_000));
+  // 3 MiB through rsyslog and two rotations: seconds on a machine busy with the rest of the suite.
   t.true(
-    await eventually(async () => (await execIn(container.name, `cat ${LOG_DIR}/drain.log 2>/dev/null || true`)).includes(last)),
+    await eventually(async () => (await execIn(container.name, `cat ${LOG_DIR}/drain.log 2>/dev/null || true`)).includes(last), 30_000),
     'the whole burst arrived',
   );
   let files = await logFiles(container.name);
@@ -189,7 +190,7 @@ test('syslog drain: bind hands out the drain url, messages reach docker logs and
   t.is((await execIn(container.name, 'cat /var/lib/syslog-drain/max_file_mb')).trim(), '2');
   await sendFrames(drainPort, burst(12_000));
   t.true(
-    await eventually(async () => (await execIn(container.name, `cat ${LOG_DIR}/drain.log 2>/dev/null || true`)).split(last).length === 2),
+    await eventually(async () => (await execIn(container.name, `cat ${LOG_DIR}/drain.log 2>/dev/null || true`)).split(last).length === 2, 30_000),
     'the whole second burst arrived',
   );
   files = await logFiles(container.name);
