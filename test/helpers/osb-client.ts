@@ -58,12 +58,14 @@ export class OsbClient {
     return this.untilFinished(() => this.request('GET', `/v2/service_instances/${instanceId}/service_bindings/${bindingId}/last_operation`), timeoutMs);
   }
 
-  /** Polls a last_operation request every 100 ms until it answers anything but 200 "in progress". */
+  /** Polls a last_operation request every 100 ms until it answers anything but 200 "in progress" or 503. */
   async untilFinished(get: () => Promise<Reply>, timeoutMs: number): Promise<Reply> {
     let last: Reply | undefined;
     return waitFor(
       async () => {
         last = await get();
+        // A platform keeps polling through a 503 (the state store away for a moment, Retry-After); so does this.
+        if (last.status === 503) return undefined;
         return last.status !== 200 || last.body.state !== 'in progress' ? last : undefined;
       },
       { intervalMs: 100, timeoutMs, onTimeout: () => new Error(`operation still in progress after ${timeoutMs} ms: ${JSON.stringify(last?.body)}`) },
