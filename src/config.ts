@@ -60,7 +60,8 @@ export interface Config {
 
 class ConfigError extends Error {}
 
-function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
+/** A whole number from the environment within [min, max]; the fallback when unset. Shared by every settings reader. */
+export function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
   const raw = env[name];
   if (raw === undefined || raw === '') return fallback;
   const value = Number(raw);
@@ -75,7 +76,7 @@ function bool(env: NodeJS.ProcessEnv, name: string): boolean {
 }
 
 /** NAME, else the content of the file NAME_FILE names (a Docker or Kubernetes secret), without its final newline. */
-function secret(env: NodeJS.ProcessEnv, name: string): string | undefined {
+export function secret(env: NodeJS.ProcessEnv, name: string): string | undefined {
   if (env[name]) return env[name];
   const file = env[`${name}_FILE`];
   if (!file) return undefined;

@@ -1,6 +1,5 @@
-import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { ConfigError } from '../config.js';
+import { ConfigError, int, secret } from '../config.js';
 import type { RetentionSettings } from './retention.js';
 import type { S3StoreOptions } from './s3-store.js';
 
@@ -11,16 +10,6 @@ export interface BackupConfig {
   retention: RetentionSettings;
 }
 
-function int(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
-  const raw = env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const value = Number(raw);
-  if (!Number.isInteger(value) || value < min || value > max) {
-    throw new ConfigError(`${name} must be an integer from ${min} to ${max} (got "${raw}")`);
-  }
-  return value;
-}
-
 /** true, false, or undefined when unset. */
 function flag(env: NodeJS.ProcessEnv, name: string): boolean | undefined {
   const raw = env[name];
@@ -28,18 +17,6 @@ function flag(env: NodeJS.ProcessEnv, name: string): boolean | undefined {
   if (/^(1|true|yes)$/i.test(raw)) return true;
   if (/^(0|false|no)$/i.test(raw)) return false;
   throw new ConfigError(`${name} must be true or false (got "${raw}")`);
-}
-
-/** NAME, else the content of the file NAME_FILE names (a Docker or Kubernetes secret), without its final newline. */
-function secret(env: NodeJS.ProcessEnv, name: string): string | undefined {
-  if (env[name]) return env[name];
-  const file = env[`${name}_FILE`];
-  if (!file) return undefined;
-  try {
-    return readFileSync(file, 'utf8').replace(/\r?\n$/, '') || undefined;
-  } catch (error) {
-    throw new ConfigError(`${name}_FILE: cannot read ${file}: ${(error as Error).message}`);
-  }
 }
 
 /** An http(s) URL without credentials in it; the value is never repeated in the error, in case it holds one. */

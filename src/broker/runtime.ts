@@ -33,13 +33,7 @@ export class DockerRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime
   ) {}
 
   labels(instance: InstanceRecord): Record<string, string> {
-    return {
-      [LABEL.broker]: this.config.brokerId,
-      [LABEL.role]: 'instance',
-      [LABEL.instance]: instance.id,
-      [LABEL.service]: instance.serviceId,
-      [LABEL.plan]: instance.planId,
-    };
+    return instanceLabels(this.config.brokerId, instance);
   }
 
   /** Creates volume and container, starts it and returns once the engine accepts a login through the published port. */
@@ -202,6 +196,17 @@ export class DockerRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime
   private script(definition: ServiceDefinition, instance: InstanceRecord, name: string, signal: AbortSignal): Promise<string> {
     return this.scripts.run(this.target(instance), definition, instance, name, {}, signal);
   }
+}
+
+/** The labels of everything made for an instance (container or service, volume), on one engine or a Swarm. */
+export function instanceLabels(brokerId: string, instance: Pick<InstanceRecord, 'id' | 'serviceId' | 'planId'>): Record<string, string> {
+  return {
+    [LABEL.broker]: brokerId,
+    [LABEL.role]: 'instance',
+    [LABEL.instance]: instance.id,
+    [LABEL.service]: instance.serviceId,
+    [LABEL.plan]: instance.planId,
+  };
 }
 
 export function containerLimits(limits: Limits): ContainerLimits {

@@ -21,7 +21,7 @@ import {
 } from './contracts.js';
 import { NODE_LABEL, type PlacementNode } from './placement.js';
 import { publishedPortAnswers } from './probe.js';
-import { containerLimits } from './runtime.js';
+import { containerLimits, instanceLabels } from './runtime.js';
 import { InstanceScripts, type ContainerTarget } from './scripts.js';
 
 /** How long a node list is reused: placement and inspection ask often, nodes change rarely. */
@@ -65,13 +65,7 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime,
   }
 
   labels(instance: Instance): Record<string, string> {
-    return {
-      [LABEL.broker]: this.config.brokerId,
-      [LABEL.role]: 'instance',
-      [LABEL.instance]: instance.id,
-      [LABEL.service]: instance.serviceId,
-      [LABEL.plan]: instance.planId,
-    };
+    return instanceLabels(this.config.brokerId, instance);
   }
 
   // Placement

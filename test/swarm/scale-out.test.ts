@@ -324,23 +324,25 @@ test.serial(
     const upMs = await cluster.startNodeEngine(failing.name);
     t.log(`${failing.name} ready again after ${upMs} ms`);
     for (const instance of onFailing) {
-      await waitUntil(
+      const answer = await waitUntil(
         `${instance.offering} on ${failing.name} to answer again`,
         () => roundTrip(instance.offering, instance.credentials, 'after-outage').catch(() => undefined),
         180_000,
         1000,
       );
+      t.is(answer, 'after-outage', `${instance.offering} on ${failing.name} works again`);
     }
-    await waitUntil(
+    const back = await waitUntil(
       `the listing to report ${victim.id} running again`,
       async () => {
         const entry = await listed(victim.id);
-        return entry && entry.health?.state !== 'down' ? true : undefined;
+        return entry && entry.health?.state !== 'down' ? entry : undefined;
       },
       60_000,
       500,
     );
-    t.pass();
+    t.is(back.state, 'ready');
+    t.not(back.health?.state, 'down');
   },
 );
 
