@@ -28,6 +28,11 @@ import { InstanceScripts, type ContainerTarget } from './scripts.js';
 const NODES_TTL_MS = 2_000;
 /** Task states on the way to `running`: Swarm is (re)starting it. */
 const STARTING = new Set(['new', 'allocated', 'pending', 'assigned', 'accepted', 'preparing', 'ready', 'starting']);
+/**
+ * How long Swarm may take to get a task running on its node (scheduling, preparing, starting the container) before the
+ * offering's own ready time starts: a busy node takes far longer than a single engine's `docker start`.
+ */
+const TASK_START_SECONDS = 180;
 const PORT_TAKEN = /port (is )?already (in use|allocated)|address already in use/i;
 
 type Instance = Omit<InstanceRecord, 'secrets'>;
@@ -281,7 +286,6 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime,
     progress: Progress,
   ): Promise<void> {
     await progress(`Starting ${displayName(definition)}.`);
-    const seconds = definition.container.readyTimeoutSeconds;
     let last = '';
     const target = await waitFor(
       async () => {
@@ -298,7 +302,12 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime,
         }
         return undefined;
       },
-      { intervalMs: 250, timeoutMs: seconds * 1000, signal, onTimeout: () => new Error(`the service's task did not run within ${seconds} s (${last})`) },
+      {
+        intervalMs: 250,
+        timeoutMs: TASK_START_SECONDS * 1000,
+        signal,
+        onTimeout: () => new Error(`the service's task did not run within ${TASK_START_SECONDS} s (${last})`),
+      },
     );
     await this.scripts.waitReady(async () => target, definition, instance, signal);
     const published = this.waitForPublishedPort(instance, signal);
