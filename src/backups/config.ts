@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { ConfigError, int, secret } from '../config.js';
+import { parseBackupCron } from './cron.js';
 import type { RetentionSettings } from './retention.js';
 import type { S3StoreOptions } from './s3-store.js';
 
@@ -8,6 +9,10 @@ export type BackupStoreConfig = { kind: 'local'; dir: string } | ({ kind: 's3' }
 export interface BackupConfig {
   store: BackupStoreConfig;
   retention: RetentionSettings;
+  /** The schedule of instances that set none (BROKER_BACKUP_SCHEDULE, a cron expression); undefined: no default. */
+  schedule?: string;
+  /** How often one replica looks for backups of deleted instances that retention lets go; undefined: hourly. */
+  deletedPassSeconds?: number;
 }
 
 /** true, false, or undefined when unset. */
@@ -66,6 +71,18 @@ function s3Store(env: NodeJS.ProcessEnv): BackupStoreConfig {
   };
 }
 
+/** A cron expression checked now, so a typo stops the broker at start rather than every scheduled run; "off" or unset: none. */
+function defaultSchedule(raw: string | undefined): string | undefined {
+  const expression = raw?.trim();
+  if (!expression || expression === 'off') return undefined;
+  try {
+    parseBackupCron(expression);
+  } catch (error) {
+    throw new ConfigError(`BROKER_BACKUP_SCHEDULE: ${(error as Error).message}`);
+  }
+  return expression;
+}
+
 /** Backup settings from the environment (see README "Backups"); throws a ConfigError naming the bad variable. */
 export function loadBackupConfig(env: NodeJS.ProcessEnv = process.env): BackupConfig {
   const kind = env.BROKER_BACKUP_STORE || 'local';
@@ -79,6 +96,8 @@ export function loadBackupConfig(env: NodeJS.ProcessEnv = process.env): BackupCo
   }
   return {
     store,
+    schedule: defaultSchedule(env.BROKER_BACKUP_SCHEDULE),
+    deletedPassSeconds: int(env, 'BROKER_BACKUP_DELETED_PASS_SECONDS', 3600, 1, 7 * 86400),
     retention: {
       keepLast: int(env, 'BROKER_BACKUP_KEEP_LAST', 7, 0, 10_000),
       keepDays: int(env, 'BROKER_BACKUP_KEEP_DAYS', 7, 0, 36_500),
