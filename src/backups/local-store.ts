@@ -82,7 +82,8 @@ export class LocalBackupStore implements BackupStore {
     let bytes = 0;
     try {
       options.signal?.throwIfAborted();
-      for await (const chunk of body as AsyncIterable<Buffer | string>) {
+      // Not destroyed on leaving the loop: the catch below destroys it with the reason.
+      for await (const chunk of body.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer | string>) {
         options.signal?.throwIfAborted();
         const buffer = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
         try {
@@ -103,8 +104,11 @@ export class LocalBackupStore implements BackupStore {
       }
       return { bytes };
     } catch (error) {
-      // The body's own error (or the abort reason) is passed on unchanged; the temporary file goes.
-      if (!body.destroyed) body.destroy();
+      // The body's own error (or the abort reason) is passed on unchanged; the temporary file goes. The body is
+      // destroyed with this error, so whoever feeds it (putSealed's pipeline) fails with the cause too, at once, and
+      // not with a bare "aborted" that would be reported first while this cleans up. This promise rejects with it
+      // anyway, so a body nobody else listens to must not make it an uncaught error.
+      if (!body.destroyed) body.on('error', () => {}).destroy(error as Error);
       await handle?.close().catch(() => undefined);
       await rm(temp, { force: true }).catch(() => undefined);
       throw error;
