@@ -27,14 +27,18 @@ export const COMMANDS: CommandSpec[] = [
   },
   {
     name: 'create',
+    // --from-backup is in the details: the usage line stays as scripts and tests know it.
     synopsis: '<offering> <plan> <name> [-c JSON|FILE] [--org GUID] [--space GUID]',
     summary: 'provision an instance and wait until it is ready',
     min: 3,
     max: 3,
-    options: ['parameters', 'org', 'space'],
+    options: ['parameters', 'org', 'space', 'from-backup'],
     details: [
       '-c takes the provision parameters as a JSON object, or the name of a file holding one.',
       'Progress goes to stderr; the dashboard address is printed at the end. A name already in use is refused.',
+      '--from-backup starts the new instance from a backup (the provision parameter restore_from): of the instance',
+      'named, its latest succeeded backup, or the one after the colon. The source must be of the same offering,',
+      'organization and space. A deleted instance has no name any more: give its id.',
     ].join('\n'),
   },
   {
@@ -94,6 +98,71 @@ export const COMMANDS: CommandSpec[] = [
       'Each instance needs a binding (osb-docker bind <name>); every binding of a named instance is included.',
     ].join('\n'),
   },
+  {
+    name: 'clone',
+    synopsis: '<name> <new-name> [--org GUID] [--space GUID]',
+    summary: 'create a new instance of the same offering and plan from a fresh backup of a running one',
+    min: 2,
+    max: 2,
+    options: ['org', 'space'],
+    details: 'The provision parameter clone_of: the broker backs <name> up and restores that into <new-name>.',
+  },
+  {
+    name: 'backup',
+    synopsis: '<name>',
+    summary: 'back an instance up now and wait until the backup ends',
+    min: 1,
+    max: 1,
+    options: [],
+    details: 'Prints the backup id, its size (stored, compressed and encrypted; and of the dump) and how long it took.',
+  },
+  {
+    name: 'backups',
+    synopsis: '<name> [--json]',
+    summary: "list an instance's backups and its backup schedule",
+    min: 1,
+    max: 1,
+    options: ['json'],
+    details: 'Backups outlive their instance: for a deleted instance give its id.',
+  },
+  {
+    name: 'restore',
+    synopsis: '<name> [--backup <id>|latest]',
+    summary: 'restore a backup into the running instance, in place, and wait',
+    min: 1,
+    max: 1,
+    options: ['backup'],
+    details: [
+      'Without --backup, the latest succeeded backup. The instance is locked while it runs; what it held is',
+      'replaced by the backup (bindings stay). A restore that fails leaves the instance as it was.',
+    ].join('\n'),
+  },
+  {
+    name: 'export',
+    synopsis: '<name> [<file>|-] [--backup <id>]',
+    summary: 'download the dump of a backup (the latest succeeded one unless --backup names one)',
+    min: 1,
+    max: 2,
+    options: ['backup'],
+    details: [
+      'The file is <name>-<backup id>.dump unless named; - writes the dump to stdout. An existing file is not',
+      "overwritten. The dump is the plain one the offering's backup script wrote (e.g. pg_restore reads PostgreSQL's).",
+      'Progress (bytes, MB/s) goes to stderr, except when stdout is the dump.',
+    ].join('\n'),
+  },
+  {
+    name: 'import',
+    synopsis: '<name> [<file>|-]',
+    summary: 'upload a dump as a new backup of the instance, then restore it in place',
+    min: 1,
+    max: 2,
+    options: [],
+    details: [
+      'Reads the file (stdin without one, or with -) as a stream: a dump as `osb-docker export` writes it.',
+      'The upload becomes a backup of the instance (origin "import"); the restore that follows checks the dump',
+      'before anything changes, so a wrong file leaves the instance as it was.',
+    ].join('\n'),
+  },
   { name: 'help', synopsis: '[<command>]', summary: "show this help, or a command's", min: 0, max: 1, options: [] },
 ];
 
@@ -118,6 +187,8 @@ const PARSE_OPTIONS = {
   all: { type: 'boolean' },
   json: { type: 'boolean' },
   open: { type: 'boolean' },
+  backup: { type: 'string' },
+  'from-backup': { type: 'string' },
 } as const;
 
 export interface Flags {
@@ -134,6 +205,8 @@ export interface Flags {
   all: boolean;
   json: boolean;
   open: boolean;
+  backup?: string;
+  fromBackup?: string;
 }
 
 export interface CommandLine {
@@ -169,13 +242,19 @@ export function parseCommandLine(argv: string[]): CommandLine {
     all: values.all ?? false,
     json: values.json ?? false,
     open: values.open ?? false,
+    backup: values.backup,
+    fromBackup: values['from-backup'],
   };
   const [name, ...positionals] = all;
   if (name === undefined) return { positionals: [], flags };
   const command = commandNamed(name);
   if (!command) {
+    const guess = closest(
+      name,
+      COMMANDS.map((spec) => spec.name),
+    );
     throw new UsageError(
-      `unknown command "${name}"; commands: ${COMMANDS.map((spec) => spec.name).join(', ')}`,
+      `unknown command "${name}"${guess ? ` (did you mean "${guess}"?)` : ''}; commands: ${COMMANDS.map((spec) => spec.name).join(', ')}`,
       'usage: osb-docker <command> [arguments] [options]; osb-docker --help',
     );
   }
@@ -183,7 +262,8 @@ export function parseCommandLine(argv: string[]): CommandLine {
   for (const token of tokens) {
     if (token.kind !== 'option' || GLOBAL_OPTIONS.includes(token.name) || command.options.includes(token.name)) continue;
     if (token.name === 'version') continue;
-    throw new UsageError(`${command.name} does not take ${token.rawName}`, usageOf(command));
+    const guess = closest(token.name, command.options);
+    throw new UsageError(`${command.name} does not take ${token.rawName}${guess ? ` (did you mean --${guess}?)` : ''}`, usageOf(command));
   }
   if (positionals.length < command.min) {
     const names = command.synopsis.match(/<[^>]+>/g) ?? [];
@@ -204,6 +284,8 @@ export function parseCommandLine(argv: string[]): CommandLine {
     ['--org', flags.org],
     ['--space', flags.space],
     ['--url', flags.url],
+    ['--backup', flags.backup],
+    ['--from-backup', flags.fromBackup],
   ] as const) {
     if (value !== undefined && value.trim() === '') throw new UsageError(`${option} needs a value`, usageOf(command));
   }
@@ -219,11 +301,35 @@ function usageFor(argv: string[]): string {
 
 function describeParseError(error: Error & { code?: string }): string {
   const option = /'(-[^' ]+)/.exec(error.message)?.[1];
-  if (error.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') return `unknown option ${option ?? error.message}`;
+  if (error.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+    const guess = option?.startsWith('--') ? closest(option.slice(2), Object.keys(PARSE_OPTIONS)) : undefined;
+    return `unknown option ${option ?? error.message}${guess ? ` (did you mean --${guess}?)` : ''}`;
+  }
   if (error.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
     return /argument missing/.test(error.message) ? `${option ?? 'an option'} needs a value` : `${option ?? 'an option'} takes no value`;
   }
   return error.message;
+}
+
+/** The candidate a mistyped word was most likely meant to be (at most a third of its letters off), if any. */
+export function closest(word: string, candidates: string[]): string | undefined {
+  let best: { candidate: string; distance: number } | undefined;
+  for (const candidate of candidates) {
+    const distance = editDistance(word.toLowerCase(), candidate);
+    if (distance <= Math.max(1, Math.floor(candidate.length / 3)) && (!best || distance < best.distance)) best = { candidate, distance };
+  }
+  return best?.candidate;
+}
+
+/** Levenshtein distance, one row at a time. */
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, index) => index);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) row[j] = Math.min(previous[j]! + 1, row[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    previous = row;
+  }
+  return previous[b.length]!;
 }
 
 /** -c: a JSON object, or the name of a file holding one (as `cf create-service -c` takes them). */
@@ -268,6 +374,7 @@ export function helpText(): string {
     'Example:',
     '  osb-docker create postgresql small orders-db && osb-docker bind orders-db',
     '  eval "$(osb-docker env orders-db)" && node app.js',
+    '  osb-docker backup orders-db && osb-docker export orders-db   # the dump as orders-db-<backup id>.dump',
     '',
     'Exit codes: 0 done, 1 failed (the message says why), 2 wrong arguments.',
     'More: osb-docker help <command>.',
@@ -286,6 +393,11 @@ export function commandHelp(command: CommandSpec): string {
         all: '--all              delete every binding of the instance',
         json: command.name === 'env' ? '--json             print the JSON alone, not an export line' : '--json             print JSON instead of a table',
         open: '--open             also open it in a browser (xdg-open, open or start)',
+        backup:
+          command.name === 'restore'
+            ? '--backup ID|latest  the backup to restore (default latest)'
+            : '--backup ID        the backup to export (default the latest)',
+        'from-backup': '--from-backup NAME[:ID]  start from a backup of NAME (default its latest)',
       })[option],
   );
   return [

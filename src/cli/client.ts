@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import path from 'node:path';
+import type { Readable } from 'node:stream';
 import type { InstanceListing, ListedInstance } from '../api/listing.js';
 import type { Credentials, Endpoint, ServiceOffering } from '../osb/types.js';
 import type { Flags } from './args.js';
@@ -46,6 +47,8 @@ export function brokerSettings(flags: Pick<Flags, 'url' | 'user' | 'password'>, 
 /** The fields the CLI reads from the broker's JSON answers; all optional, as error bodies carry others. */
 export interface ReplyBody {
   operation?: string;
+  /** A new backup's id. */
+  id?: string;
   dashboard_url?: string;
   credentials?: Credentials;
   syslog_drain_url?: string;
@@ -87,14 +90,52 @@ export class BrokerClient {
     this.originatingIdentity = `${PLATFORM} ${Buffer.from(JSON.stringify({ user_id: whoAmI() })).toString('base64')}`;
   }
 
-  async request(method: string, requestPath: string, body?: unknown): Promise<Reply> {
-    const headers: Record<string, string> = {
+  private headers(accept: string): Record<string, string> {
+    return {
       Authorization: this.authorization,
       'X-Broker-API-Version': '2.17',
       'X-Broker-API-Originating-Identity': this.originatingIdentity,
       'X-Broker-API-Request-Identity': randomUUID(),
-      Accept: 'application/json',
+      Accept: accept,
     };
+  }
+
+  private unreachable(error: unknown): CliError {
+    return new CliError(`cannot reach the broker at ${this.settings.url} (${reason(error)}); start it with \`npm start\` or set OSB_BROKER_URL`);
+  }
+
+  private refused(): CliError {
+    return new CliError(
+      `the broker at ${this.settings.url} refused the credentials of user "${this.settings.username}" (password from ${this.settings.passwordSource}); ` +
+        "set OSB_BROKER_USERNAME and OSB_BROKER_PASSWORD (or --user and --password) to the broker's BROKER_USERNAME and BROKER_PASSWORD",
+    );
+  }
+
+  /**
+   * A request whose body (an upload) or answer (a download) is a stream of any size: no overall timeout and nothing
+   * buffered. The answer's body is left to the caller. Refused credentials and transport failures read as request()'s.
+   */
+  async stream(method: string, requestPath: string, upload?: Readable): Promise<Response> {
+    const headers = this.headers('application/octet-stream, application/json');
+    if (upload) headers['Content-Type'] = 'application/octet-stream';
+    const init: RequestInit = { method, headers };
+    // Node's fetch sends a Node stream (an async iterable) as it is read, with backpressure; it asks for 'half' then.
+    if (upload) Object.assign(init, { body: upload, duplex: 'half' });
+    let response: Response;
+    try {
+      response = await fetch(`${this.settings.url}${requestPath}`, init);
+    } catch (error) {
+      throw this.unreachable(error);
+    }
+    if (response.status === 401) {
+      await response.body?.cancel();
+      throw this.refused();
+    }
+    return response;
+  }
+
+  async request(method: string, requestPath: string, body?: unknown): Promise<Reply> {
+    const headers = this.headers('application/json');
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     let response: Response;
     try {
@@ -105,7 +146,7 @@ export class BrokerClient {
         signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
       });
     } catch (error) {
-      throw new CliError(`cannot reach the broker at ${this.settings.url} (${reason(error)}); start it with \`npm start\` or set OSB_BROKER_URL`);
+      throw this.unreachable(error);
     }
     const text = await response.text();
     let parsed: unknown;
@@ -115,12 +156,7 @@ export class BrokerClient {
       // Not JSON: the text is kept for the message.
     }
     const replyBody: ReplyBody = parsed && typeof parsed === 'object' && !Array.isArray(parsed) ? parsed : { description: text.trim().slice(0, 300) };
-    if (response.status === 401) {
-      throw new CliError(
-        `the broker at ${this.settings.url} refused the credentials of user "${this.settings.username}" (password from ${this.settings.passwordSource}); ` +
-          "set OSB_BROKER_USERNAME and OSB_BROKER_PASSWORD (or --user and --password) to the broker's BROKER_USERNAME and BROKER_PASSWORD",
-      );
-    }
+    if (response.status === 401) throw this.refused();
     const retryAfter = Number(response.headers.get('Retry-After'));
     return { status: response.status, body: replyBody, ...(Number.isFinite(retryAfter) && retryAfter > 0 ? { retryAfterSeconds: retryAfter } : {}) };
   }

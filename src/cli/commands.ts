@@ -1,33 +1,20 @@
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import type { Plan, ServiceOffering } from '../osb/types.js';
-import { parseParameters, usageOf, type CommandSpec, type Flags } from './args.js';
+import { parseParameters, usageOf } from './args.js';
 import type { ListedBinding, ListedInstance } from '../api/listing.js';
 import { BrokerClient, describeBody, expect, PLATFORM } from './client.js';
-import { CliError } from './errors.js';
+import { BACKUP_RUNNERS, restoreSource } from './backup-commands.js';
+import { instancePath, list, resolve, type Io, type Run } from './run.js';
+import { CliError, UsageError } from './errors.js';
 import { formatTable } from './table.js';
 import { buildVcapServices, exportLine, type BoundService } from './vcap.js';
 
-export interface Io {
-  /** Results: tables, addresses, VCAP_SERVICES. */
-  out(text: string): void;
-  /** Progress and notes. */
-  err(text: string): void;
-}
-
-interface Run {
-  client: BrokerClient;
-  args: string[];
-  flags: Flags;
-  io: Io;
-  command: CommandSpec;
-}
-
-const list = (values: string[]) => (values.length ? values.join(', ') : 'none');
 const bindingLabel = (binding: ListedBinding) => binding.name ?? binding.id;
-const instancePath = (id: string) => `/v2/service_instances/${encodeURIComponent(id)}`;
 const bindingPath = (instanceId: string, bindingId: string) => `${instancePath(instanceId)}/service_bindings/${encodeURIComponent(bindingId)}`;
 const idQuery = (instance: ListedInstance) => `service_id=${encodeURIComponent(instance.service_id)}&plan_id=${encodeURIComponent(instance.plan_id)}`;
+
+export type { Io };
 
 export const COMMAND_RUNNERS: Record<string, (run: Run) => Promise<void>> = {
   catalog: catalogCommand,
@@ -38,6 +25,8 @@ export const COMMAND_RUNNERS: Record<string, (run: Run) => Promise<void>> = {
   delete: deleteCommand,
   dashboard,
   env,
+  clone,
+  ...BACKUP_RUNNERS,
 };
 
 // catalog
@@ -70,9 +59,38 @@ function findPlan(offering: ServiceOffering, name: string): Plan {
 
 async function create({ client, args, flags, io, command }: Run): Promise<void> {
   const [offeringName, planName, name] = args as [string, string, string];
-  const parameters = parseParameters(flags.parameters, usageOf(command));
+  let parameters = parseParameters(flags.parameters, usageOf(command));
+  if (flags.fromBackup !== undefined) {
+    if (parameters?.restore_from !== undefined) throw new UsageError('--from-backup and a restore_from in -c cannot be used together', usageOf(command));
+    parameters = { ...parameters, restore_from: await restoreSource(client, flags.fromBackup) };
+  }
   const offering = findOffering(await client.catalog(), offeringName);
   const plan = findPlan(offering, planName);
+  await provision(client, io, { offering, plan, name, parameters, org: flags.org, space: flags.space });
+}
+
+// clone
+
+async function clone({ client, args, flags, io }: Run): Promise<void> {
+  const [sourceName, name] = args as [string, string];
+  const source = resolve(await client.instances(), sourceName);
+  const offering = findOffering(await client.catalog(), source.service_id);
+  const plan = findPlan(offering, source.plan_id);
+  io.err(`Cloning ${source.name ?? source.id} into a new instance: a fresh backup of it is restored there.`);
+  await provision(client, io, { offering, plan, name, parameters: { clone_of: source.id }, org: flags.org, space: flags.space });
+}
+
+interface NewInstance {
+  offering: ServiceOffering;
+  plan: Plan;
+  name: string;
+  parameters?: Record<string, unknown>;
+  org?: string;
+  space?: string;
+}
+
+/** PUT with a new id, then follows the operation to its end; a name already in use is refused first. */
+async function provision(client: BrokerClient, io: Io, { offering, plan, name, parameters, org, space }: NewInstance): Promise<void> {
   const taken = (await client.instances()).find((instance) => instance.name === name);
   if (taken) {
     throw new CliError(
@@ -84,8 +102,8 @@ async function create({ client, args, flags, io, command }: Run): Promise<void> 
   const reply = await client.request('PUT', `${instancePath(id)}?accepts_incomplete=true`, {
     service_id: offering.id,
     plan_id: plan.id,
-    organization_guid: flags.org ?? 'local',
-    space_guid: flags.space ?? 'local',
+    organization_guid: org ?? 'local',
+    space_guid: space ?? 'local',
     context: { platform: PLATFORM, instance_name: name },
     ...(parameters ? { parameters } : {}),
   });
@@ -145,25 +163,6 @@ function stateColumn(instance: ListedInstance): string {
   if (health.state === 'down') return `down since ${health.since}`;
   if (health.state === 'repaired' && health.repaired_at) return `ready (repaired ${health.repaired_at})`;
   return instance.state;
-}
-
-/** Finds an instance by its name (or id); unknown names list the names there are. */
-function resolve(instances: ListedInstance[], name: string): ListedInstance {
-  const named = instances.filter((instance) => instance.name === name);
-  if (named.length === 1) return named[0]!;
-  if (named.length > 1) {
-    throw new CliError(
-      `${named.length} service instances are named "${name}" (created by another platform?); use an id: ${named.map((instance) => instance.id).join(', ')}`,
-    );
-  }
-  const byId = instances.find((instance) => instance.id === name);
-  if (byId) return byId;
-  const names = instances.map((instance) => instance.name ?? instance.id);
-  throw new CliError(
-    names.length
-      ? `no service instance named "${name}"; instances: ${list(names)}`
-      : `no service instance named "${name}"; there are none yet (osb-docker create <offering> <plan> <name>)`,
-  );
 }
 
 // bind

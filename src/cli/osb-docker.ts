@@ -38,7 +38,13 @@ async function main(argv: string[], io: Io): Promise<number> {
   }
 }
 
+const inPlace = process.stderr.isTTY === true;
 process.exitCode = await main(process.argv.slice(2), {
   out: (text) => process.stdout.write(`${text}\n`),
   err: (text) => process.stderr.write(`${text}\n`),
+  // On a terminal the progress line is rewritten in place ("" clears it); elsewhere each is a line of its own.
+  progress: (text) => (inPlace ? process.stderr.write(`\r\x1b[K${text}`) : text && process.stderr.write(`${text}\n`)),
+  progressInPlace: inPlace,
+  stdout: process.stdout,
+  stdin: process.stdin,
 });
