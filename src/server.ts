@@ -116,6 +116,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
       log,
       listing: () => broker.listing(),
       backups,
+      restores: broker.restores,
       checks,
       metrics,
       dashboard: {

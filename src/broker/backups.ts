@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { pipeline, type Readable } from 'node:stream';
-import { backupsToDelete, openStream, putSealed, type BackupStore, type RetentionSettings } from '../backups/index.js';
+import { BackupFormatError, BackupStoreError, backupsToDelete, openStream, putSealed, type BackupStore, type RetentionSettings } from '../backups/index.js';
 import type { ServiceDefinition } from '../catalog/definition.js';
 import type { Logger } from '../log.js';
-import { badRequest, conflict, notFound, unprocessable } from '../osb/errors.js';
-import type { BackupRecord, InstanceRecord } from '../store/records.js';
+import { BrokerError, badRequest, conflict, notFound, unavailable, unprocessable } from '../osb/errors.js';
+import type { BackupOrigin, BackupRecord, InstanceRecord } from '../store/records.js';
 import type { DumpRuntime, StateStore } from './contracts.js';
 import type { Offerings } from './offerings.js';
 import { now, reasonOf } from './operations.js';
@@ -52,7 +52,20 @@ export class BackupService {
   constructor(private readonly parts: BackupParts) {}
 
   /** Starts a backup of a ready instance; answers at once with its record (in progress). */
-  async start(instanceId: string): Promise<BackupRecord> {
+  async start(instanceId: string, origin: BackupOrigin = 'manual'): Promise<BackupRecord> {
+    const { backup, work } = await this.begin(instanceId, origin);
+    void work;
+    return backup;
+  }
+
+  /** Backs up a ready instance and resolves with the ended backup (succeeded or failed): the first step of clone_of. */
+  async backUpNow(instanceId: string): Promise<BackupRecord> {
+    const { backup, work } = await this.begin(instanceId, 'manual');
+    await work;
+    return (await this.parts.store.getBackup(instanceId, backup.id)) ?? { ...backup, state: 'failed', description: 'Backup failed: its record is gone.' };
+  }
+
+  private async begin(instanceId: string, origin: BackupOrigin): Promise<{ backup: BackupRecord; work: Promise<void> }> {
     const { store, offerings } = this.parts;
     const instance = await store.getInstance(instanceId);
     if (!instance || instance.state === 'deleted') throw notFound(`Service instance ${instanceId} does not exist.`);
@@ -61,27 +74,73 @@ export class BackupService {
       throw unprocessable('BackupsUnsupported', `${definition.offering.name} instances have no backups: ${definition.backups.reason ?? 'not supported'}`);
     }
     if (instance.state !== 'ready') throw conflict(`The instance is ${instance.state}; only a ready instance can be backed up.`);
-    const running = (await store.listBackups(instanceId)).find((backup) => backup.state === 'in progress');
-    if (running && (await store.leaseHeld(leaseOf(running)))) throw conflict(`Backup ${running.id} of this instance is still in progress.`);
-    const id = `${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')}-${randomBytes(4).toString('hex')}`;
-    const backup: BackupRecord = {
-      id,
-      instanceId,
-      state: 'in progress',
-      serviceId: instance.serviceId,
-      planId: instance.planId,
-      organizationGuid: instance.organizationGuid,
-      spaceGuid: instance.spaceGuid,
-      maintenanceVersion: instance.maintenanceVersion,
-      storeKey: `${instanceId}/${id}.osb-backup`,
-      createdAt: now(),
-      owner: this.parts.owner,
-    };
+    // An update or an in-place restore replaces the container (and its volume) under the backup script.
+    const operation = await store.getOperation(instance.lastOperationId);
+    if (operation?.state === 'in progress') throw conflict(`The instance is busy (${operation.type} in progress); back it up once that has ended.`);
+    const running = await this.runningBackup(instanceId);
+    if (running) throw conflict(`Backup ${running} of this instance is still in progress.`);
+    const backup = newRecord(instance, origin, this.parts.owner);
     await store.claimLease(leaseOf(backup), this.parts.owner, this.parts.leaseMs);
     await store.putBackup(backup);
     const work = this.run(backup, definition, instance).finally(() => this.running.delete(work));
     this.running.add(work);
-    return backup;
+    return { backup, work };
+  }
+
+  /**
+   * Seals an uploaded dump (as `download` gives it) into the store as a new backup of the instance, streaming; resolves
+   * with the succeeded record. Its content is only checked by the restore script, when it is restored.
+   */
+  async import(instanceId: string, dump: Readable): Promise<BackupRecord> {
+    const { store, offerings, backupStore, log } = this.parts;
+    const instance = await store.getInstance(instanceId);
+    if (!instance || instance.state === 'deleted') throw notFound(`Service instance ${instanceId} does not exist.`);
+    const definition = offerings.definitionOf(instance);
+    if (!definition.backups.supported) {
+      throw unprocessable('BackupsUnsupported', `${definition.offering.name} instances have no backups: ${definition.backups.reason ?? 'not supported'}`);
+    }
+    const backup = newRecord(instance, 'import', this.parts.owner);
+    await store.claimLease(leaseOf(backup), this.parts.owner, this.parts.leaseMs);
+    await store.putBackup(backup);
+    const beat = setInterval(() => {
+      store.claimLease(leaseOf(backup), this.parts.owner, this.parts.leaseMs).catch(() => undefined);
+    }, this.parts.leaseMs / 3);
+    try {
+      const summary = await putSealed(backupStore, backup.storeKey, dump, this.parts.encryptionKey, { context: contextOf(backup) });
+      if (summary.plainBytes === 0) throw badRequest('The upload is empty: send the dump as the request body (application/octet-stream).');
+      const succeeded: BackupRecord = {
+        ...backup,
+        state: 'succeeded',
+        finishedAt: now(),
+        plainBytes: summary.plainBytes,
+        storedBytes: summary.storedBytes,
+        sha256: summary.sha256,
+        owner: undefined,
+      };
+      await store.putBackup(succeeded);
+      log.info({ instanceId, backup: backup.id, bytes: summary.storedBytes }, 'backup imported');
+      return succeeded;
+    } catch (error) {
+      const reason = reasonOf(error);
+      log.warn({ instanceId, backup: backup.id, reason }, 'import failed');
+      await backupStore.delete(backup.storeKey).catch(() => undefined);
+      await store
+        .putBackup({ ...backup, state: 'failed', finishedAt: now(), description: `Import failed: ${reason}`, owner: undefined })
+        .catch(() => undefined);
+      // The upload itself ending early is the client's doing; a store that fails is ours.
+      if (error instanceof BrokerError) throw error;
+      if (error instanceof BackupStoreError) throw unavailable(`Import failed: ${reason}`);
+      throw badRequest(`Import failed: ${reason}`);
+    } finally {
+      clearInterval(beat);
+      await store.releaseLease(leaseOf(backup), this.parts.owner).catch(() => undefined);
+    }
+  }
+
+  /** The id of the backup of the instance a live process is making, if any. */
+  async runningBackup(instanceId: string): Promise<string | undefined> {
+    const running = (await this.parts.store.listBackups(instanceId)).find((backup) => backup.state === 'in progress');
+    return running && (await this.parts.store.leaseHeld(leaseOf(running))) ? running.id : undefined;
   }
 
   /** The instance's backups, newest first; one whose process stopped is reported (and recorded) failed. */
@@ -108,10 +167,17 @@ export class BackupService {
     return this.opened(backup);
   }
 
-  /** The backup's object from the store, verified, decrypted and decompressed as it flows; any damage fails the stream. */
-  private async opened(backup: BackupRecord): Promise<Readable> {
+  /**
+   * The backup's object from the store, verified, decrypted and decompressed as it flows; any damage fails the stream.
+   * `onObjectError` hears of a fault of the object or the store (not of the reader going away).
+   */
+  private async opened(backup: BackupRecord, onObjectError: (error: Error) => void = () => {}): Promise<Readable> {
     const sealed = await this.parts.backupStore.get(backup.storeKey);
     const opening = openStream(this.parts.encryptionKey, { context: contextOf(backup) });
+    sealed.once('error', onObjectError);
+    opening.stream.once('error', (error) => {
+      if (error instanceof BackupFormatError) onObjectError(error);
+    });
     pipeline(sealed, opening.stream, () => {}); // an error reaches the reader through opening.stream
     return opening.stream;
   }
@@ -120,10 +186,14 @@ export class BackupService {
    * Checks, at provision time, that `restore_from` names a succeeded backup the new instance may start from: same
    * offering, organization and space. Every refusal reads the same, so it never tells whether another instance exists.
    */
-  async authorise(restoreFrom: unknown, target: Pick<InstanceRecord, 'serviceId' | 'organizationGuid' | 'spaceGuid'>): Promise<RestoreSource> {
+  async authorise(
+    restoreFrom: unknown,
+    target: Pick<InstanceRecord, 'serviceId' | 'organizationGuid' | 'spaceGuid'>,
+    name = 'restore_from',
+  ): Promise<RestoreSource> {
     const request = restoreFrom as { instance?: unknown; backup?: unknown } | null;
     if (typeof request !== 'object' || request === null || typeof request.instance !== 'string' || typeof request.backup !== 'string') {
-      throw badRequest('restore_from must be {"instance": "<instance id>", "backup": "<backup id>" or "latest"}.');
+      throw badRequest(`${name} must be {"instance": "<instance id>", "backup": "<backup id>" or "latest"}.`);
     }
     const candidates = (await this.parts.store.listBackups(request.instance)).filter(
       (backup) =>
@@ -135,18 +205,55 @@ export class BackupService {
     const chosen = request.backup === 'latest' ? candidates.at(-1) : candidates.find((backup) => backup.id === request.backup);
     if (!chosen) {
       throw badRequest(
-        'restore_from does not name a backup this instance can start from (a succeeded backup of an instance of the same service offering, organization and space).',
+        `${name} does not name a backup this instance can start from (a succeeded backup of an instance of the same service offering, organization and space).`,
       );
     }
     return { instanceId: chosen.instanceId, backupId: chosen.id };
   }
 
-  /** Loads a backup into an instance whose service runs (a new one, during its provision). */
+  /**
+   * Checks, at provision time, that `clone_of` names a live instance the new one may be a copy of: ready, of the same
+   * offering, organization and space. Every refusal reads the same, as for restore_from.
+   */
+  async authoriseClone(cloneOf: unknown, target: Pick<InstanceRecord, 'serviceId' | 'organizationGuid' | 'spaceGuid'>): Promise<string> {
+    if (typeof cloneOf !== 'string' || cloneOf === '') throw badRequest('clone_of must be the id of a service instance ("<instance id>").');
+    const source = await this.parts.store.getInstance(cloneOf);
+    const allowed =
+      source?.state === 'ready' &&
+      source.serviceId === target.serviceId &&
+      source.organizationGuid === target.organizationGuid &&
+      source.spaceGuid === target.spaceGuid;
+    if (!allowed) {
+      throw badRequest(
+        'clone_of does not name an instance this instance can be a copy of (a ready instance of the same service offering, organization and space).',
+      );
+    }
+    return cloneOf;
+  }
+
+  /**
+   * Loads a succeeded backup into an instance whose service runs (a new one during its provision, or a fresh volume
+   * of an in-place restore). A failure says what went wrong first: the stored object (missing, damaged, truncated,
+   * sealed with another key, store unreachable) rather than the restore script that saw its input end.
+   */
   async restoreInto(definition: ServiceDefinition, instance: InstanceRecord, source: RestoreSource, signal: AbortSignal): Promise<void> {
     const backup = await this.parts.store.getBackup(source.instanceId, source.backupId);
-    if (!backup || backup.state !== 'succeeded') throw new Error(`backup ${source.backupId} is gone`);
-    const dump = await this.opened(backup);
-    await this.parts.runtime.restore(definition, instance, dump, { timeoutSeconds: this.parts.timeoutSeconds, signal });
+    if (!backup || backup.state !== 'succeeded') throw new Error(`backup ${source.backupId} of instance ${source.instanceId} is gone`);
+    let objectError: Error | undefined;
+    try {
+      const dump = await this.opened(backup, (error) => (objectError ??= error));
+      await this.parts.runtime.restore(definition, instance, dump, { timeoutSeconds: this.parts.timeoutSeconds, signal });
+    } catch (error) {
+      const cause = objectError ?? error;
+      const reason = reasonOf(cause);
+      if (cause instanceof BackupFormatError || cause instanceof BackupStoreError || objectError) {
+        // Damaged, truncated, sealed with another key, or the store does not answer: the object is the cause.
+        throw new Error(`backup ${backup.id} of instance ${backup.instanceId} cannot be read: ${reason}`, { cause: error });
+      }
+      throw new Error(`the ${definition.offering.name} restore script refused backup ${backup.id} of instance ${backup.instanceId}: ${reason}`, {
+        cause: error,
+      });
+    }
   }
 
   /** Resolves once the backups this process is making have ended. */
@@ -164,7 +271,7 @@ export class BackupService {
       const dump = await runtime.backup(definition, instance, { timeoutSeconds: this.parts.timeoutSeconds, signal: controller.signal });
       const summary = await putSealed(backupStore, backup.storeKey, dump.stdout, this.parts.encryptionKey, { context: contextOf(backup) });
       await dump.finished;
-      await store.putBackup({
+      const succeeded: BackupRecord = {
         ...backup,
         state: 'succeeded',
         finishedAt: now(),
@@ -172,7 +279,8 @@ export class BackupService {
         storedBytes: summary.storedBytes,
         sha256: summary.sha256,
         owner: undefined,
-      });
+      };
+      await store.putBackup(succeeded);
       log.info({ instanceId: backup.instanceId, backup: backup.id, bytes: summary.storedBytes }, 'backup succeeded');
       await this.prune(backup.instanceId);
     } catch (error) {
@@ -180,9 +288,8 @@ export class BackupService {
       const reason = reasonOf(error);
       log.error({ instanceId: backup.instanceId, backup: backup.id, reason }, 'backup failed');
       await backupStore.delete(backup.storeKey).catch(() => undefined);
-      await store
-        .putBackup({ ...backup, state: 'failed', finishedAt: now(), description: `Backup failed: ${reason}`, owner: undefined })
-        .catch(() => undefined);
+      const failed: BackupRecord = { ...backup, state: 'failed', finishedAt: now(), description: `Backup failed: ${reason}`, owner: undefined };
+      await store.putBackup(failed).catch(() => undefined);
     } finally {
       clearInterval(beat);
       await store.releaseLease(leaseOf(backup), this.parts.owner).catch(() => undefined);
@@ -222,6 +329,25 @@ export class BackupService {
     await this.parts.store.putBackup(failed);
     return failed;
   }
+}
+
+/** A new backup of the instance, in progress, held by `owner`. */
+function newRecord(instance: InstanceRecord, origin: BackupOrigin, owner: string): BackupRecord {
+  const id = `${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')}-${randomBytes(4).toString('hex')}`;
+  return {
+    id,
+    instanceId: instance.id,
+    state: 'in progress',
+    serviceId: instance.serviceId,
+    planId: instance.planId,
+    organizationGuid: instance.organizationGuid,
+    spaceGuid: instance.spaceGuid,
+    maintenanceVersion: instance.maintenanceVersion,
+    storeKey: `${instance.id}/${id}.osb-backup`,
+    createdAt: now(),
+    owner,
+    origin,
+  };
 }
 
 /** Bound into every sealed chunk: a backup restores only as itself. */

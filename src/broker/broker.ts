@@ -23,6 +23,7 @@ import type { OperationRecord, OperationType } from '../store/records.js';
 import { BindingLifecycle } from './bindings.js';
 import type { InstanceRuntime, OperationObserver, Placement, PortProbe, StateStore } from './contracts.js';
 import type { BackupService } from './backups.js';
+import { InPlaceRestore } from './in-place-restore.js';
 import { InstanceLifecycle } from './instances.js';
 import { listInstances } from './listing.js';
 import { Offerings } from './offerings.js';
@@ -51,6 +52,8 @@ export class DockerBroker implements ServiceBroker {
   readonly offerings: Offerings;
   readonly runner: OperationRunner;
   readonly dashboardUrl: (instanceId: string) => string;
+  /** Restores into running instances (POST /broker/v1/instances/:id/restore); only with backups. */
+  readonly restores?: InPlaceRestore;
   private readonly store: StateStore;
   private readonly log: Logger;
   private readonly instances: InstanceLifecycle;
@@ -65,6 +68,7 @@ export class DockerBroker implements ServiceBroker {
     const parts = { config, offerings: this.offerings, store, runtime, runner: this.runner, log, portIsFree, dashboardUrl, placement, backups };
     this.instances = new InstanceLifecycle(parts);
     this.bindings = new BindingLifecycle(parts);
+    if (backups) this.restores = new InPlaceRestore({ ...parts, backups });
     this.runner.continueWith((operation) => this.workFor(operation));
   }
 
@@ -126,6 +130,8 @@ export class DockerBroker implements ServiceBroker {
       deprovision: (signal) => this.instances.runDeprovision(operation, signal),
       bind: (signal) => this.bindings.runBind(operation, signal),
       unbind: (signal) => this.bindings.runUnbind(operation, signal),
+      restore: (signal) =>
+        this.restores ? this.restores.run(operation, signal) : this.runner.finish(operation, 'failed', 'Restore failed: this broker has no backups.'),
     };
     return work[operation.type];
   }

@@ -122,6 +122,21 @@ export interface DumpRuntime {
   restore(definition: ServiceDefinition, instance: InstanceRecord, dump: Readable, options: { timeoutSeconds: number; signal: AbortSignal }): Promise<void>;
 }
 
+/**
+ * What an in-place restore needs besides dumps: the instance's container made again on another of its volumes (same
+ * name, ports and settings), a readiness check, and a volume removed. The single engine has it; Swarm does not.
+ */
+export interface VolumeSwapRuntime {
+  /** Replaces the container by one on `volumeName` (created when missing); returns once it accepts a login. */
+  moveToVolume(definition: ServiceDefinition, instance: InstanceRecord, volumeName: string, signal: AbortSignal, progress: Progress): Promise<void>;
+  /** Returns once the instance's service is ready and accepts a login (the offering's ready and check scripts). */
+  checkReady(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal): Promise<void>;
+  /** Removes one of the instance's volumes (not the one its container uses); a missing one is not an error. */
+  removeInstanceVolume(instance: InstanceRecord, volumeName: string): Promise<void>;
+}
+
+export const swapsVolumes = <T extends object>(runtime: T): runtime is T & VolumeSwapRuntime => 'moveToVolume' in runtime;
+
 /** A lifecycle event of one instance's container (die, stop, kill, oom, destroy, start). */
 export interface InstanceEvent {
   instanceId: string;

@@ -36,8 +36,8 @@ export class InstanceLifecycle {
     requireString(request.space_guid, 'space_guid');
     const context = optionalObject(request.context, 'context');
     const requestedParameters = request.parameters ?? {};
-    // restore_from is the broker's own parameter, valid for every offering with backups; the rest is the offering's.
-    const { restore_from: restoreRequest, ...ownParameters } = request.parameters ?? {};
+    // restore_from and clone_of are the broker's own parameters, valid for every offering with backups; the rest is the offering's.
+    const { restore_from: restoreRequest, clone_of: cloneRequest, ...ownParameters } = request.parameters ?? {};
     const parameters = validateParameters(definition.parameterSchema, request.parameters && ownParameters, 'parameters');
     const requestedVersion = maintenanceVersion(request.maintenance_info);
     if (requestedVersion !== undefined && requestedVersion !== definition.maintenanceInfo.version) {
@@ -45,14 +45,16 @@ export class InstanceLifecycle {
     }
     const dashboardUrl = this.parts.dashboardUrl(instanceId);
     let restoreFrom: InstanceRecord['restoreFrom'];
-    if (restoreRequest !== undefined) {
-      if (!this.parts.backups || !definition.backups.supported) throw badRequest(`restore_from: ${definition.offering.name} instances have no backups.`);
-      restoreFrom = await this.parts.backups.authorise(restoreRequest, {
-        serviceId: definition.offering.id,
-        organizationGuid: request.organization_guid,
-        spaceGuid: request.space_guid,
-      });
+    let cloneOf: InstanceRecord['cloneOf'];
+    if (restoreRequest !== undefined || cloneRequest !== undefined) {
+      const name = restoreRequest !== undefined ? 'restore_from' : 'clone_of';
+      if (!this.parts.backups || !definition.backups.supported) throw badRequest(`${name}: ${definition.offering.name} instances have no backups.`);
+      if (restoreRequest !== undefined && cloneRequest !== undefined) throw badRequest('restore_from and clone_of cannot be used together: choose one source.');
+      const target = { serviceId: definition.offering.id, organizationGuid: request.organization_guid, spaceGuid: request.space_guid };
+      if (restoreRequest !== undefined) restoreFrom = await this.parts.backups.authorise(restoreRequest, target);
+      else cloneOf = await this.parts.backups.authoriseClone(cloneRequest, target);
     }
+
 
     return locked(store, instanceId, async () => {
       const existing = await store.getInstance(instanceId);
@@ -93,6 +95,7 @@ export class InstanceLifecycle {
         lastOperationId: operation.id,
         secrets: retry?.secrets ?? { adminPassword: newPassword() },
         restoreFrom,
+        cloneOf,
       };
       await runner.record(operation);
       await afterFirstWrite(runner, operation, () => store.putInstance(record));
@@ -132,6 +135,7 @@ export class InstanceLifecycle {
           instance = { ...instance, hostPort: undefined, extraHostPorts: undefined };
         }
       }
+      if (instance.cloneOf && !instance.restoreFrom) instance = await this.takeCloneBackup(operation, instance);
       if (instance.restoreFrom) {
         const { instanceId: source, backupId } = instance.restoreFrom;
         await progress(`Restoring backup ${backupId} of instance ${source}.`);
@@ -157,6 +161,27 @@ export class InstanceLifecycle {
         `Provisioning failed: ${reason}`,
       );
     }
+  }
+
+  /**
+   * clone_of's first step: a fresh backup of the live source, recorded as the new instance's restoreFrom, so a process
+   * that continues the provision restores that same backup. A source that is no longer ready fails the provision.
+   */
+  private async takeCloneBackup(operation: OperationRecord, instance: InstanceRecord): Promise<InstanceRecord> {
+    const { store, runner } = this.parts;
+    const source = instance.cloneOf!;
+    await runner.progress(operation, `Backing up instance ${source} to clone it.`);
+    const backup = await this.parts.backups!.backUpNow(source).catch((error: unknown) => {
+      throw new Error(`instance ${source} could not be backed up for the clone: ${reasonOf(error)}`, { cause: error });
+    });
+    if (backup.state !== 'succeeded') throw new Error(`instance ${source} could not be backed up for the clone: ${backup.description ?? backup.state}`);
+    const updated: InstanceRecord = { ...instance, restoreFrom: { instanceId: source, backupId: backup.id } };
+    await store.withLock(instance.id, async () => {
+      const current = await store.getInstance(instance.id);
+      if (current?.lastOperationId !== operation.id) throw new Error('a deprovision took over the instance');
+      await store.putInstance({ ...current, restoreFrom: updated.restoreFrom, updatedAt: now() });
+    });
+    return updated;
   }
 
   async fetch(instanceId: string, _query: ResourceQuery): Promise<InstanceView> {
@@ -195,14 +220,16 @@ export class InstanceLifecycle {
       const instance = await store.getInstance(instanceId);
       if (!instance || instance.state === 'deleted') throw notFound(`Service instance ${instanceId} does not exist.`);
       if (instance.serviceId !== definition.offering.id) throw badRequest(`service_id does not match service instance ${instanceId}.`);
-      const requestedParameters =
-        request.parameters === undefined
-          ? instance.requestedParameters
-          : { ...instance.requestedParameters, ...(optionalObject(request.parameters, 'parameters') ?? {}) };
+      const changes = optionalObject(request.parameters, 'parameters') ?? {};
+      const sourceParameter = SOURCE_PARAMETERS.find((name) => name in changes);
+      if (sourceParameter) {
+        throw badRequest(`${sourceParameter} is taken at provision only; to restore into this instance, use POST /broker/v1/instances/${instanceId}/restore.`);
+      }
+      const requestedParameters = request.parameters === undefined ? instance.requestedParameters : { ...instance.requestedParameters, ...changes };
       const target: UpdateTarget = {
         planId: request.plan_id ?? instance.planId,
         requestedParameters,
-        parameters: validateParameters(definition.parameterSchema, requestedParameters, 'parameters'),
+        parameters: validateParameters(definition.parameterSchema, withoutSource(requestedParameters), 'parameters'),
         maintenanceVersion: requestedVersion ?? instance.maintenanceVersion,
       };
 
@@ -314,6 +341,7 @@ export class InstanceLifecycle {
           return { async: true, operation: lastOperation.id };
         }
         if (lastOperation.type === 'update') throw concurrencyError('This service instance is being updated.');
+        if (lastOperation.type === 'restore') throw concurrencyError('A backup is being restored into this service instance.');
       }
       const busyBinding = (await store.listBindings(instanceId)).find((binding) => binding.state === 'creating' || binding.state === 'deleting');
       if (busyBinding) throw concurrencyError(`Service binding ${busyBinding.id} is being ${busyBinding.state === 'creating' ? 'created' : 'deleted'}.`);
@@ -368,3 +396,9 @@ export class InstanceLifecycle {
     return toLastOperation(await operationFor(store, instanceId, undefined, query.operation, `Service instance ${instanceId} does not exist.`));
   }
 }
+
+/** The broker's provision-only parameters naming where a new instance's data comes from; no offering schema knows them. */
+const SOURCE_PARAMETERS = ['restore_from', 'clone_of'] as const;
+
+const withoutSource = (parameters: Record<string, unknown>) =>
+  Object.fromEntries(Object.entries(parameters).filter(([name]) => !(SOURCE_PARAMETERS as readonly string[]).includes(name)));

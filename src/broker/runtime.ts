@@ -17,6 +17,7 @@ import {
   type InstanceEvent,
   type InstanceRuntime,
   type Progress,
+  type VolumeSwapRuntime,
 } from './contracts.js';
 import { publishedPortAnswers } from './probe.js';
 
@@ -24,7 +25,7 @@ import { publishedPortAnswers } from './probe.js';
 const WATCHED_ACTIONS = ['die', 'stop', 'kill', 'oom', 'destroy', 'start'];
 
 /** What it takes to run one instance on the engine: containers, volumes and the scripts inside the image. */
-export class DockerRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime, InstanceContainers, EngineInventory {
+export class DockerRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime, VolumeSwapRuntime, InstanceContainers, EngineInventory {
   constructor(
     private readonly engine: DockerEngine,
     private readonly images: ImageBuilder,
@@ -152,6 +153,20 @@ export class DockerRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime
     await this.engine.stopContainer(instance.containerName, definition.container.stopTimeoutSeconds);
     await this.engine.removeContainer(instance.containerName);
     await this.start(definition, instance, signal, progress);
+  }
+
+  /** For an in-place restore: the same container (name, ports, settings) made again on another volume of the instance. */
+  async moveToVolume(definition: ServiceDefinition, instance: InstanceRecord, volumeName: string, signal: AbortSignal, progress: Progress): Promise<void> {
+    await this.recreate(definition, { ...instance, volumeName }, signal, progress);
+  }
+
+  async checkReady(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal): Promise<void> {
+    await this.scripts.waitReady(async () => this.target(instance), definition, instance, signal);
+    await this.script(definition, instance, 'check', signal);
+  }
+
+  async removeInstanceVolume(_instance: InstanceRecord, volumeName: string): Promise<void> {
+    await this.engine.removeVolume(volumeName);
   }
 
   async applyLimits(definition: ServiceDefinition, instance: InstanceRecord, planId: string): Promise<void> {

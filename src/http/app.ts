@@ -18,8 +18,9 @@ import { originatingIdentity } from './middleware/originating-identity.js';
 import { requestIdentity } from './middleware/request-identity.js';
 import { catalogCache, catalogEndpoint, osbRoutes } from './osb-routes.js';
 import { listingRoutes } from './listing-routes.js';
-import { backupRoutes } from './backup-routes.js';
+import { backupRoutes, restoreRoutes } from './backup-routes.js';
 import type { BackupService } from '../broker/backups.js';
+import type { InPlaceRestore } from '../broker/in-place-restore.js';
 
 export interface AppOptions {
   username: string;
@@ -32,6 +33,8 @@ export interface AppOptions {
   listing?: () => Promise<ListedInstance[]>;
   /** Without it, no backup routes are served. */
   backups?: BackupService;
+  /** Without it, POST /broker/v1/instances/:id/restore (in-place restore) is not served. */
+  restores?: InPlaceRestore;
   /** Without it, /readyz is not served (/healthz always is). */
   checks?: ReadinessSource;
   /** Without it, requests are not counted and /metrics is not served; with it, /metrics needs the broker's credentials. */
@@ -77,6 +80,7 @@ export function createApp(broker: ServiceBroker, options: AppOptions): Koa {
   const brokerApi = [
     ...(options.listing ? routerMiddleware(listingRoutes(options.listing)) : []),
     ...(options.backups ? routerMiddleware(backupRoutes(options.backups)) : []),
+    ...(options.restores ? routerMiddleware(restoreRoutes(options.restores)) : []),
   ];
   if (brokerApi.length) app.use(under('/broker', compose([auth, ...brokerApi])));
   if (options.dashboard) {

@@ -2,7 +2,7 @@ import type { OperationState } from '../osb/types.js';
 
 export type InstanceState = 'provisioning' | 'ready' | 'failed' | 'deprovisioning' | 'deleted';
 export type BindingState = 'creating' | 'ready' | 'failed' | 'deleting' | 'deleted';
-export type OperationType = 'provision' | 'update' | 'deprovision' | 'bind' | 'unbind';
+export type OperationType = 'provision' | 'update' | 'deprovision' | 'bind' | 'unbind' | 'restore';
 
 export interface InstanceRecord {
   id: string;
@@ -27,6 +27,8 @@ export interface InstanceRecord {
   advertisedHost?: string;
   /** The backup a new instance starts from (provision parameter restore_from): loaded once its service runs. */
   restoreFrom?: { instanceId: string; backupId: string };
+  /** The live instance a new one is a copy of (provision parameter clone_of): backed up, then restored into it. */
+  cloneOf?: string;
   createdAt: string;
   updatedAt: string;
   lastOperationId: string;
@@ -72,8 +74,22 @@ export interface OperationRecord {
   update?: UpdateTarget;
   /** A deprovision's: the provision it cancelled, which it waits for, wherever that runs. */
   supersedes?: string;
+  /** An in-place restore's: what it loads, and the volumes it swaps between (see in-place-restore.ts). */
+  restore?: InPlaceRestorePlan;
   instanceUsable?: boolean;
   updateRepeatable?: boolean;
+}
+
+/**
+ * An in-place restore: the backup, the volume the instance ran on (`previousVolume`) and the fresh one the backup is
+ * loaded into. `swapping` is recorded before the container is first touched, so a process that continues the
+ * operation knows whether anything must be put back.
+ */
+export interface InPlaceRestorePlan {
+  source: { instanceId: string; backupId: string };
+  previousVolume: string;
+  freshVolume: string;
+  swapping?: boolean;
 }
 
 /**
@@ -133,4 +149,8 @@ export interface BackupRecord {
   sha256?: string;
   /** The process making it (lease holder), while in progress. */
   owner?: string;
+  /** How it came to be: on demand (`manual`, also the backup a clone_of takes), by the schedule, or uploaded (`import`). */
+  origin?: BackupOrigin;
 }
+
+export type BackupOrigin = 'manual' | 'scheduled' | 'import';
