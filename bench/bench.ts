@@ -3,7 +3,8 @@
  * next to a bare node:http server sending the same bytes.
  * Usage: BENCH_N=5 npm run bench
  * BENCH_ENGINE_N=3 rounds per offering in the every-engine table (0 leaves it out); BENCH_CATALOG_SECONDS=5 of load on
- * the catalog for each server (0 leaves that line out).
+ * the catalog for each server (0 leaves that line out); BENCH_BACKUP_MB=512 of PostgreSQL data backed up and restored
+ * through the broker next to raw pg_dump | gzip (0 leaves that table out).
  */
 import os from 'node:os';
 import { randomBytes } from 'node:crypto';
@@ -13,6 +14,7 @@ import { median, ms, p95, table } from './stats.js';
 import { benchEngines, engineTableRow, type EngineRow } from './engines.js';
 import { benchDashboard, LOG_LINES, type DashboardSamples } from './dashboard.js';
 import { benchCatalog, CATALOG_CONNECTIONS, type CatalogSamples } from './catalog.js';
+import { benchBackup, reportBackup } from './backup.js';
 import { loadConfig } from '../src/config.js';
 import { loadCatalog } from '../src/catalog/load.js';
 
@@ -26,6 +28,9 @@ const CATALOG_SECONDS = Number(process.env.BENCH_CATALOG_SECONDS ?? 5);
 if (!Number.isInteger(CATALOG_SECONDS) || CATALOG_SECONDS < 0 || CATALOG_SECONDS > 60) {
   throw new Error(`BENCH_CATALOG_SECONDS must be a whole number from 0 to 60 (got "${process.env.BENCH_CATALOG_SECONDS}")`);
 }
+/** Megabytes of PostgreSQL data for the backup table; 0 leaves it out. */
+const BACKUP_MB = Number(process.env.BENCH_BACKUP_MB ?? 512);
+if (!Number.isInteger(BACKUP_MB) || BACKUP_MB < 0) throw new Error(`BENCH_BACKUP_MB must be a whole number (got "${process.env.BENCH_BACKUP_MB}")`);
 
 let side: BrokerSide | undefined;
 let cleaning: Promise<void> | undefined;
@@ -101,10 +106,13 @@ async function main(): Promise<void> {
   const engines = ENGINE_N > 0 ? await benchEngines(broker, loadCatalog(config.catalogDir, config.imagePrefix), ENGINE_N) : [];
   process.stderr.write('dashboard with a 100,000-line log ...\n');
   const dashboard = await benchDashboard(broker, N);
+  const backup =
+    BACKUP_MB > 0 ? await benchBackup(BACKUP_MB, (line) => process.stderr.write(`${line}\n`)).catch((error: Error) => `failed: ${error.message}`) : undefined;
   report(machine, provision, bind, phases);
   if (catalog) reportCatalog(catalog);
   reportEngines(engines);
   reportDashboard(dashboard);
+  if (backup) reportBackup(backup, BACKUP_MB);
 }
 
 function reportCatalog(samples: CatalogSamples): void {
