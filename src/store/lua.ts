@@ -4,6 +4,12 @@ export const EXTEND_IF_OWNER = `if redis.call('get', KEYS[1]) == ARGV[1] then re
 export const RESERVE_PORT = `if redis.call('set', KEYS[1], ARGV[1], 'NX') then redis.call('sadd', KEYS[2], ARGV[2]) return 1 else return 0 end`;
 export const RELEASE_PORT = `redis.call('srem', KEYS[2], ARGV[2]) if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
 export const CLAIM_LEASE = `local holder = redis.call('get', KEYS[1]) if holder == false or holder == ARGV[1] then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 else return 0 end`;
+/** A backup schedule's run (KEYS[1] hash: cron, last): claimed (1) when its expression (ARGV[1]) is new or its time (ARGV[2], ms) is after the last claimed. */
+export const CLAIM_SCHEDULED_RUN = `local cron = redis.call('hget', KEYS[1], 'cron')
+local last = tonumber(redis.call('hget', KEYS[1], 'last') or '-1')
+if cron == ARGV[1] and tonumber(ARGV[2]) <= last then return 0 end
+redis.call('hset', KEYS[1], 'cron', ARGV[1], 'last', ARGV[2])
+return 1`;
 export const RELEASE_IF_OWNER = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`;
 
 // Operation records expire BROKER_TOMBSTONE_SECONDS after they stop being the latest of a live instance or binding.

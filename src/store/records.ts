@@ -27,6 +27,8 @@ export interface InstanceRecord {
   advertisedHost?: string;
   /** The backup a new instance starts from (provision parameter restore_from): loaded once its service runs. */
   restoreFrom?: { instanceId: string; backupId: string };
+  /** Provision or update parameter backup_schedule: a cron expression, or "off"; absent: the broker's default schedule. */
+  backupSchedule?: string;
   /** The live instance a new one is a copy of (provision parameter clone_of): backed up, then restored into it. */
   cloneOf?: string;
   createdAt: string;
@@ -154,3 +156,13 @@ export interface BackupRecord {
 }
 
 export type BackupOrigin = 'manual' | 'scheduled' | 'import';
+
+/**
+ * Where an instance's backup schedule stands, across replicas: the run time (epoch ms) of the last scheduled run a
+ * replica claimed, with the expression it was claimed under, and the last scheduled run that could not even start.
+ */
+export interface BackupScheduleMark {
+  cron: string;
+  lastRunMs: number;
+  failure?: { at: string; description: string };
+}

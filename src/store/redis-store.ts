@@ -2,10 +2,11 @@ import { Redis } from 'ioredis';
 import { randomBytes } from 'node:crypto';
 import { waitFor } from '../wait.js';
 import { LockTimeoutError, StoreUnavailableError } from './errors.js';
-import type { BackupRecord, BindingRecord, HealthRecord, InstanceRecord, OperationRecord, PortReservation } from './records.js';
+import type { BackupRecord, BackupScheduleMark, BindingRecord, HealthRecord, InstanceRecord, OperationRecord, PortReservation } from './records.js';
 import type { Sealer } from './sealer.js';
 import {
   CLAIM_LEASE,
+  CLAIM_SCHEDULED_RUN,
   EXTEND_IF_OWNER,
   LATEST_OPERATION,
   RELEASE_IF_OWNER,
@@ -52,7 +53,9 @@ class GuardedRedis extends Redis {
  * Broker state in Redis. Records are JSON strings; their `secrets` field is sealed before it is written.
  * Keys: instance:<id>, instances (set), binding:<instance>:<binding>, bindings:<instance> (set),
  * operation:<id>, port:<n> (value: instance id), ports:<instance> (set of its ports), lock:<name>,
- * health:<instance> (what the engine really runs, removed with the instance);
+ * health:<instance> (what the engine really runs, removed with the instance), backup:<instance>:<backup>,
+ * backups:<instance> (sorted set), backup-schedule:<instance> (hash: cron, last, failure), backups-deleted and
+ * backup-last-success (hashes by instance id);
  * all under "osb:<broker id>:".
  */
 export class RedisStore {
@@ -249,6 +252,68 @@ export class RedisStore {
       .multi()
       .del(this.key('backup', instanceId, backupId))
       .zrem(this.key('backups', instanceId), backupId)
+      .exec();
+  }
+
+  // Backup schedules, and the backups of deleted instances
+
+  /** The last scheduled run a replica claimed for the instance (for the expression it was claimed under), and the last run that could not start. */
+  async getBackupSchedule(instanceId: string): Promise<BackupScheduleMark | undefined> {
+    const fields = await this.redis.hgetall(this.key('backup-schedule', instanceId));
+    if (fields.cron === undefined) return undefined;
+    return {
+      cron: fields.cron,
+      lastRunMs: Number(fields.last),
+      failure: fields.failure === undefined ? undefined : (JSON.parse(fields.failure) as BackupScheduleMark['failure']),
+    };
+  }
+
+  /**
+   * Claims the scheduled run at `runMs` of `cron` for this caller: true for exactly one caller of all replicas, and
+   * only when no later (or the same) run of that expression was claimed before.
+   */
+  async claimScheduledBackup(instanceId: string, cron: string, runMs: number): Promise<boolean> {
+    return (await this.redis.eval(CLAIM_SCHEDULED_RUN, 1, this.key('backup-schedule', instanceId), cron, String(runMs))) === 1;
+  }
+
+  async putScheduledBackupFailure(instanceId: string, failure: { at: string; description: string }): Promise<void> {
+    await this.redis.hset(this.key('backup-schedule', instanceId), 'failure', JSON.stringify(failure));
+  }
+
+  /** When the instance's last backup succeeded (seconds since the epoch), for the metric. */
+  async setBackupLastSuccess(instanceId: string, seconds: number): Promise<void> {
+    await this.redis.hset(this.key('backup-last-success'), instanceId, String(seconds));
+  }
+
+  async backupLastSuccesses(): Promise<Map<string, number>> {
+    const fields = await this.redis.hgetall(this.key('backup-last-success'));
+    return new Map(Object.entries(fields).map(([instanceId, seconds]) => [instanceId, Number(seconds)]));
+  }
+
+  /** Ids of instances, live or deleted, that have backup records or a schedule mark. */
+  async instancesWithBackupState(): Promise<string[]> {
+    const ids = new Set<string>();
+    for (const kind of ['backups', 'backup-schedule']) {
+      const prefix = `${this.key(kind)}:`;
+      for (const key of await this.scan(`${prefix}*`)) ids.add(decodeURIComponent(key.slice(prefix.length)));
+    }
+    return [...ids];
+  }
+
+  /** Since when the instance's backups have been without a live instance: the time first recorded (`at`, if none was). */
+  async markBackupsOrphaned(instanceId: string, at: string): Promise<string> {
+    const key = this.key('backups-deleted');
+    await this.redis.hsetnx(key, instanceId, at);
+    return (await this.redis.hget(key, instanceId)) ?? at;
+  }
+
+  /** Forgets the schedule mark, deletion time and last success of an instance whose backups are all gone. */
+  async forgetBackupState(instanceId: string): Promise<void> {
+    await this.redis
+      .multi()
+      .del(this.key('backup-schedule', instanceId))
+      .hdel(this.key('backups-deleted'), instanceId)
+      .hdel(this.key('backup-last-success'), instanceId)
       .exec();
   }
 
