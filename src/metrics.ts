@@ -1,8 +1,11 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, type Metric } from 'prom-client';
-import type { OperationObserver, OperationOutcome } from './broker/contracts.js';
+import type { BackupObserver, OperationObserver, OperationOutcome } from './broker/contracts.js';
 import type { ServiceDefinition } from './catalog/definition.js';
 import { within, type DependencyChecks, type Readiness } from './health.js';
-import type { InstanceRecord, OperationType } from './store/records.js';
+import type { BackupOrigin, InstanceRecord, OperationType } from './store/records.js';
+
+/** Per instance id, when its last backup succeeded (seconds since the epoch), wherever it was made. */
+export type BackupLastSuccessSource = () => Promise<ReadonlyMap<string, number>>;
 
 /** Per instance id, the health a reconciler last recorded for it (`ok`, `down`, `repaired`, ...). */
 export type InstanceHealthSource = () => Promise<ReadonlyMap<string, string>> | ReadonlyMap<string, string>;
@@ -20,6 +23,7 @@ export interface MetricsSources {
 
 const OPERATION_TYPES: OperationType[] = ['provision', 'update', 'deprovision', 'bind', 'unbind'];
 const OUTCOMES: OperationOutcome[] = ['succeeded', 'failed'];
+const BACKUP_ORIGINS: BackupOrigin[] = ['manual', 'scheduled', 'import'];
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
 /** osb_http_request_duration_seconds's buckets: prom-client's defaults, which it has always had. */
 const HTTP_DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -136,22 +140,26 @@ interface Snapshot {
   /** Undefined when the store did not answer in time. */
   instances?: InstanceRecord[];
   health?: ReadonlyMap<string, string>;
+  backupLastSuccess?: ReadonlyMap<string, number>;
 }
 
 /**
- * The broker's Prometheus registry: HTTP requests, operations, instances and the two dependencies, plus the Node
+ * The broker's Prometheus registry: HTTP requests, operations, backups, instances and the two dependencies, plus the Node
  * process defaults. Counters count from the process start; the instance and dependency gauges are read at scrape.
  */
-export class BrokerMetrics implements OperationObserver {
+export class BrokerMetrics implements OperationObserver, BackupObserver {
   readonly registry = new Registry();
   /** Settable after start, once a reconciler that keeps health records exists. */
   instancesByHealth?: InstanceHealthSource;
+  /** Settable after start: the store's last successful backup per instance. */
+  backupLastSuccess?: BackupLastSuccessSource;
 
   private readonly http: HttpRequestMetrics;
   private readonly operationsStarted: Counter<'type'>;
   private readonly operationsFinished: Counter<'type' | 'outcome'>;
   private readonly operationDuration: Histogram<'type' | 'outcome'>;
   private readonly leaseTakeovers: Counter<'type'>;
+  private readonly backupsEnded: Counter<'origin' | 'outcome'>;
   private snapshot?: Promise<Snapshot>;
 
   constructor(private readonly sources: MetricsSources) {
@@ -185,6 +193,13 @@ export class BrokerMetrics implements OperationObserver {
       labelNames: ['type'],
       registers,
     });
+    this.backupsEnded = new Counter({
+      name: 'osb_backups_finished_total',
+      help: 'Backups this broker process ended, by origin (manual, scheduled, import) and outcome; a scheduled run that could not start counts as failed.',
+      labelNames: ['origin', 'outcome'],
+      registers,
+    });
+    for (const origin of BACKUP_ORIGINS) for (const outcome of OUTCOMES) this.backupsEnded.inc({ origin, outcome }, 0);
     // Every series exists from the start, so rates and alerts see zeros rather than nothing.
     for (const type of OPERATION_TYPES) {
       this.operationsStarted.inc({ type }, 0);
@@ -232,6 +247,21 @@ export class BrokerMetrics implements OperationObserver {
         }
       },
     });
+    new Gauge({
+      name: 'osb_backup_last_success_timestamp_seconds',
+      help: "When each live instance's last backup succeeded (any origin, any replica), in seconds since the epoch; absent before its first.",
+      labelNames: ['instance_id', 'service'],
+      registers,
+      async collect() {
+        const { instances, backupLastSuccess } = await scrape();
+        this.reset();
+        if (!instances || !backupLastSuccess) return;
+        for (const instance of instances) {
+          const seconds = backupLastSuccess.get(instance.id);
+          if (seconds !== undefined) this.set({ instance_id: instance.id, service: names(instance).offering }, seconds);
+        }
+      },
+    });
   }
 
   /** The exposition format's content type, for the response header. */
@@ -262,6 +292,11 @@ export class BrokerMetrics implements OperationObserver {
     this.leaseTakeovers.inc({ type });
   }
 
+  backupEnded(backup: Parameters<BackupObserver['backupEnded']>[0]): void {
+    if (backup.state === 'in progress') return;
+    this.backupsEnded.inc({ origin: backup.origin ?? 'manual', outcome: backup.state });
+  }
+
   /** Offering and plan names from the catalog; an id the catalog no longer has stands for itself. */
   private labelNames(): (instance: InstanceRecord) => { offering: string; plan: string } {
     const offerings = new Map(this.sources.definitions.map((definition) => [definition.offering.id, definition.offering]));
@@ -283,11 +318,13 @@ export class BrokerMetrics implements OperationObserver {
   private async takeSnapshot(): Promise<Snapshot> {
     const { checks, listInstances } = this.sources;
     const source = this.instancesByHealth;
-    const [readiness, instances, health] = await Promise.all([
+    const lastSuccess = this.backupLastSuccess;
+    const [readiness, instances, health, backupLastSuccess] = await Promise.all([
       checks.run(),
       within(listInstances, checks.timeoutMs).catch(() => undefined),
       source ? within(async () => source(), checks.timeoutMs).catch(() => undefined) : undefined,
+      lastSuccess ? within(lastSuccess, checks.timeoutMs).catch(() => undefined) : undefined,
     ]);
-    return { readiness, instances, health };
+    return { readiness, instances, health, backupLastSuccess };
   }
 }

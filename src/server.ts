@@ -13,6 +13,7 @@ import { portIsFree } from './broker/probe.js';
 import { DockerRuntime } from './broker/runtime.js';
 import { SwarmRuntime } from './broker/swarm-runtime.js';
 import { BackupService } from './broker/backups.js';
+import { BackupScheduler, backupOutcomes } from './broker/backup-schedule.js';
 import { Offerings } from './broker/offerings.js';
 import { createBackupStore, loadBackupConfig, type BackupConfig } from './backups/index.js';
 import { Reconciler } from './broker/reconciler.js';
@@ -40,6 +41,8 @@ export interface RunningBroker {
   reconciler: Reconciler;
   /** The Prometheus registry; the operation runner and a reconciler report to it. */
   metrics: BrokerMetrics;
+  /** Scheduled backups and the pass over deleted instances' backups. */
+  backupSchedules: BackupScheduler;
   /** Base URL of the BROKER_METRICS_LISTEN listener, when one is configured. */
   metricsUrl?: string;
   /**
@@ -90,7 +93,20 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
     timeoutSeconds: config.backupTimeoutSeconds,
     leaseMs: config.leaseSeconds * 1000,
     retention: backupConfig.retention,
+    observer: backupOutcomes(store, metrics, log),
   });
+  const backupSchedules = new BackupScheduler({
+    store,
+    backups,
+    offerings: new Offerings(definitions),
+    log,
+    observer: metrics,
+    owner: `${hostname()}/${process.pid}/backup-schedules`,
+    defaultSchedule: backupConfig.schedule,
+    retention: backupConfig.retention,
+    deletedPassMs: (backupConfig.deletedPassSeconds ?? 3600) * 1000,
+  });
+  metrics.backupLastSuccess = () => store.backupLastSuccesses();
   const broker = new DockerBroker({
     config,
     definitions,
@@ -116,6 +132,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
       log,
       listing: () => broker.listing(),
       backups,
+      backupSchedules,
       restores: broker.restores,
       checks,
       metrics,
@@ -157,6 +174,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   const reconciler = new Reconciler({ store, runtime, offerings: broker.offerings, log }, { intervalMs: config.reconcileSeconds * 1000 });
   metrics.instancesByHealth = () => reconciler.healthByInstance();
   if (config.reconcileSeconds > 0) reconciler.start();
+  backupSchedules.start();
   return {
     server,
     url: `http://${config.listenHost}:${port}`,
@@ -165,12 +183,14 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
     recovery,
     reconciler,
     metrics,
+    backupSchedules,
     metricsUrl: metricsAddress && `http://${metricsAddress}`,
     async close() {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       metricsServer?.close();
       metricsServer?.closeAllConnections();
       await reconciler.stop();
+      await backupSchedules.stop();
       await broker.handBack();
       // Keep-alive connections between requests would hold the server open; those in a request may finish.
       const idle = setInterval(() => server.closeIdleConnections(), 100);

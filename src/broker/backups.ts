@@ -5,7 +5,7 @@ import type { ServiceDefinition } from '../catalog/definition.js';
 import type { Logger } from '../log.js';
 import { BrokerError, badRequest, conflict, notFound, unavailable, unprocessable } from '../osb/errors.js';
 import type { BackupOrigin, BackupRecord, InstanceRecord } from '../store/records.js';
-import type { DumpRuntime, StateStore } from './contracts.js';
+import type { BackupObserver, DumpRuntime, StateStore } from './contracts.js';
 import type { Offerings } from './offerings.js';
 import { now, reasonOf } from './operations.js';
 
@@ -31,6 +31,8 @@ export interface BackupParts {
   leaseMs: number;
   /** Which backups of an instance go once a new one succeeded (keep last N, N days). */
   retention: RetentionSettings;
+  /** Told of each backup this process ends (metrics, the last success). */
+  observer?: BackupObserver;
 }
 
 /** Where a new instance's data comes from: a backup of an instance (of the same offering, organization and space). */
@@ -281,6 +283,7 @@ export class BackupService {
         owner: undefined,
       };
       await store.putBackup(succeeded);
+      this.parts.observer?.backupEnded(succeeded);
       log.info({ instanceId: backup.instanceId, backup: backup.id, bytes: summary.storedBytes }, 'backup succeeded');
       await this.prune(backup.instanceId);
     } catch (error) {
@@ -289,6 +292,7 @@ export class BackupService {
       log.error({ instanceId: backup.instanceId, backup: backup.id, reason }, 'backup failed');
       await backupStore.delete(backup.storeKey).catch(() => undefined);
       const failed: BackupRecord = { ...backup, state: 'failed', finishedAt: now(), description: `Backup failed: ${reason}`, owner: undefined };
+      this.parts.observer?.backupEnded(failed);
       await store.putBackup(failed).catch(() => undefined);
     } finally {
       clearInterval(beat);

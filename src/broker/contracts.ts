@@ -3,7 +3,7 @@ import type { ServiceDefinition } from '../catalog/definition.js';
 import type { ContainerSummary } from '../docker/types.js';
 import type { ContainerTarget } from './scripts.js';
 import type { PlacementNode } from './placement.js';
-import type { BindingRecord, HealthRecord, InstanceRecord, OperationRecord, OperationType, PortReservation } from '../store/records.js';
+import type { BackupRecord, BindingRecord, HealthRecord, InstanceRecord, OperationRecord, OperationType, PortReservation } from '../store/records.js';
 
 /**
  * What the lifecycle needs from its two outside parts, in its own terms. The Redis store and the Docker runtime
@@ -175,6 +175,11 @@ export interface OperationObserver {
   operationFinished(type: OperationType, outcome: OperationOutcome, seconds: number): void;
   /** The runner took over an operation whose lease lapsed (its holder stopped renewing it). */
   leaseTakenOver(type: OperationType): void;
+}
+
+/** Told of each backup this process ends, and of each scheduled run that could not start (failed); must not throw. */
+export interface BackupObserver {
+  backupEnded(backup: Pick<BackupRecord, 'instanceId' | 'serviceId' | 'origin' | 'state' | 'finishedAt'>): void;
 }
 
 export const noOperationObserver: OperationObserver = {

@@ -22,6 +22,7 @@ import { mustHandBack, now, reasonOf } from './operations.js';
 import { maintenanceVersion, optionalObject, requireString } from './request-fields.js';
 import { sameJson } from './same.js';
 import { describeHealth } from './reconciler.js';
+import { backupScheduleParameter } from './backup-schedule.js';
 
 /** Provision, fetch, update and deprovision of service instances, and their last_operation. */
 export class InstanceLifecycle {
@@ -37,8 +38,9 @@ export class InstanceLifecycle {
     const context = optionalObject(request.context, 'context');
     const requestedParameters = request.parameters ?? {};
     // restore_from and clone_of are the broker's own parameters, valid for every offering with backups; the rest is the offering's.
-    const { restore_from: restoreRequest, clone_of: cloneRequest, ...ownParameters } = request.parameters ?? {};
+    const { restore_from: restoreRequest, clone_of: cloneRequest, backup_schedule: scheduleRequest, ...ownParameters } = request.parameters ?? {};
     const parameters = validateParameters(definition.parameterSchema, request.parameters && ownParameters, 'parameters');
+    const backupSchedule = backupScheduleParameter(scheduleRequest, definition);
     const requestedVersion = maintenanceVersion(request.maintenance_info);
     if (requestedVersion !== undefined && requestedVersion !== definition.maintenanceInfo.version) {
       throw maintenanceInfoConflict(definition.maintenanceInfo.version);
@@ -54,7 +56,6 @@ export class InstanceLifecycle {
       if (restoreRequest !== undefined) restoreFrom = await this.parts.backups.authorise(restoreRequest, target);
       else cloneOf = await this.parts.backups.authoriseClone(cloneRequest, target);
     }
-
 
     return locked(store, instanceId, async () => {
       const existing = await store.getInstance(instanceId);
@@ -96,6 +97,7 @@ export class InstanceLifecycle {
         secrets: retry?.secrets ?? { adminPassword: newPassword() },
         restoreFrom,
         cloneOf,
+        backupSchedule,
       };
       await runner.record(operation);
       await afterFirstWrite(runner, operation, () => store.putInstance(record));
@@ -215,6 +217,8 @@ export class InstanceLifecycle {
     if (requestedVersion !== undefined && requestedVersion !== definition.maintenanceInfo.version) {
       throw maintenanceInfoConflict(definition.maintenanceInfo.version);
     }
+    // null or absent leaves the instance's schedule as it is.
+    const scheduleChange = backupScheduleParameter(optionalObject(request.parameters, 'parameters')?.backup_schedule, definition);
 
     return locked(store, instanceId, async () => {
       const instance = await store.getInstance(instanceId);
@@ -226,10 +230,12 @@ export class InstanceLifecycle {
         throw badRequest(`${sourceParameter} is taken at provision only; to restore into this instance, use POST /broker/v1/instances/${instanceId}/restore.`);
       }
       const requestedParameters = request.parameters === undefined ? instance.requestedParameters : { ...instance.requestedParameters, ...changes };
+      // backup_schedule is the broker's own parameter (checked above), not the offering's.
+      const { backup_schedule: _schedule, ...offeringRequested } = requestedParameters;
       const target: UpdateTarget = {
         planId: request.plan_id ?? instance.planId,
         requestedParameters,
-        parameters: validateParameters(definition.parameterSchema, withoutSource(requestedParameters), 'parameters'),
+        parameters: validateParameters(definition.parameterSchema, withoutSource(offeringRequested), 'parameters'),
         maintenanceVersion: requestedVersion ?? instance.maintenanceVersion,
       };
 
@@ -263,16 +269,27 @@ export class InstanceLifecycle {
       }
       const upgrade = target.maintenanceVersion !== instance.maintenanceVersion;
       const contextChanged = context !== undefined && !sameJson(context, instance.context);
+      // A new backup schedule applies at once, with or without an update operation.
+      const backupSchedule = scheduleChange ?? instance.backupSchedule;
+      const scheduleChanged = backupSchedule !== instance.backupSchedule;
 
       if (!planChange && changed.length === 0 && !upgrade) {
-        if (contextChanged) await store.putInstance({ ...instance, context, updatedAt: now() });
+        if (contextChanged || scheduleChanged) {
+          await store.putInstance({ ...instance, context: contextChanged ? context : instance.context, backupSchedule, updatedAt: now() });
+        }
         return { async: false };
       }
       if (!asyncAllowed) throw asyncRequired();
       const operation: OperationRecord = { ...runner.create('update', instanceId, 'Update requested.'), update: target };
       await runner.record(operation);
       await afterFirstWrite(runner, operation, () =>
-        store.putInstance({ ...instance, context: contextChanged ? context : instance.context, lastOperationId: operation.id, updatedAt: now() }),
+        store.putInstance({
+          ...instance,
+          context: contextChanged ? context : instance.context,
+          backupSchedule,
+          lastOperationId: operation.id,
+          updatedAt: now(),
+        }),
       );
       log.info({ instanceId, operation: operation.id, planChange, parameters: changed, upgrade, ...meta }, 'updating');
       runner.launch(operation, (signal) => this.runUpdate(operation, signal));

@@ -21,6 +21,7 @@ import { listingRoutes } from './listing-routes.js';
 import { backupRoutes, restoreRoutes } from './backup-routes.js';
 import type { BackupService } from '../broker/backups.js';
 import type { InPlaceRestore } from '../broker/in-place-restore.js';
+import type { BackupScheduler } from '../broker/backup-schedule.js';
 
 export interface AppOptions {
   username: string;
@@ -33,6 +34,8 @@ export interface AppOptions {
   listing?: () => Promise<ListedInstance[]>;
   /** Without it, no backup routes are served. */
   backups?: BackupService;
+  /** The backup list's `schedule` (next run, last success and failure); without it the list has none. */
+  backupSchedules?: Pick<BackupScheduler, 'describe'>;
   /** Without it, POST /broker/v1/instances/:id/restore (in-place restore) is not served. */
   restores?: InPlaceRestore;
   /** Without it, /readyz is not served (/healthz always is). */
@@ -79,7 +82,7 @@ export function createApp(broker: ServiceBroker, options: AppOptions): Koa {
   app.use(under('/v2', compose([auth, apiVersion, originatingIdentity, catalog, jsonBody(options.bodyLimitBytes), ...routerMiddleware(osb)])));
   const brokerApi = [
     ...(options.listing ? routerMiddleware(listingRoutes(options.listing)) : []),
-    ...(options.backups ? routerMiddleware(backupRoutes(options.backups)) : []),
+    ...(options.backups ? routerMiddleware(backupRoutes(options.backups, options.backupSchedules)) : []),
     ...(options.restores ? routerMiddleware(restoreRoutes(options.restores)) : []),
   ];
   if (brokerApi.length) app.use(under('/broker', compose([auth, ...brokerApi])));

@@ -2,6 +2,7 @@ import Router from '@koa/router';
 import type { BackupService } from '../broker/backups.js';
 import type { InPlaceRestore, RestoreRequest } from '../broker/in-place-restore.js';
 import { badRequest, BrokerError, payloadTooLarge } from '../osb/errors.js';
+import type { BackupScheduler } from '../broker/backup-schedule.js';
 import type { BackupRecord } from '../store/records.js';
 
 /** A backup as the API shows it: no store key, no owner. */
@@ -20,6 +21,8 @@ function view(backup: BackupRecord) {
     plan_id: backup.planId,
     maintenance_version: backup.maintenanceVersion,
     description: backup.description,
+    /** manual (on demand), scheduled or import; records from before origins were kept were all on demand. */
+    origin: backup.origin ?? 'manual',
   };
 }
 
@@ -27,7 +30,7 @@ function view(backup: BackupRecord) {
  * The broker's own backup API, behind the broker's credentials (OSB has none): start, list, delete and download
  * (the decrypted dump, for export) the backups of an instance.
  */
-export function backupRoutes(backups: BackupService): Router {
+export function backupRoutes(backups: BackupService, schedules?: Pick<BackupScheduler, 'describe'>): Router {
   const router = new Router({ prefix: '/broker/v1/instances/:instance_id/backups' });
   router.post('/', async (ctx) => {
     const backup = await backups.start(ctx.params.instance_id!);
@@ -35,7 +38,8 @@ export function backupRoutes(backups: BackupService): Router {
     ctx.body = { id: backup.id, state: backup.state };
   });
   router.get('/', async (ctx) => {
-    ctx.body = { backups: (await backups.list(ctx.params.instance_id!)).map(view) };
+    const listed = await backups.list(ctx.params.instance_id!);
+    ctx.body = { backups: listed.map(view), ...(schedules ? { schedule: await schedules.describe(ctx.params.instance_id!, listed) } : {}) };
   });
   // The dump streams from the request into the store (sealed); it is never held whole.
   router.post('/import', async (ctx) => {
