@@ -11,7 +11,7 @@ import { Redis } from 'ioredis';
 import pg from 'pg';
 import type { Config } from '../src/config.js';
 import { LABEL } from '../src/docker/types.js';
-import { brokerObjects, PG, redisKeys, removeEverything, startTestBroker, startTestRedis, uniqueId, type TestBroker } from './helpers/env.js';
+import { brokerObjects, engine, PG, redisKeys, removeEverything, startTestBroker, startTestRedis, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody, type OsbClient } from './helpers/osb-client.js';
 import { freePort, hexKey, killAllBrokers, spawnBroker, tempStateDir } from './helpers/spawn-broker.js';
 import { storedRecord, waitUntil } from './helpers/wait.js';
@@ -335,6 +335,36 @@ test.serial('a broker killed in the middle of an in-place restore: the next one 
   t.is((await query(await bind(second.client, id), 'SELECT 1 AS one'))[0].one, 1);
   const again = await (await restoreInPlace(second.client, id, { backup: backup.id })).done();
   t.is(again.body.state, 'succeeded', again.body.description);
+  t.deepEqual(await contents(uri), [{ n: 50000, first: 'old-1' }]);
+
+  // A process that died right after recording the new volume, as the store would hold it: the next one only removes
+  // the volume from before and ends the restore succeeded.
+  const previous = `osb-${brokerId}-${id}-data-before`;
+  await engine.ensureVolume(previous, { [LABEL.broker]: brokerId, [LABEL.role]: 'instance', [LABEL.instance]: id });
+  const record = (await storedRecord(redis.url, brokerId, 'instance', id))!;
+  const crashed = `crashed${randomBytes(4).toString('hex')}`;
+  const raw = new Redis(redis.url);
+  try {
+    await raw.set(
+      `osb:${brokerId}:operation:${crashed}`,
+      JSON.stringify({
+        id: crashed,
+        type: 'restore',
+        instanceId: id,
+        state: 'in progress',
+        description: 'Checking that the restored instance accepts a login.',
+        createdAt: new Date().toISOString(),
+        restore: { source: { instanceId: id, backupId: backup.id }, previousVolume: previous, freshVolume: record.volumeName, swapping: true },
+      }),
+    );
+    await raw.sadd(`osb:${brokerId}:operations:active`, crashed);
+    await raw.set(`osb:${brokerId}:instance:${id}`, JSON.stringify({ ...record, lastOperationId: crashed }));
+  } finally {
+    raw.disconnect();
+  }
+  const tidied = await second.client.waitForInstance(id, crashed, 60_000);
+  t.deepEqual(tidied.body, { state: 'succeeded', description: `Restored backup ${backup.id} of instance ${id}; the instance runs on it.` });
+  t.false(await engine.volumeExists(previous));
   t.deepEqual(await contents(uri), [{ n: 50000, first: 'old-1' }]);
   await second.kill('SIGTERM');
 });
