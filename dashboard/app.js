@@ -146,6 +146,117 @@ async function refreshTop() {
   }
 }
 
+// Backups
+
+const backupsPanel = { timer: undefined };
+
+function scheduleText(schedule) {
+  const box = $('backup-schedule');
+  box.hidden = false;
+  if (!schedule || schedule.source === 'off' || !schedule.cron) {
+    box.replaceChildren(`No backup schedule: backups are made on demand.${schedule?.last_success ? ` Last success ${time(schedule.last_success)} (${ago(schedule.last_success)}).` : ''}`);
+    return;
+  }
+  const parts = [
+    `Scheduled ${schedule.source === 'broker' ? "by the broker's default" : 'by this instance'}: `,
+    element('code', '', schedule.cron),
+    ` · next run ${schedule.next ? `${time(schedule.next)}` : '—'} · last success ${schedule.last_success ? `${time(schedule.last_success)} (${ago(schedule.last_success)})` : 'never'}`,
+  ];
+  if (schedule.last_failure) {
+    parts.push(' · ', element('span', 'bad', `last failure ${time(schedule.last_failure.at)}: ${schedule.last_failure.description}`));
+  }
+  box.replaceChildren(...parts);
+}
+
+function renderBackups(panel) {
+  const table = $('backups');
+  const button = $('backup-now');
+  if (!panel.supported) {
+    button.hidden = true;
+    $('backup-schedule').hidden = true;
+    table.replaceChildren(element('caption', 'muted', `This instance has no backups: ${panel.reason.replace(/\.$/, '')}.`));
+    return;
+  }
+  button.hidden = false;
+  scheduleText(panel.schedule);
+  if (panel.backups.length === 0) {
+    table.replaceChildren(element('caption', 'muted', 'No backups yet. “Back up now” makes one.'));
+    return;
+  }
+  const head = element('thead');
+  const headRow = element('tr');
+  ['Created', 'State', 'Origin', 'Size', 'Backup id', ''].forEach((title) => headRow.append(element('th', '', title)));
+  head.append(headRow);
+  const body = element('tbody');
+  for (const backup of panel.backups) {
+    const row = element('tr');
+    row.dataset.backupId = backup.id;
+    row.dataset.state = backup.state;
+    const created = element('td', '', time(backup.created));
+    created.title = backup.created;
+    const state = element('td');
+    state.append(element('span', `state state-${backup.state.replace(/\s+/g, '-')}`, backup.state));
+    const size = element('td', 'size', backup.size === undefined ? '—' : bytes(backup.size));
+    if (backup.dump_size !== undefined) size.title = `dump ${bytes(backup.dump_size)}, stored compressed and encrypted ${bytes(backup.size)}`;
+    const action = element('td');
+    if (backup.state === 'succeeded') {
+      const link = element('a', 'button', 'Download');
+      link.href = api(`backups/${encodeURIComponent(backup.id)}/download`);
+      link.setAttribute('download', '');
+      action.append(link);
+    }
+    row.append(created, state, element('td', '', backup.origin), size, element('td', 'mono', backup.id), action);
+    body.append(row);
+    if (backup.state === 'failed' && backup.description) {
+      const failure = element('tr', 'failure-row');
+      const cell = element('td', 'failure small', backup.description);
+      cell.colSpan = 6;
+      failure.append(cell);
+      body.append(failure);
+    }
+  }
+  table.replaceChildren(head, body);
+}
+
+async function refreshBackups() {
+  clearTimeout(backupsPanel.timer);
+  let busy = false;
+  try {
+    const panel = await getJson('backups');
+    renderBackups(panel);
+    busy = panel.backups.some((backup) => backup.state === 'in progress');
+  } catch (error) {
+    console.warn(error);
+  }
+  // Every two seconds while a backup runs, so it is seen to end; otherwise every fifteen.
+  backupsPanel.timer = setTimeout(refreshBackups, busy ? 2000 : 15000);
+}
+
+async function backUpNow() {
+  const button = $('backup-now');
+  const message = $('backup-message');
+  button.disabled = true;
+  message.className = 'muted small';
+  message.textContent = 'Starting a backup…';
+  try {
+    const response = await fetch(api('backups'), {
+      method: 'POST',
+      credentials: 'same-origin',
+      headers: { 'Content-Type': 'application/json' },
+      body: '{}',
+    });
+    const answer = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(answer.description ?? `HTTP ${response.status}`);
+    message.textContent = `Backup ${answer.id} started.`;
+  } catch (error) {
+    message.className = 'small bad';
+    message.textContent = `No backup: ${error.message}`;
+  } finally {
+    button.disabled = false;
+    refreshBackups();
+  }
+}
+
 // Logs
 
 const logs = { lines: [], filter: '', source: undefined };
@@ -217,6 +328,7 @@ $('log-filter').addEventListener('input', (event) => {
 $('log-tail').addEventListener('change', () => loadLogs().catch(console.warn));
 $('log-follow').addEventListener('change', (event) => follow(event.target.checked));
 $('top-refresh').addEventListener('click', refreshTop);
+$('backup-now').addEventListener('click', backUpNow);
 $('log-download').href = api('logs/download');
 
 // The page arrived with the latest lines; show them at the bottom and follow from there.
@@ -226,6 +338,7 @@ $('log-count').textContent = `${logs.lines.length} lines`;
 follow($('log-follow').checked);
 refreshDetails().then(refreshUsage);
 refreshTop();
+refreshBackups();
 setInterval(refreshDetails, 5000);
 setInterval(refreshUsage, 5000);
 setInterval(refreshTop, 5000);

@@ -22,6 +22,7 @@ import { RedisStore } from './store/redis-store.js';
 import { Sealer } from './store/sealer.js';
 import { createApp } from './http/app.js';
 import { dashboardLink } from './http/dashboard-routes.js';
+import { DashboardBackups } from './dashboard/backups.js';
 import { DashboardService } from './dashboard/service.js';
 import { DashboardTokens } from './dashboard/tokens.js';
 import { DependencyChecks } from './health.js';
@@ -143,6 +144,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
         linkTtlSeconds: config.dashboardLinkSeconds,
         sessionTtlSeconds: config.dashboardSessionSeconds,
         secureCookies: config.publicUrl?.startsWith('https:') ?? false,
+        backups: new DashboardBackups(backups, definitions, backupSchedules),
       },
     });
     if (config.metricsListen) metricsServer = await listenForMetrics(metrics, config.metricsListen.host, config.metricsListen.port, log);

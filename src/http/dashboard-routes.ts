@@ -3,6 +3,7 @@ import type { Context, Middleware } from 'koa';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
+import type { DashboardBackups } from '../dashboard/backups.js';
 import type { DashboardInstance, DashboardService } from '../dashboard/service.js';
 import type { DashboardTokens } from '../dashboard/tokens.js';
 import { logLinesHtml, overviewPage, problemPage } from '../dashboard/pages.js';
@@ -17,6 +18,8 @@ export interface DashboardOptions {
   secureCookies: boolean;
   /** Basic auth of the broker's own credentials, for the overview. */
   brokerAuth: Middleware;
+  /** The backups panel; without it the panel says the broker keeps no backups. */
+  backups?: DashboardBackups;
 }
 
 const COOKIE = 'osb_dashboard';
@@ -170,8 +173,60 @@ export function dashboardRoutes(options: DashboardOptions): Router {
     }),
   );
 
+  router.get(
+    '/instances/:id/api/backups',
+    authorised(async (ctx, instance) => {
+      ctx.body = options.backups
+        ? await options.backups.panel(instance)
+        : { supported: false, reason: 'this broker serves no backups', backups: [], schedule: null };
+    }),
+  );
+
+  router.post(
+    '/instances/:id/api/backups',
+    sameOrigin,
+    authorised(async (ctx, instance) => {
+      if (!options.backups) return problem(ctx, 404, 'No backups', 'This broker serves no backups.');
+      ctx.status = 202;
+      ctx.body = await options.backups.start(instance);
+    }),
+  );
+
+  router.get(
+    '/instances/:id/api/backups/:backup_id/download',
+    authorised(async (ctx, instance) => {
+      if (!options.backups) return problem(ctx, 404, 'No backups', 'This broker serves no backups.');
+      const backupId = (ctx.params as Record<string, string>).backup_id!;
+      const dump = await options.backups.download(instance, backupId);
+      const name = typeof instance.context.instance_name === 'string' && instance.context.instance_name ? instance.context.instance_name : instance.id;
+      ctx.type = 'application/octet-stream';
+      ctx.attachment(`${name}-${backupId}.dump`);
+      ctx.body = dump;
+    }),
+  );
+
   return router;
 }
+
+/**
+ * Actions (POST) come from the page itself only: the browser's Origin must be this host, and a cross-site request
+ * is refused before the session cookie is looked at. With the SameSite=Lax cookie this keeps other sites from
+ * starting backups in a signed-in browser (CSRF).
+ */
+const sameOrigin: Middleware = async (ctx, next) => {
+  const origin = ctx.get('Origin');
+  const site = ctx.get('Sec-Fetch-Site');
+  let originHost: string | undefined;
+  try {
+    originHost = origin ? new URL(origin).host : undefined;
+  } catch {
+    originHost = undefined;
+  }
+  if (originHost === undefined || originHost !== ctx.get('Host') || (site !== '' && site !== 'same-origin')) {
+    return problem(ctx, 403, 'Forbidden', 'Actions are taken from the dashboard page itself (the request did not come from its origin).');
+  }
+  await next();
+};
 
 function denied(ctx: Context, reason: 'missing' | 'invalid' | 'expired' | 'other-instance'): void {
   const text = {
