@@ -120,15 +120,16 @@ export class BackupService {
         owner: undefined,
       };
       await store.putBackup(succeeded);
+      this.parts.observer?.backupEnded(succeeded);
       log.info({ instanceId, backup: backup.id, bytes: summary.storedBytes }, 'backup imported');
       return succeeded;
     } catch (error) {
       const reason = reasonOf(error);
       log.warn({ instanceId, backup: backup.id, reason }, 'import failed');
       await backupStore.delete(backup.storeKey).catch(() => undefined);
-      await store
-        .putBackup({ ...backup, state: 'failed', finishedAt: now(), description: `Import failed: ${reason}`, owner: undefined })
-        .catch(() => undefined);
+      const failed: BackupRecord = { ...backup, state: 'failed', finishedAt: now(), description: `Import failed: ${reason}`, owner: undefined };
+      this.parts.observer?.backupEnded(failed);
+      await store.putBackup(failed).catch(() => undefined);
       // The upload itself ending early is the client's doing; a store that fails is ours.
       if (error instanceof BrokerError) throw error;
       if (error instanceof BackupStoreError) throw unavailable(`Import failed: ${reason}`);
