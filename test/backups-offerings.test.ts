@@ -458,6 +458,7 @@ for (const spec of [postgresql, mariadb, redis, rabbitmq, mqttCase, syslogDrain]
       const backup = await backUp(source);
       t.is(backup.state, 'succeeded', backup.description);
       t.true(backup.size > 0 && backup.dump_size > 0, JSON.stringify(backup));
+      t.is(backup.origin, 'manual');
       await deprovision(t, target, source);
 
       const restored = await provision(t, target, { restore_from: { instance: source, backup: 'latest' } });

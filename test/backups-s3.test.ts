@@ -108,6 +108,7 @@ test.serial('S3: a backup goes to the bucket sealed, restore_from brings the row
 
   const backup = await backUp(source);
   t.is(backup.state, 'succeeded', backup.description);
+  t.is(backup.origin, 'manual');
 
   // The object is in the bucket, under the prefix, with the recorded size.
   const object = filesUnder(s3Dir).find((file) => file.includes(path.join(BUCKET, PREFIX, source, `${backup.id}.osb-backup`)) && !file.endsWith('.json'));
