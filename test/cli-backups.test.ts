@@ -81,7 +81,7 @@ async function sql(name: string, text: string): Promise<Array<Record<string, unk
 const count = async (name: string) => (await sql(name, 'SELECT count(*)::int AS n FROM orders'))[0]!.n;
 
 test.serial('backup, backups, export, import, create --from-backup, clone and restore in place, through osb-docker', async (t) => {
-  const created = await cli(['create', 'postgresql', 'small', 'shop']);
+  const created = await cli(['create', 'postgresql', 'small', 'shop', '-c', '{"backup_schedule": "0 3 1 1 *"}']);
   t.is(created.code, 0, show(created));
   await sql('shop', "CREATE TABLE orders (id int PRIMARY KEY, item text); INSERT INTO orders SELECT g, 'item-' || g FROM generate_series(1, 500) g");
 
@@ -92,7 +92,7 @@ test.serial('backup, backups, export, import, create --from-backup, clone and re
   t.truthy(id, show(backedUp));
   t.regex(backedUp.stderr, new RegExp(`^Backing shop up \\(backup ${id}\\)…\\n`));
 
-  // backups: the table lists it as succeeded (origin manual where the broker records origins).
+  // backups: the table lists it as succeeded, made on demand; the schedule line follows.
   const listed = await cli(['backups', 'shop']);
   t.is(listed.code, 0, show(listed));
   const lines = listed.stdout.toString().trim().split('\n');
@@ -100,11 +100,15 @@ test.serial('backup, backups, export, import, create --from-backup, clone and re
   const row = lines[1]!.split(/\s{2,}/);
   t.is(row[0], id);
   t.is(row[1], 'succeeded');
-  t.true(['manual', '-'].includes(row[2]!), row[2]);
+  t.is(row[2], 'manual');
   t.regex(row[3]!, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$/);
   const json = JSON.parse((await cli(['backups', 'shop', '--json'])).stdout.toString());
   t.is(json.backups[0].id, id);
-  if (json.schedule) t.regex(lines.at(-1)!, /^Schedule: /, 'the schedule line follows the table');
+  t.regex(
+    lines.at(-1)!,
+    /^Schedule: 0 3 1 1 \* \(this instance's\); next run \d{4}-01-01 03:00:00 UTC; last success \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$/,
+    'the schedule line follows the table',
+  );
 
   // export to a file: the plain pg_dump custom format, the size the broker recorded, progress on stderr.
   const exported = await cli(['export', 'shop']);
@@ -178,6 +182,17 @@ test.serial('backup, backups, export, import, create --from-backup, clone and re
 });
 
 test.serial('wrong names and backups: the messages say what there is', async (t) => {
+  // An offering without backups: backup and import are refused with the catalog's reason, the upload not sent on.
+  t.is((await cli(['create', 'memcached', 'small', 'sessions'])).code, 0);
+  const noBackup = await cli(['backup', 'sessions']);
+  t.is(noBackup.code, 1);
+  t.regex(noBackup.stderr, /^osb-docker: the broker refused to back sessions up: memcached instances have no backups: .*cache.* \(BackupsUnsupported\)\n$/);
+  const big = path.join(dir, 'big.dump');
+  writeFileSync(big, Buffer.alloc(32 * 1024 * 1024, 1));
+  const noImport = await cli(['import', 'sessions', big]);
+  t.is(noImport.code, 1, show(noImport));
+  t.regex(noImport.stderr, /osb-docker: the broker refused the import into sessions: memcached instances have no backups/);
+
   const nobody = await cli(['backups', 'nobody']);
   t.is(nobody.code, 1);
   t.regex(nobody.stderr, /^osb-docker: no service instance named "nobody"; instances: /);

@@ -272,19 +272,28 @@ async function importCommand({ client, args, io, command }: Run): Promise<void> 
     readError = error;
   });
   io.err(`Importing ${fromStdin ? 'stdin' : file} into ${name}…`);
+  // The broker may answer (or fail) before it has read the whole upload: then stop reading what it no longer wants.
+  const stopReading = () => {
+    source.destroy();
+    counter.destroy();
+    return upload;
+  };
   let response: Response;
   try {
     response = await client.stream('POST', `${backupsPath(instance.id)}/import`, counter);
+  } catch (error) {
+    await stopReading();
+    throw error;
   } finally {
     counter.clear();
   }
-  await upload;
-  if (readError) throw new CliError(`reading ${fromStdin ? 'stdin' : file} failed: ${readError.message}`);
   const text = await response.text();
   if (response.status !== 201) {
-    source.destroy();
+    await stopReading();
     throw new CliError(`the broker refused the import into ${name}: ${await errorText(new Response(text, { status: response.status }))}`);
   }
+  await upload;
+  if (readError) throw new CliError(`reading ${fromStdin ? 'stdin' : file} failed: ${readError.message}`);
   const imported = JSON.parse(text) as { id: string; size?: number };
   io.err(`Uploaded ${counter.summary()}: backup ${imported.id} of ${name}${imported.size === undefined ? '' : `, ${megabytes(imported.size)} stored`}.`);
   await restoreInPlace(client, io, instance, imported.id);
