@@ -58,7 +58,8 @@ export async function benchBackup(targetMb: number, progress: (line: string) => 
   const brokerId = `bench-bk-${randomBytes(4).toString('hex')}`;
   const storeDir = mkdtempSync(path.join(tmpdir(), 'osb-bench-backups-'));
   const password = randomBytes(16).toString('hex');
-  const config = loadConfig({ ...process.env, PORT: '0', REDIS_URL: redis.url, BROKER_ID: brokerId, BROKER_PORT_RANGE: '45600-45649', LOG_LEVEL: 'silent' });
+  // A port range of its own, above the test files' blocks (41000 + block * 100, blocks up to the high 40s).
+  const config = loadConfig({ ...process.env, PORT: '0', REDIS_URL: redis.url, BROKER_ID: brokerId, BROKER_PORT_RANGE: '46500-46549', LOG_LEVEL: 'silent' });
   const log = createLogger('info', {}, logDestination('/dev/null'));
   try {
     const running = await startBroker(
