@@ -2,6 +2,7 @@
 // POST /broker/v1/instances/:id/backups, the instance deprovisioned, a new instance provisioned with restore_from
 // {instance, backup: "latest"}, and the same data read back through a binding of the new instance (new credentials).
 // Two offerings at a time, so a machine of two cores is not swamped; the local backup store in a folder of its own.
+// Port block 43.
 import test, { type ExecutionContext } from 'ava';
 import amqp from 'amqplib';
 import Docker from 'dockerode';
