@@ -29,7 +29,7 @@ export const COMMANDS: CommandSpec[] = [
     name: 'create',
     // --from-backup is in the details: the usage line stays as scripts and tests know it.
     synopsis: '<offering> <plan> <name> [-c JSON|FILE] [--org GUID] [--space GUID]',
-    summary: 'provision an instance and wait until it is ready',
+    summary: 'provision an instance (--from-backup <name>[:<id>]: from a backup) and wait until it is ready',
     min: 3,
     max: 3,
     options: ['parameters', 'org', 'space', 'from-backup'],
