@@ -53,11 +53,11 @@ export interface BrokerSide {
 }
 
 export async function startBrokerSide(): Promise<BrokerSide> {
-  // Own Redis, own broker id (labels, Redis keys) and a port range the tests (41000-44999) never use.
+  // Own Redis, own broker id (labels, Redis keys) and a port range no test uses (tests: 41000 + block * 100, blocks below 70).
   const redis = await startTestRedis();
   const brokerId = `bench-${randomBytes(4).toString('hex')}`;
   const password = randomBytes(16).toString('hex');
-  const config = loadConfig({ ...process.env, PORT: '0', REDIS_URL: redis.url, BROKER_ID: brokerId, BROKER_PORT_RANGE: '45000-45099', LOG_LEVEL: 'silent' });
+  const config = loadConfig({ ...process.env, PORT: '0', REDIS_URL: redis.url, BROKER_ID: brokerId, BROKER_PORT_RANGE: '49000-49099', LOG_LEVEL: 'silent' });
   // It logs as in production (a JSON line per request, through the same destination), only to /dev/null.
   const log = createLogger('info', {}, logDestination('/dev/null'));
   const running = await startBroker({ ...config, password, encryptionKey: randomBytes(32) }, log).catch(async (error) => {

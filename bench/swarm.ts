@@ -129,7 +129,7 @@ async function benchNodes(nodes: number, image: string): Promise<Run[]> {
       BROKER_PASSWORD: 'bench',
       BROKER_ENCRYPTION_KEY: hexKey(),
       BROKER_STATE_DIR: state.dir,
-      BROKER_PORT_RANGE: '45100-45399',
+      BROKER_PORT_RANGE: '49100-49399',
       LOG_LEVEL: 'warn',
     });
     // Untimed: the image reaches every node once (the broker copies it on first use), so both sides start warm.

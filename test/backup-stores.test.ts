@@ -524,6 +524,8 @@ test('backup configuration: defaults', (t) => {
   t.deepEqual(config, {
     store: { kind: 'local', dir: '/var/lib/broker/backups' },
     retention: { keepLast: 7, keepDays: 7, keepDeletedDays: 30 },
+    schedule: undefined,
+    deletedPassSeconds: 3600,
   });
   t.deepEqual(loadBackupConfig({}).store, { kind: 'local', dir: path.resolve('.broker-state/backups') });
   t.deepEqual(loadBackupConfig({ BROKER_BACKUP_DIR: 'rel/dir' }).store, { kind: 'local', dir: path.resolve('rel/dir') });
@@ -546,6 +548,8 @@ test('backup configuration: S3 with every setting, secrets from files', (t) => {
     BROKER_BACKUP_KEEP_LAST: '3',
     BROKER_BACKUP_KEEP_DAYS: '0',
     BROKER_BACKUP_KEEP_DELETED_DAYS: '90',
+    BROKER_BACKUP_SCHEDULE: '30 2 * * *',
+    BROKER_BACKUP_DELETED_PASS_SECONDS: '600',
   });
   t.deepEqual(config, {
     store: {
@@ -560,6 +564,8 @@ test('backup configuration: S3 with every setting, secrets from files', (t) => {
       partSizeBytes: 16 * MiB,
     },
     retention: { keepLast: 3, keepDays: 0, keepDeletedDays: 90 },
+    schedule: '30 2 * * *',
+    deletedPassSeconds: 600,
   });
   const store = createBackupStore(config.store);
   t.true(store instanceof S3BackupStore);

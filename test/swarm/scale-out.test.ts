@@ -67,7 +67,7 @@ test.before(async (t) => {
     BROKER_PASSWORD: 'swarm-test-password',
     BROKER_ENCRYPTION_KEY: hexKey(),
     BROKER_STATE_DIR: state.dir,
-    BROKER_PORT_RANGE: '45000-45099',
+    BROKER_PORT_RANGE: '48000-48099',
     BROKER_RECONCILE_SECONDS: '2',
     LOG_LEVEL: 'info',
   };
