@@ -1,6 +1,6 @@
 import test from 'ava';
 import http from 'node:http';
-import { brokerObjects, PG, redisKeys, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
+import { brokerObjects, PG, keysFromRequests, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
 
 // Bad input gets a clear 4xx with {error, description} and leaves nothing behind.
@@ -42,7 +42,7 @@ function verbatim(method: string, path: string, body?: unknown): Promise<{ statu
 
 async function assertNothingCreated(t: import('ava').ExecutionContext) {
   t.deepEqual(await brokerObjects(env.config.brokerId), { containers: [], volumes: [] });
-  const keys = await redisKeys(env.redisUrl, `osb:${env.config.brokerId}:*`);
+  const keys = await keysFromRequests(env.redisUrl, env.config.brokerId);
   t.deepEqual(keys, [], 'no record, operation, port or lock left in Redis');
 }
 

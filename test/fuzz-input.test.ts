@@ -1,6 +1,6 @@
 import test from 'ava';
 import http from 'node:http';
-import { brokerObjects, PG, redisKeys, startTestBroker, type TestBroker } from './helpers/env.js';
+import { brokerObjects, PG, keysFromRequests, startTestBroker, type TestBroker } from './helpers/env.js';
 
 // A hostile platform: a seeded run of bad requests on every route. None may make the broker fail (5xx), and none
 // may leave anything behind: no record or lock in Redis, no container, volume or port reservation.
@@ -268,7 +268,7 @@ test('a seeded run of bad requests on every route: never a 5xx, and nothing is l
   t.true([...statuses.keys()].some((status) => status === 405));
 
   await env.broker.broker.settle();
-  t.deepEqual(await redisKeys(env.redisUrl, `osb:${env.config.brokerId}:*`), [], 'no record, operation, lock or port reservation in Redis');
+  t.deepEqual(await keysFromRequests(env.redisUrl, env.config.brokerId), [], 'no record, operation, lock or port reservation in Redis');
   t.deepEqual(await brokerObjects(env.config.brokerId), { containers: [], volumes: [] });
   const errors = env.logs.filter((line) => line.includes('"level":50'));
   t.deepEqual(errors, [], 'nothing was logged as an error');

@@ -1,7 +1,7 @@
 import test from 'ava';
 import { Redis } from 'ioredis';
 import { LABEL } from '../src/docker/types.js';
-import { brokerObjects, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
+import { brokerObjects, keysFromRequests, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
 
 // Ids are the platform's: any characters but control characters. They go through the whole lifecycle against the
@@ -137,11 +137,5 @@ async function storedOperations(): Promise<Array<{ id: string; type: string; bin
   }
 }
 
-async function redisKeysOf(): Promise<string[]> {
-  const redis = new Redis(env.redisUrl);
-  try {
-    return await redis.keys(`osb:${env.config.brokerId}:*`);
-  } finally {
-    redis.disconnect();
-  }
-}
+/** The keys the requests made (not the leases of the broker's own periodic work). */
+const redisKeysOf = () => keysFromRequests(env.redisUrl, env.config.brokerId);

@@ -116,6 +116,15 @@ export async function brokerObjects(brokerId: string) {
   return { containers, volumes };
 }
 
+/**
+ * The broker's keys in Redis that requests made: all of them but the leases of its own periodic work (the pass over
+ * deleted instances' backups takes one at start), which no request leaves behind.
+ */
+export async function keysFromRequests(url: string, brokerId: string): Promise<string[]> {
+  const housekeeping = new RegExp(`^osb:${brokerId}:lease:backup-deleted-pass-`);
+  return (await redisKeys(url, `osb:${brokerId}:*`)).filter((key) => !housekeeping.test(key));
+}
+
 export async function redisKeys(url: string, pattern: string): Promise<string[]> {
   const redis = new Redis(url);
   try {
