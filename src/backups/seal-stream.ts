@@ -80,7 +80,10 @@ export interface SealOptions {
   context?: string;
   /** Plaintext bytes per sealed chunk (of the compressed stream). Default 64 KiB. */
   chunkBytes?: number;
-  /** gzip level, 1 (fastest) to 9 (smallest). Default 1: several times faster than 6 for a dump a little larger. */
+  /**
+   * gzip level, 1 (fastest) to 9 (smallest), or 0 for a dump that is compressed already: stored blocks, no CPU spent
+   * on compressing again, and the same format to open. Default 1: several times faster than 6 for a dump a little larger.
+   */
   gzipLevel?: number;
 }
 

@@ -108,7 +108,7 @@ export class BackupService {
       store.claimLease(leaseOf(backup), this.parts.owner, this.parts.leaseMs).catch(() => undefined);
     }, this.parts.leaseMs / 3);
     try {
-      const summary = await putSealed(backupStore, backup.storeKey, dump, this.parts.encryptionKey, { context: contextOf(backup) });
+      const summary = await putSealed(backupStore, backup.storeKey, dump, this.parts.encryptionKey, sealing(definition, backup));
       if (summary.plainBytes === 0) throw badRequest('The upload is empty: send the dump as the request body (application/octet-stream).');
       const succeeded: BackupRecord = {
         ...backup,
@@ -272,7 +272,7 @@ export class BackupService {
     }, this.parts.leaseMs / 3);
     try {
       const dump = await runtime.backup(definition, instance, { timeoutSeconds: this.parts.timeoutSeconds, signal: controller.signal });
-      const summary = await putSealed(backupStore, backup.storeKey, dump.stdout, this.parts.encryptionKey, { context: contextOf(backup) });
+      const summary = await putSealed(backupStore, backup.storeKey, dump.stdout, this.parts.encryptionKey, sealing(definition, backup));
       await dump.finished;
       const succeeded: BackupRecord = {
         ...backup,
@@ -357,3 +357,9 @@ function newRecord(instance: InstanceRecord, origin: BackupOrigin, owner: string
 
 /** Bound into every sealed chunk: a backup restores only as itself. */
 const contextOf = (backup: BackupRecord) => `${backup.instanceId}/${backup.id}`;
+
+/** How a backup is sealed: bound to itself, and not compressed again when the offering's dump is compressed already. */
+const sealing = (definition: ServiceDefinition, backup: BackupRecord) => ({
+  context: contextOf(backup),
+  gzipLevel: definition.backups.compressed ? 0 : 1,
+});

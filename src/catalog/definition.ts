@@ -29,6 +29,8 @@ export interface BackupSpec {
   contains: string;
   /** The dump's format, for people (supported only). */
   format?: string;
+  /** The dump is compressed already (pg_dump -Fc): the broker seals it without compressing it again. */
+  compressed: boolean;
   /** Why the offering has no backups (unsupported only). */
   reason?: string;
 }

@@ -21,7 +21,7 @@ interface ServiceJson {
   updatable_parameters: string[];
   credentials: CredentialsTemplate;
   syslog_drain_url?: string;
-  backups?: { supported: boolean; format?: string; contains?: string; reason?: string };
+  backups?: { supported: boolean; format?: string; contains?: string; compressed?: boolean; reason?: string };
   container: {
     port: number;
     extra_ports: Record<string, number>;
@@ -223,16 +223,16 @@ function loadBackups(
     }
     if (raw.format === undefined) fail('backups.format', 'is required when backups.supported is true: the format of the dump scripts/backup writes');
     if (raw.contains === undefined) fail('backups.contains', 'is required when backups.supported is true: what a backup holds and what it leaves out');
-    return { supported: true, format: raw.format, contains: raw.contains };
+    return { supported: true, format: raw.format, contains: raw.contains, compressed: raw.compressed ?? false };
   }
   const scriptsNamed = present.map((name) => `scripts/${name}`).join(' and ');
   if (raw === undefined) {
     if (present.length > 0) fail('backups', `is missing, but the folder has ${scriptsNamed}: declare { "supported": true, "format": …, "contains": … }`);
-    return { supported: false, contains: 'nothing', reason: 'the offering declares no backups' };
+    return { supported: false, contains: 'nothing', compressed: false, reason: 'the offering declares no backups' };
   }
   if (present.length > 0) fail('backups.supported', `must be true when the folder has ${scriptsNamed} (got false)`);
   if (raw.reason === undefined) fail('backups.reason', 'is required when backups.supported is false: why the offering has no backups');
-  return { supported: false, contains: 'nothing', reason: raw.reason };
+  return { supported: false, contains: 'nothing', compressed: false, reason: raw.reason };
 }
 
 /** The offering as platforms see it: plans without their limits, with the maintenance info and parameter schemas. */

@@ -116,6 +116,16 @@ test('text round trip with a non-ASCII context; the stored bytes do not contain 
   t.true((await open(stored, KEY, 'инстанс/ü')).equals(data));
 });
 
+test('gzip level 0 (a dump compressed already): stored blocks, barely larger than the dump, and it opens the same way', async (t) => {
+  const compressed = randomBytes(700_000); // as incompressible as pg_dump's custom format
+  const stored = await seal(compressed, { gzipLevel: 0, context: 'i/b' });
+  t.true(stored.length < compressed.length * 1.01 + 4096, `stored ${stored.length} bytes for ${compressed.length}`);
+  t.false(stored.includes(compressed.subarray(1000, 1064)), 'the dump is not in the stored form');
+  t.deepEqual(await open(stored, KEY, 'i/b'), compressed);
+  // Level 1 spends CPU for nothing on such a dump: it is no smaller.
+  t.true((await seal(compressed, { gzipLevel: 1 })).length >= stored.length - 4096);
+});
+
 test('a different broker key fails with wrong-key, naming both key ids', async (t) => {
   const stored = await seal(randomBytes(1000));
   const other = randomBytes(32);
