@@ -1,12 +1,13 @@
 // Backups through the broker: the backup API, restore_from at provision, refusals and a damaged object, against the
 // real engine with the real PostgreSQL client, and the local backup store in a folder of the test's own.
 import test from 'ava';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import type { Config } from '../src/config.js';
-import { PG, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
+import { brokerObjects, PG, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
 import { waitUntil } from './helpers/wait.js';
 
@@ -72,7 +73,7 @@ test.serial('back up, deprovision, provision a new instance with restore_from: t
   t.is(backup.state, 'succeeded', backup.description);
   t.true(backup.size > 0 && backup.dump_size > 0);
   t.regex(backup.sha256, /^[0-9a-f]{64}$/);
-  t.is(backup.maintenance_version, '15.0.0');
+  t.is(backup.maintenance_version, '15.0.1');
 
   // The stored object is sealed: no plain text of the data in it.
   const files = readdirSync(path.join(dir, source));
@@ -143,4 +144,18 @@ test.serial('an offering without backups says so', async (t) => {
   t.regex(refused.body.description, /memcached instances have no backups/);
   const unknown = await env.client.request('GET', '/broker/v1/instances/nobody/backups', undefined, { version: null });
   t.is(unknown.status, 404);
+});
+
+test.serial('a container from before the backup script existed: the backup fails saying which upgrade brings it', async (t) => {
+  const id = uniqueId('old');
+  t.is((await ready(id)).body.state, 'succeeded');
+  // What an instance made on an image of an earlier maintenance version looks like: no /osb/backup inside.
+  const container = (await brokerObjects(env.config.brokerId)).containers.find((c) => c.labels['io.osb-broker.instance'] === id)!;
+  execFileSync('docker', ['exec', '-u', '0', container.name, 'rm', '/osb/backup']);
+  const backup = await backUp(id);
+  t.is(backup.state, 'failed');
+  t.regex(
+    backup.description,
+    /the instance's container has no backup script: it runs maintenance version 15\.0\.1; its container was made from an earlier build/,
+  );
 });

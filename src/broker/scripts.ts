@@ -124,6 +124,7 @@ export class InstanceScripts {
       if (exitCode === TIMED_OUT || exitCode === KILLED)
         throw new ScriptError(`${name} script did not finish within ${options.timeoutSeconds} s and was stopped`);
       if (exitCode !== 0) {
+        if (/failed to run command .\/osb\/[a-z-]+.: No such file/.test(stderr)) throw missingScript(definition, instance, name);
         const reason = redact(stderr.trim().split('\n').slice(-3).join(' '), [env.ADMIN_PASSWORD!]) || `exit code ${exitCode}`;
         throw new ScriptError(`${name} script failed: ${reason}`);
       }
@@ -147,6 +148,19 @@ export class InstanceScripts {
     }
     return env;
   }
+}
+
+/**
+ * A container made from an image older than the script (backup and restore came after the first instances):
+ * coreutils' timeout says "failed to run command '/osb/backup': No such file or directory" (quotes per locale).
+ */
+function missingScript(definition: ServiceDefinition, instance: InstanceRecord, name: string): ScriptError {
+  const current = definition.maintenanceInfo.version;
+  const upgrade =
+    instance.maintenanceVersion === current
+      ? "its container was made from an earlier build of that version's image"
+      : `upgrade the instance to maintenance version ${current} (an update with that maintenance_info) and try again`;
+  return new ScriptError(`the instance's container has no ${name} script: it runs maintenance version ${instance.maintenanceVersion}; ${upgrade}`);
 }
 
 function bindingEnv(binding: BindingRecord): Record<string, string> {
