@@ -28,7 +28,7 @@ test.before(async () => {
 test.after.always(async () => {
   await env?.stop();
   try {
-    execFileSync('docker', ['rmi', '--no-prune', `${prefix}postgresql:15.0.0`], { stdio: 'ignore' });
+    execFileSync('docker', ['rmi', '--no-prune', `${prefix}postgresql:15.0.1`], { stdio: 'ignore' });
   } catch {
     // Never built.
   }
@@ -283,7 +283,7 @@ test('fetch instance and binding before and after', async (t) => {
   const fetched = await client.request('GET', `${instancePath(id)}?${query}`);
   t.is(fetched.status, 200);
   const { dashboard_url: dashboardUrl, ...rest } = fetched.body;
-  t.deepEqual(rest, { service_id: PG.service, plan_id: PG.small, parameters: { database: 'shop' }, maintenance_info: { version: '15.0.0' } });
+  t.deepEqual(rest, { service_id: PG.service, plan_id: PG.small, parameters: { database: 'shop' }, maintenance_info: { version: '15.0.1' } });
   t.true(dashboardUrl.startsWith(`${env.broker.publicUrl}/dashboard/instances/${id}?token=`), 'a fresh dashboard link with its own token');
 });
 
