@@ -8,6 +8,8 @@ export interface ListedBinding {
   name?: string;
   state: string;
   created_at: string;
+  /** A rotation's successor: the binding it succeeds (OSB 2.17 predecessor_binding_id). */
+  predecessor_id?: string;
 }
 
 /** What the engine really runs for a ready instance, once the broker found it down at least once. */

@@ -1,14 +1,34 @@
-import type { ServiceDefinition } from '../catalog/definition.js';
+import { findPlan, type ServiceDefinition } from '../catalog/definition.js';
 import { validateParameters } from '../catalog/parameters.js';
 import { badRequest, concurrencyError, conflict, gone, notFound, unavailable, unprocessable } from '../osb/errors.js';
-import type { BindRequest, BindResult, BindingView, Credentials, Endpoint, LastOperation, RequestMeta, ResourceQuery, UnbindResult } from '../osb/types.js';
+import type {
+  BindRequest,
+  BindResult,
+  BindingView,
+  Credentials,
+  Endpoint,
+  LastOperation,
+  Plan,
+  RequestMeta,
+  ResourceQuery,
+  UnbindResult,
+} from '../osb/types.js';
 import type { BindingRecord, InstanceRecord, OperationRecord } from '../store/records.js';
 import { renderCredentials, renderValue } from './credentials.js';
 import { checkId, newPassword, newUsername } from './ids.js';
 import { afterFirstWrite, locked, operationFor, toLastOperation, type LifecycleParts } from './lifecycle-parts.js';
 import { mustHandBack, now, reasonOf } from './operations.js';
 import { optionalObject } from './request-fields.js';
+import { appGuidOf, changedTerms, checkPlanRotates, checkUnchanged, predecessorIdOf, predecessorTerms, type BindingTerms } from './rotation.js';
 import { sameJson } from './same.js';
+
+/** Whether an ordinary bind asks for what an existing binding has. */
+const sameTerms = (existing: BindingRecord, terms: BindingTerms) =>
+  existing.appGuid === terms.appGuid && sameJson(existing.parameters, terms.parameters) && sameJson(existing.bindResource ?? {}, terms.bindResource ?? {});
+
+function checkBindable(definition: ServiceDefinition, plan: Plan): void {
+  if (!(plan.bindable ?? definition.offering.bindable)) throw badRequest(`Plan ${plan.name} of ${definition.offering.name} is not bindable.`);
+}
 
 interface Issued {
   credentials: Credentials;
@@ -24,21 +44,23 @@ export class BindingLifecycle {
     const { offerings, store, runner, log } = this.parts;
     checkId(instanceId, 'instance_id');
     checkId(bindingId, 'binding_id');
-    const definition = offerings.service(request.service_id);
-    const plan = offerings.plan(definition, request.plan_id);
-    if (!(plan.bindable ?? definition.offering.bindable)) throw badRequest(`Plan ${plan.name} of ${definition.offering.name} is not bindable.`);
-    const bindResource = optionalObject(request.bind_resource, 'bind_resource');
+    const predecessorId = predecessorIdOf(request);
+    // An ordinary bind is checked in full before the instance is read; a rotation needs the instance and its predecessor.
+    const ordinary = predecessorId === undefined ? this.ordinaryTerms(request) : undefined;
     const context = optionalObject(request.context, 'context');
-    const parameters = validateParameters(definition.bindingParameterSchema, request.parameters, 'binding parameters');
-    const appGuid = (typeof bindResource?.app_guid === 'string' ? bindResource.app_guid : undefined) ?? request.app_guid;
 
     return locked(store, instanceId, async () => {
       const instance = await store.getInstance(instanceId);
       if (!instance || instance.state === 'deleted') throw badRequest(`Service instance ${instanceId} does not exist.`);
+      const definition = ordinary?.definition ?? (request.service_id === undefined ? offerings.definitionOf(instance) : offerings.service(request.service_id));
       if (instance.serviceId !== definition.offering.id) throw badRequest(`service_id does not match service instance ${instanceId}.`);
+      if (!ordinary) this.checkRotatable(definition, instance, request);
       const existing = await store.getBinding(instanceId, bindingId);
       if (existing && existing.state !== 'deleted') {
-        const same = existing.appGuid === appGuid && sameJson(existing.parameters, parameters) && sameJson(existing.bindResource ?? {}, bindResource ?? {});
+        // A rotation repeated is recognised by its predecessor, even once that is gone; its terms are the existing binding's.
+        const same = ordinary
+          ? existing.predecessorBindingId === undefined && sameTerms(existing, ordinary.terms)
+          : existing.predecessorBindingId === predecessorId && changedTerms(definition, request, existing).length === 0;
         if (!same) throw conflict(`Service binding ${bindingId} already exists with other attributes.`);
         if (existing.state === 'ready') return { async: false, alreadyExists: true, ...this.issue(definition, instance, existing) };
         if (existing.state === 'creating') {
@@ -48,6 +70,7 @@ export class BindingLifecycle {
         }
         if (existing.state === 'deleting') throw concurrencyError('This service binding is being deleted.');
       }
+      const { terms, inheritedContext } = ordinary ?? (await this.successorTerms(definition, instanceId, predecessorId!, request));
       const instanceOperation = await store.getOperation(instance.lastOperationId);
       if (instanceOperation?.state === 'in progress') throw concurrencyError();
       if (instance.state !== 'ready') {
@@ -59,10 +82,11 @@ export class BindingLifecycle {
         instanceId,
         serviceId: instance.serviceId,
         planId: instance.planId,
-        appGuid,
-        bindResource,
-        context,
-        parameters,
+        appGuid: terms.appGuid,
+        bindResource: terms.bindResource,
+        context: context ?? inheritedContext,
+        parameters: terms.parameters,
+        ...(predecessorId === undefined ? {} : { predecessorBindingId: predecessorId }),
         state: 'creating',
         username: existing?.username ?? newUsername(),
         createdAt: now(),
@@ -80,6 +104,34 @@ export class BindingLifecycle {
       if (!ready) throw unavailable((await store.getOperation(operation.id))?.description ?? 'Binding failed.');
       return { async: false, alreadyExists: false, ...this.issue(definition, instance, ready) };
     });
+  }
+
+  /** An ordinary bind's offering and terms, from the request alone. */
+  private ordinaryTerms(request: BindRequest): { definition: ServiceDefinition; terms: BindingTerms; inheritedContext: undefined } {
+    const { offerings } = this.parts;
+    const definition = offerings.service(request.service_id);
+    const plan = offerings.plan(definition, request.plan_id);
+    checkBindable(definition, plan);
+    const bindResource = optionalObject(request.bind_resource, 'bind_resource');
+    const parameters = validateParameters(definition.bindingParameterSchema, request.parameters, 'binding parameters');
+    const appGuid = appGuidOf(request, bindResource);
+    return { definition, terms: { appGuid, bindResource, parameters }, inheritedContext: undefined };
+  }
+
+  /** A rotation's plan (the request's, else the instance's) must be bindable and say binding_rotatable. */
+  private checkRotatable(definition: ServiceDefinition, instance: InstanceRecord, request: BindRequest): void {
+    const plan = request.plan_id === undefined ? findPlan(definition, instance.planId) : this.parts.offerings.plan(definition, request.plan_id);
+    if (!plan) throw badRequest(`The plan of service instance ${instance.id} is no longer in the catalog; its bindings cannot be rotated.`);
+    checkBindable(definition, plan);
+    checkPlanRotates(definition, plan);
+  }
+
+  /** A successor's terms: its predecessor's, and the predecessor's context for a request that sends none. */
+  private async successorTerms(definition: ServiceDefinition, instanceId: string, predecessorId: string, request: BindRequest) {
+    const predecessor = await this.parts.store.getBinding(instanceId, predecessorId);
+    const terms = predecessorTerms(instanceId, predecessorId, predecessor);
+    checkUnchanged(definition, request, terms);
+    return { terms, inheritedContext: predecessor?.context };
   }
 
   /** Creates the binding's user; returns the ready binding, or undefined when it failed (the operation says why). */

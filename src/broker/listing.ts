@@ -50,6 +50,7 @@ export async function listInstances(store: StateStore, offerings: Offerings, das
               ...contextName(binding.context, 'binding_name'),
               state: binding.state,
               created_at: binding.createdAt,
+              ...(binding.predecessorBindingId ? { predecessor_id: binding.predecessorBindingId } : {}),
             })),
         };
       }),

@@ -172,6 +172,12 @@ function loadDefinition(folder: string, imagePrefix: string): ServiceDefinition 
   const scripts = new Set(existsSync(scriptsDir) ? readdirSync(scriptsDir).filter((name) => (SCRIPTS as readonly string[]).includes(name)) : []);
   if (!scripts.has('ready')) throw new CatalogError(`${folder}: scripts/ready is missing (the broker polls it until the service accepts connections)`);
   const backups = loadBackups(root.backups, scripts, folder, fail);
+  // A rotation is a new per-binding user while the old one keeps working: without a bind script there is none to make.
+  root.offering.plans.forEach((plan, index) => {
+    if (plan.binding_rotatable === true && !scripts.has('bind')) {
+      fail(`offering.plans[${index}].binding_rotatable`, 'needs scripts/bind: a rotated binding gets credentials of its own, which the bind script makes');
+    }
+  });
 
   const container = root.container;
   const containerSpec: ContainerSpec = {

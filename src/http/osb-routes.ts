@@ -1,8 +1,8 @@
 import Router from '@koa/router';
 import type { Context, Middleware } from 'koa';
 import { createHash } from 'node:crypto';
-import { asyncRequired, concurrencyError } from '../osb/errors.js';
-import type { RequestMeta, ResourceQuery, ServiceBroker } from '../osb/types.js';
+import { asyncRequired, badRequest, concurrencyError } from '../osb/errors.js';
+import type { BindRequest, RequestMeta, ResourceQuery, ServiceBroker } from '../osb/types.js';
 import { atLeast, type ApiVersion } from '../osb/version.js';
 import { catalogFor } from './presenters.js';
 import './request-state.js';
@@ -142,7 +142,13 @@ export function osbRoutes(broker: ServiceBroker, catalog: Middleware = catalogEn
   router.put('/service_instances/:instance_id/service_bindings/:binding_id', async (ctx) => {
     // Asynchronous bindings arrived with 2.14; older platforms always get a synchronous answer.
     const allowAsync = asyncAllowed(ctx) && atLeast(version(ctx), 14);
-    const result = await broker.bind(ctx.params.instance_id!, ctx.params.binding_id!, body(ctx), allowAsync, meta(ctx));
+    // Rotation arrived with 2.17: an older client's predecessor_binding_id is refused rather than ignored, which would
+    // make an unrelated binding (or fail for want of the ids a rotation request may leave out).
+    const request = body<BindRequest>(ctx);
+    if (request?.predecessor_binding_id !== undefined && request.predecessor_binding_id !== null && !atLeast(version(ctx), 17)) {
+      throw badRequest('predecessor_binding_id (binding rotation) needs X-Broker-API-Version 2.17 or later.');
+    }
+    const result = await broker.bind(ctx.params.instance_id!, ctx.params.binding_id!, request, allowAsync, meta(ctx));
     if (result.async && !allowAsync) throw concurrencyError('This service binding is being created.');
     if (result.async) return reply(ctx, 202, { operation: result.operation });
     reply(ctx, result.alreadyExists ? 200 : 201, {

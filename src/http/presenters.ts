@@ -11,7 +11,6 @@ export function catalogFor(offerings: ServiceOffering[], version: ApiVersion): {
         delete service.bindings_retrievable;
       }
       if (!atLeast(version, 15)) delete service.allow_context_updates;
-      if (!atLeast(version, 17)) delete service.binding_rotatable;
       service.plans = offering.plans.map((plan) => {
         const copy: Record<string, unknown> = { ...plan };
         if (!atLeast(version, 15)) {
@@ -19,6 +18,7 @@ export function catalogFor(offerings: ServiceOffering[], version: ApiVersion): {
           delete copy.maintenance_info;
           delete copy.maximum_polling_duration;
         }
+        if (!atLeast(version, 17)) delete copy.binding_rotatable;
         return copy;
       });
       return service;

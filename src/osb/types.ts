@@ -22,6 +22,8 @@ export interface Plan {
   free?: boolean;
   bindable?: boolean;
   plan_updateable?: boolean;
+  /** 2.17: bindings of this plan may be rotated (a bind with predecessor_binding_id); sent to 2.17 clients only. */
+  binding_rotatable?: boolean;
   maximum_polling_duration?: number;
   maintenance_info?: MaintenanceInfo;
   metadata?: Record<string, unknown>;
@@ -68,6 +70,8 @@ export interface BindRequest {
   bind_resource?: Record<string, unknown>;
   context?: Record<string, unknown>;
   parameters?: Record<string, unknown>;
+  /** 2.17 rotation: the binding this one succeeds; service_id, plan_id and the terms may then be left out (they are its). */
+  predecessor_binding_id?: string;
 }
 
 /** Query of DELETE and last_operation requests. */

@@ -48,6 +48,8 @@ export interface BindingRecord {
   /** The platform's context (opaque; `binding_name` is shown in listings when a client sends one). */
   context?: Record<string, unknown>;
   parameters: Record<string, unknown>;
+  /** A rotation's successor: the binding it succeeds (which keeps working until it is unbound). */
+  predecessorBindingId?: string;
   state: BindingState;
   username: string;
   createdAt: string;
