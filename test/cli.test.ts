@@ -146,7 +146,8 @@ test.serial('create, list, bind, env and delete PostgreSQL and Redis; the exampl
       instance_guid: instance.id,
       instance_name: instance.name,
       label: key,
-      name: instance.name,
+      // The binding name, as Cloud Foundry names a named binding; the default <instance>-binding keeps the instance name.
+      name: bindingName === `${instance.name}-binding` ? instance.name : bindingName,
       plan: 'small',
       provider: null,
       tags: catalog.find((offering) => offering.name === key)!.tags,
@@ -164,7 +165,7 @@ test.serial('create, list, bind, env and delete PostgreSQL and Redis; the exampl
   const app = await run('sh', ['-c', `eval "$(${cliCommand})" && '${process.execPath}' examples/vcap-app/index.js`]);
   t.is(app.code, 0, show(app));
   const pgLine = /^postgresql \(orders-db, plan small\): wrote and read back row (\d+) of vcap_app_visits$/m.exec(app.stdout);
-  const redisLine = /^redis \(cache, plan small\): wrote and read back key (vcap-app:visit:([0-9a-f-]{36}))$/m.exec(app.stdout);
+  const redisLine = /^redis \(app-cache, plan small\): wrote and read back key (vcap-app:visit:([0-9a-f-]{36}))$/m.exec(app.stdout);
   t.truthy(pgLine, app.stdout);
   t.truthy(redisLine, app.stdout);
   t.regex(app.stdout, /^ok$/m);

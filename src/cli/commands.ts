@@ -8,7 +8,7 @@ import { BACKUP_RUNNERS, restoreSource } from './backup-commands.js';
 import { instancePath, list, resolve, type Io, type Run } from './run.js';
 import { CliError, UsageError } from './errors.js';
 import { formatTable } from './table.js';
-import { buildVcapServices, exportLine, type BoundService } from './vcap.js';
+import { buildVcapServices, defaultBindingName, exportLine, type BoundService } from './vcap.js';
 
 const bindingLabel = (binding: ListedBinding) => binding.name ?? binding.id;
 const bindingPath = (instanceId: string, bindingId: string) => `${instancePath(instanceId)}/service_bindings/${encodeURIComponent(bindingId)}`;
@@ -177,8 +177,8 @@ async function bind({ client, args, flags, io }: Run): Promise<void> {
     throw new CliError(`${name} already has a binding named "${bindingName}"; bindings: ${list([...taken])}`);
   }
   if (bindingName === undefined) {
-    bindingName = `${name}-binding`;
-    for (let n = 2; taken.has(bindingName); n++) bindingName = `${name}-binding-${n}`;
+    bindingName = defaultBindingName(name);
+    for (let n = 2; taken.has(bindingName); n++) bindingName = `${defaultBindingName(name)}-${n}`;
   }
   const id = randomUUID();
   const path = bindingPath(instance.id, id);

@@ -24,14 +24,39 @@ export interface VcapService {
 
 export type VcapServices = Record<string, VcapService[]>;
 
+/** The name `osb-docker bind <instance>` gives a binding when --as names none. */
+export const defaultBindingName = (instanceName: string) => `${instanceName}-binding`;
+
+/**
+ * The `name` of each entry, which apps look services up by (cfenv's getService). Cloud Foundry sets it to the
+ * binding name when the binding has one, else to the instance name. `osb-docker bind` names every binding,
+ * `<instance>-binding` unless --as says otherwise: that default stands for "no name given" and keeps the instance
+ * name; any other binding name is used as it is. Names must differ (cfenv keeps one service per name), so entries
+ * that would still share one (a platform's unnamed bindings) get their binding names, and then their ids.
+ */
+export function serviceNames(bound: BoundService[]): string[] {
+  const preferred = bound.map(({ instance, binding }) =>
+    binding.name === undefined || binding.name === defaultBindingName(instance.name) ? instance.name : binding.name,
+  );
+  const byLabel = distinctOr(preferred, (index) => bound[index]!.binding.name ?? bound[index]!.binding.id);
+  return distinctOr(byLabel, (index) => bound[index]!.binding.id);
+}
+
+/** Keeps the names that occur once; replaces every one that occurs more often with its fallback. */
+function distinctOr(names: string[], fallback: (index: number) => string): string[] {
+  const counts = new Map<string, number>();
+  for (const name of names) counts.set(name, (counts.get(name) ?? 0) + 1);
+  return names.map((name, index) => (counts.get(name)! > 1 ? fallback(index) : name));
+}
+
 /**
  * VCAP_SERVICES as Cloud Foundry builds it: keyed by offering name (the label), one entry per binding, in the
- * order given. `name` is the instance name (see the README for why not the binding name); `syslog_drain_url`
- * only where the binding has one.
+ * order given. `name` follows serviceNames; `syslog_drain_url` only where the binding has one.
  */
 export function buildVcapServices(bound: BoundService[]): VcapServices {
   const services: VcapServices = {};
-  for (const { offering, plan, instance, binding } of bound) {
+  const names = serviceNames(bound);
+  for (const [index, { offering, plan, instance, binding }] of bound.entries()) {
     const entry: VcapService = {
       binding_guid: binding.id,
       binding_name: binding.name ?? null,
@@ -39,7 +64,7 @@ export function buildVcapServices(bound: BoundService[]): VcapServices {
       instance_guid: instance.id,
       instance_name: instance.name,
       label: offering.name,
-      name: instance.name,
+      name: names[index]!,
       plan,
       provider: null,
       ...(binding.syslog_drain_url ? { syslog_drain_url: binding.syslog_drain_url } : {}),

@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { parseCommandLine } from '../../src/cli/args.js';
 import { UsageError } from '../../src/cli/errors.js';
 import { formatTable } from '../../src/cli/table.js';
-import { buildVcapServices, exportLine, shellQuote, type BoundService } from '../../src/cli/vcap.js';
+import { buildVcapServices, exportLine, serviceNames, shellQuote, type BoundService } from '../../src/cli/vcap.js';
 
 const pg = (binding: string, bindingName?: string): BoundService => ({
   offering: { name: 'postgresql', tags: ['postgresql', 'relational'] },
@@ -36,7 +36,8 @@ test('VCAP_SERVICES is keyed by offering, one entry per binding, with the fields
       instance_guid: 'i-pg',
       instance_name: 'orders-db',
       label: 'postgresql',
-      name: 'orders-db',
+      // Two bindings of one instance: each gets a name of its own (see the naming test below).
+      name: 'orders-db-binding',
       plan: 'small',
       provider: null,
       tags: ['postgresql', 'relational'],
@@ -49,7 +50,7 @@ test('VCAP_SERVICES is keyed by offering, one entry per binding, with the fields
       instance_guid: 'i-pg',
       instance_name: 'orders-db',
       label: 'postgresql',
-      name: 'orders-db',
+      name: 'b-2',
       plan: 'small',
       provider: null,
       tags: ['postgresql', 'relational'],
@@ -82,6 +83,29 @@ test('VCAP_SERVICES is keyed by offering, one entry per binding, with the fields
   built.x![0]!.tags.push('b');
   t.deepEqual(offering.tags, ['a']);
   t.deepEqual(buildVcapServices([]), {});
+});
+
+test('service names: the binding name as Cloud Foundry gives it, the instance name for the default binding, never twice', (t) => {
+  const cache = (binding: string, bindingName?: string, instance = 'cache'): BoundService => ({
+    offering: { name: 'redis' },
+    plan: 'small',
+    instance: { id: `i-${instance}`, name: instance },
+    binding: { id: binding, ...(bindingName ? { name: bindingName } : {}), credentials: {} },
+  });
+  // One default-named binding: the instance name, which apps look services up by.
+  t.deepEqual(serviceNames([cache('b-1', 'cache-binding')]), ['cache']);
+  // A binding named with --as: that name, as Cloud Foundry does.
+  t.deepEqual(serviceNames([cache('b-1', 'sessions')]), ['sessions']);
+  // Two bindings of one instance, as osb-docker bind names them: the first keeps the instance name.
+  t.deepEqual(serviceNames([cache('b-1', 'cache-binding'), cache('b-2', 'cache-binding-2')]), ['cache', 'cache-binding-2']);
+  // Unnamed bindings (another platform's) that would share the instance name: their ids.
+  t.deepEqual(serviceNames([cache('b-1'), cache('b-2')]), ['b-1', 'b-2']);
+  // A binding named like another instance's default: both fall back to their binding names.
+  t.deepEqual(serviceNames([cache('b-1', 'cache-binding'), cache('b-2', 'cache', 'other')]), ['cache-binding', 'cache']);
+  // cfenv keeps one service per name: every name in VCAP_SERVICES differs.
+  const many = [cache('b-1', 'cache-binding'), cache('b-2', 'cache-binding-2'), cache('b-3'), pg('b-4', 'orders-db-binding')];
+  const names = Object.values(buildVcapServices(many)).flatMap((entries) => entries.map((entry) => entry.name));
+  t.is(new Set(names).size, many.length);
 });
 
 const awkward = [
