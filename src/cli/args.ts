@@ -88,14 +88,20 @@ export const COMMANDS: CommandSpec[] = [
   },
   {
     name: 'env',
+    // --service-binding-root and --k8s-secret are in the details: the usage line stays as scripts and tests know it.
     synopsis: '<name>... [--json]',
-    summary: 'print VCAP_SERVICES for the bindings of these instances',
+    summary: 'print VCAP_SERVICES for the bindings of these instances (or write them as servicebinding.io)',
     min: 1,
     max: Infinity,
-    options: ['json'],
+    options: ['json', 'service-binding-root', 'k8s-secret'],
     details: [
       'Prints `export VCAP_SERVICES=\'…\'` for eval "$(osb-docker env …)", or the JSON itself with --json.',
       'Each instance needs a binding (osb-docker bind <name>); every binding of a named instance is included.',
+      'Each entry is named after its binding (the default <name>-binding keeps the instance name), as on Cloud Foundry.',
+      '--service-binding-root DIR writes the Service Binding for Kubernetes projection instead: DIR/<binding name>/',
+      'with one file per entry (type, provider, host, port, username, password, uri, …), and prints',
+      "`export SERVICE_BINDING_ROOT='DIR'`. --k8s-secret prints the same entries as Kubernetes Secrets",
+      '(type servicebinding.io/<type>) for kubectl apply -f -.',
     ].join('\n'),
   },
   {
@@ -189,6 +195,8 @@ const PARSE_OPTIONS = {
   open: { type: 'boolean' },
   backup: { type: 'string' },
   'from-backup': { type: 'string' },
+  'service-binding-root': { type: 'string' },
+  'k8s-secret': { type: 'boolean' },
 } as const;
 
 export interface Flags {
@@ -207,6 +215,8 @@ export interface Flags {
   open: boolean;
   backup?: string;
   fromBackup?: string;
+  serviceBindingRoot?: string;
+  k8sSecret: boolean;
 }
 
 export interface CommandLine {
@@ -244,6 +254,8 @@ export function parseCommandLine(argv: string[]): CommandLine {
     open: values.open ?? false,
     backup: values.backup,
     fromBackup: values['from-backup'],
+    serviceBindingRoot: values['service-binding-root'],
+    k8sSecret: values['k8s-secret'] ?? false,
   };
   const [name, ...positionals] = all;
   if (name === undefined) return { positionals: [], flags };
@@ -286,11 +298,15 @@ export function parseCommandLine(argv: string[]): CommandLine {
     ['--url', flags.url],
     ['--backup', flags.backup],
     ['--from-backup', flags.fromBackup],
+    ['--service-binding-root', flags.serviceBindingRoot],
   ] as const) {
     if (value !== undefined && value.trim() === '') throw new UsageError(`${option} needs a value`, usageOf(command));
   }
   if (positionals.some((value) => value.trim() === '')) throw new UsageError(`${command.name}: an empty name was given`, usageOf(command));
   if (flags.as !== undefined && flags.all) throw new UsageError('--as and --all cannot be used together', usageOf(command));
+  const outputs = [flags.json && '--json', flags.serviceBindingRoot !== undefined && '--service-binding-root', flags.k8sSecret && '--k8s-secret'];
+  const chosen = outputs.filter((option): option is string => typeof option === 'string');
+  if (chosen.length > 1) throw new UsageError(`${chosen.join(' and ')} cannot be used together`, usageOf(command));
   return { command, positionals, flags };
 }
 
@@ -398,6 +414,8 @@ export function commandHelp(command: CommandSpec): string {
             ? '--backup ID|latest  the backup to restore (default latest)'
             : '--backup ID        the backup to export (default the latest)',
         'from-backup': '--from-backup NAME[:ID]  start from a backup of NAME (default its latest)',
+        'service-binding-root': '--service-binding-root DIR  write DIR/<binding name>/<entry> files (folders 0700, files 0600)',
+        'k8s-secret': '--k8s-secret       print Kubernetes Secret manifests (YAML) of the same entries',
       })[option],
   );
   return [

@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { resolve as absolutePath } from 'node:path';
 import type { Plan, ServiceOffering } from '../osb/types.js';
 import { parseParameters, usageOf } from './args.js';
 import type { ListedBinding, ListedInstance } from '../api/listing.js';
@@ -8,6 +9,7 @@ import { BACKUP_RUNNERS, restoreSource } from './backup-commands.js';
 import { instancePath, list, resolve, type Io, type Run } from './run.js';
 import { CliError, UsageError } from './errors.js';
 import { formatTable } from './table.js';
+import { k8sSecrets, writeServiceBindingRoot } from './service-binding.js';
 import { buildVcapServices, defaultBindingName, exportLine, type BoundService } from './vcap.js';
 
 const bindingLabel = (binding: ListedBinding) => binding.name ?? binding.id;
@@ -331,6 +333,12 @@ async function env({ client, args, flags, io }: Run): Promise<void> {
       });
     }
   }
+  if (flags.serviceBindingRoot !== undefined) {
+    const root = absolutePath(flags.serviceBindingRoot);
+    for (const { folder, type, entries } of await writeServiceBindingRoot(root, bound)) io.err(`Wrote ${folder} (${type}): ${entries.join(', ')}`);
+    return io.out(exportLine('SERVICE_BINDING_ROOT', root));
+  }
+  if (flags.k8sSecret) return io.out(k8sSecrets(bound));
   const services = buildVcapServices(bound);
   io.out(flags.json ? JSON.stringify(services, null, 2) : exportLine('VCAP_SERVICES', JSON.stringify(services)));
 }
