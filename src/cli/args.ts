@@ -71,6 +71,19 @@ export const COMMANDS: CommandSpec[] = [
     details: "Without --as, the instance's only binding is deleted; when it has several, name one with --as or pass --all.",
   },
   {
+    name: 'rotate',
+    synopsis: '<name> [--as <binding>] [--unbind-predecessor] [--show-credentials]',
+    summary: 'replace a binding with a new one that has its own credentials (OSB 2.17 binding rotation)',
+    min: 1,
+    max: 1,
+    options: ['as', 'unbind-predecessor', 'show-credentials'],
+    details: [
+      "Without --as, the instance's only ready binding is rotated. The new binding keeps its name, app and parameters;",
+      'the old credentials keep working until the old binding is unbound: --unbind-predecessor does that once the',
+      'new one is ready, or later `osb-docker unbind <name> --as <old binding id>`.',
+    ].join('\n'),
+  },
+  {
     name: 'delete',
     synopsis: '<name>',
     summary: 'unbind every binding, then deprovision the instance and wait',
@@ -190,6 +203,7 @@ const PARSE_OPTIONS = {
   space: { type: 'string' },
   as: { type: 'string' },
   'show-credentials': { type: 'boolean' },
+  'unbind-predecessor': { type: 'boolean' },
   all: { type: 'boolean' },
   json: { type: 'boolean' },
   open: { type: 'boolean' },
@@ -210,6 +224,7 @@ export interface Flags {
   space?: string;
   as?: string;
   showCredentials: boolean;
+  unbindPredecessor: boolean;
   all: boolean;
   json: boolean;
   open: boolean;
@@ -249,6 +264,7 @@ export function parseCommandLine(argv: string[]): CommandLine {
     space: values.space,
     as: values.as,
     showCredentials: values['show-credentials'] ?? false,
+    unbindPredecessor: values['unbind-predecessor'] ?? false,
     all: values.all ?? false,
     json: values.json ?? false,
     open: values.open ?? false,
@@ -404,7 +420,13 @@ export function commandHelp(command: CommandSpec): string {
         parameters: '-c JSON|FILE       provision parameters, e.g. -c \'{"database":"shop"}\'',
         org: '--org GUID         organization_guid sent to the broker (default "local")',
         space: '--space GUID       space_guid sent to the broker (default "local")',
-        as: command.name === 'bind' ? '--as NAME          name of the new binding' : '--as NAME          the binding to delete',
+        as:
+          command.name === 'bind'
+            ? '--as NAME          name of the new binding'
+            : command.name === 'rotate'
+              ? '--as NAME|ID       the binding to rotate'
+              : '--as NAME          the binding to delete',
+        'unbind-predecessor': '--unbind-predecessor  unbind the old binding once the new one is ready',
         'show-credentials': '--show-credentials print the credentials (secrets!) as JSON',
         all: '--all              delete every binding of the instance',
         json: command.name === 'env' ? '--json             print the JSON alone, not an export line' : '--json             print JSON instead of a table',

@@ -6,14 +6,15 @@ import { parseParameters, usageOf } from './args.js';
 import type { ListedBinding, ListedInstance } from '../api/listing.js';
 import { BrokerClient, describeBody, expect, PLATFORM } from './client.js';
 import { BACKUP_RUNNERS, restoreSource } from './backup-commands.js';
+import { rotate } from './rotate.js';
 import { instancePath, list, resolve, type Io, type Run } from './run.js';
 import { CliError, UsageError } from './errors.js';
 import { formatTable } from './table.js';
 import { k8sSecrets, writeServiceBindingRoot } from './service-binding.js';
 import { buildVcapServices, defaultBindingName, exportLine, type BoundService } from './vcap.js';
 
-const bindingLabel = (binding: ListedBinding) => binding.name ?? binding.id;
-const bindingPath = (instanceId: string, bindingId: string) => `${instancePath(instanceId)}/service_bindings/${encodeURIComponent(bindingId)}`;
+export const bindingLabel = (binding: ListedBinding) => binding.name ?? binding.id;
+export const bindingPath = (instanceId: string, bindingId: string) => `${instancePath(instanceId)}/service_bindings/${encodeURIComponent(bindingId)}`;
 const idQuery = (instance: ListedInstance) => `service_id=${encodeURIComponent(instance.service_id)}&plan_id=${encodeURIComponent(instance.plan_id)}`;
 
 export type { Io };
@@ -28,6 +29,7 @@ export const COMMAND_RUNNERS: Record<string, (run: Run) => Promise<void>> = {
   dashboard,
   env,
   clone,
+  rotate,
   ...BACKUP_RUNNERS,
 };
 
@@ -214,7 +216,7 @@ async function bind({ client, args, flags, io }: Run): Promise<void> {
 
 // unbind and delete
 
-async function unbindOne(client: BrokerClient, instance: ListedInstance, binding: ListedBinding, io: Io): Promise<void> {
+export async function unbindOne(client: BrokerClient, instance: ListedInstance, binding: ListedBinding, io: Io): Promise<void> {
   const path = bindingPath(instance.id, binding.id);
   const reply = await client.request('DELETE', `${path}?accepts_incomplete=true&${idQuery(instance)}`);
   const name = instance.name ?? instance.id;
