@@ -39,6 +39,9 @@ OSB_BINDING_RULES=(reset on '~*' '&*' '+@all' '-@admin' '-@dangerous'
   +flushdb +flushall +keys +sort +sort_ro +swapdb +info)
 # shellcheck disable=SC2034 # used by the scripts that source this file
 OSB_ADMIN_RULES=(reset on '~*' '&*' '+@all')
+# What "default" is while password_only_clients is off: it can never log in.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+OSB_DEFAULT_OFF_RULES='reset off resetpass resetkeys resetchannels -@all'
 
 die() {
   printf '%s: %s\n' "$OSB_OP" "$*" >&2
@@ -116,6 +119,63 @@ set_user() {
 # is_privileged NAME : true if user NAME exists and may run CONFIG GET.
 is_privileged() {
   [[ "$(as_admin ACL DRYRUN "$1" CONFIG GET maxmemory)" == OK ]]
+}
+
+# ---- password-only clients (parameter password_only_clients) ----------------
+# Clients that send a password without a user name (redis-cli -a, ioredis or
+# node-redis given host, port and password, Spring Cloud Connectors, java-cfenv
+# before 3.5.2 / 4.0.1) log in as "default". With the parameter on, "default"
+# gets the rules of a binding and the password of every binding user as one of
+# its passwords (an ACL user may have several), so each binding's own password
+# logs in either way and an unbind still revokes only that binding's password.
+# What is lost: the server sees those sessions as "default", so it cannot end
+# one binding's sessions alone; an unbind ends every password-only session
+# (clients reconnect with their passwords, which still work).
+
+# binding_password_hashes : the password hashes of every enabled binding user
+# (every ACL user but default, osb-local and the admin), one a line.
+binding_password_hashes() {
+  local out line word
+  local -a words
+  out="$(as_admin ACL LIST)" || true
+  [[ "$out" == "user "* ]] || die "could not list the ACL users: ${out:-no answer}"
+  while IFS= read -r line; do
+    read -r -a words <<<"${line%$'\r'}"
+    [[ "${words[0]:-}" == user && " ${words[*]:2} " == *" on "* ]] || continue
+    case "${words[1]:-}" in default | "$OSB_LOCAL_USER" | "$ADMIN_USERNAME") continue;; esac
+    for word in "${words[@]:2}"; do
+      if [[ "$word" =~ ^#[0-9a-f]{64}$ ]]; then printf '%s\n' "${word#\#}"; fi
+    done
+  done <<<"$out"
+}
+
+# sync_default_user : makes "default" match PARAM_PASSWORD_ONLY_CLIENTS: on,
+# with a binding's rules and every binding's password hash, or off. The
+# command goes to redis-cli on stdin, so no hash is on a command line.
+sync_default_user() {
+  local command hash
+  if [[ "${PARAM_PASSWORD_ONLY_CLIENTS:-false}" == true ]]; then
+    command="ACL SETUSER default ${OSB_BINDING_RULES[*]}"
+    while IFS= read -r hash; do
+      if [[ -n "$hash" ]]; then command+=" #$hash"; fi
+    done < <(binding_password_hashes)
+  else
+    command="ACL SETUSER default $OSB_DEFAULT_OFF_RULES"
+  fi
+  expect OK "could not set the default user" as_admin_stdin "$command"
+}
+
+# end_password_only_sessions : closes every connection logged in as
+# "default" (Redis keeps sessions open when a password is taken away).
+end_password_only_sessions() {
+  local out
+  out="$(as_admin CLIENT KILL USER default)" || true
+  [[ "$out" =~ ^[0-9]+$ ]] || die "could not close the password-only sessions: ${out:-no answer}"
+}
+
+# as_admin_stdin COMMAND : one command line given to redis-cli on stdin.
+as_admin_stdin() {
+  printf '%s\n' "$1" | as_admin
 }
 
 # check_rdb FILE : succeeds when FILE is a complete, valid RDB file
