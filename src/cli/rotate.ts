@@ -50,7 +50,7 @@ export async function rotate({ client, args, flags, io }: Run): Promise<void> {
 }
 
 /** The binding --as names (by name or id), else the instance's only ready one. */
-function chosenBinding(instance: ListedInstance, as: string | undefined): ListedBinding {
+export function chosenBinding(instance: ListedInstance, as: string | undefined): ListedBinding {
   const name = instance.name ?? instance.id;
   const ready = instance.bindings.filter((binding) => binding.state === 'ready');
   if (as === undefined) {

@@ -3,8 +3,11 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:f
 import type { Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import type { ListedInstance } from '../../src/api/listing.js';
 import { DockerBroker } from '../../src/broker/broker.js';
 import { CatalogError, loadCatalog } from '../../src/catalog/load.js';
+import { CliError } from '../../src/cli/errors.js';
+import { chosenBinding } from '../../src/cli/rotate.js';
 import { PACKAGE_ROOT } from '../../src/config.js';
 import { createApp } from '../../src/http/app.js';
 import { createLogger } from '../../src/log.js';
@@ -218,4 +221,36 @@ test('a plan that says binding_rotatable without a bind script stops the broker,
   service.offering.plans[1]!.binding_rotatable = 'yes';
   writeFileSync(file, JSON.stringify(service));
   t.throws(() => loadCatalog(dir, 'x/'), { instanceOf: CatalogError, message: /binding_rotatable must be true or false/ });
+});
+
+test('osb-docker rotate picks the only ready binding, or the one --as names by id or name, and refuses to guess', (t) => {
+  const binding = (id: string, name: string | undefined, state = 'ready') => ({ id, ...(name ? { name } : {}), state, created_at: '2026-11-30T00:00:00Z' });
+  const instance = (...bindings: Array<ReturnType<typeof binding>>) =>
+    ({
+      id: 'i',
+      name: 'orders',
+      service_id: 's',
+      service_name: 'postgresql',
+      plan_id: 'p',
+      plan_name: 'small',
+      state: 'ready',
+      dashboard_url: '',
+      created_at: '',
+      bindings,
+    }) as ListedInstance;
+
+  t.is(chosenBinding(instance(binding('b1', 'app'), binding('b0', 'old', 'deleting')), undefined).id, 'b1');
+  t.throws(() => chosenBinding(instance(), undefined), {
+    instanceOf: CliError,
+    message: /orders has no ready binding to rotate; create one with `osb-docker bind orders`/,
+  });
+  t.throws(() => chosenBinding(instance(binding('b1', 'app'), binding('b2', 'report')), undefined), {
+    message: /orders has 2 bindings \(app, report\); name the one to rotate with --as/,
+  });
+  t.is(chosenBinding(instance(binding('b1', 'app'), binding('b2', 'report')), 'report').id, 'b2');
+  // A rotation not finished yet: two bindings share the name; the id tells them apart.
+  const overlapping = instance(binding('b1', 'app'), binding('b2', 'app'));
+  t.throws(() => chosenBinding(overlapping, 'app'), { message: /2 ready bindings of orders are named "app"; give one by id: b1, b2/ });
+  t.is(chosenBinding(overlapping, 'b2').id, 'b2');
+  t.throws(() => chosenBinding(overlapping, 'nope'), { message: /orders has no ready binding named "nope"; bindings: app, app/ });
 });
