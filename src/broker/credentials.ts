@@ -1,5 +1,5 @@
-import type { CredentialsTemplate } from '../catalog/definition.js';
-import type { Credentials } from '../osb/types.js';
+import type { CredentialTemplate, CredentialsTemplate, ServiceDefinition } from '../catalog/definition.js';
+import type { CredentialValue, Credentials } from '../osb/types.js';
 
 export type TemplateValues = Record<string, unknown>;
 
@@ -12,20 +12,43 @@ function lookup(values: TemplateValues, path: string): unknown {
 /**
  * Fills a credentials template such as `postgres://{binding.username|uri}@{host}:{port}`.
  * `|uri` percent-encodes the value; a string that is a single placeholder keeps the value's type (numeric ports).
- * Fields whose placeholders have no value are left out rather than sent empty.
+ * Fields whose placeholders have no value are left out rather than sent empty; so are lists and objects left empty.
  */
 export function renderCredentials(template: CredentialsTemplate, values: TemplateValues): Credentials {
   const credentials: Credentials = {};
   for (const [key, pattern] of Object.entries(template)) {
-    if (Array.isArray(pattern)) {
-      const items = pattern.map((item) => renderValue(item, values)).filter((item) => item !== undefined);
-      if (items.length > 0) credentials[key] = items;
-      continue;
-    }
-    const value = renderValue(pattern, values);
+    const value = renderField(pattern, values);
     if (value !== undefined) credentials[key] = value;
   }
   return credentials;
+}
+
+function renderField(pattern: CredentialTemplate, values: TemplateValues): CredentialValue | undefined {
+  if (typeof pattern === 'string') return renderValue(pattern, values);
+  if (Array.isArray(pattern)) {
+    const items = pattern.map((item) => renderValue(item, values)).filter((item) => item !== undefined);
+    return items.length > 0 ? items : undefined;
+  }
+  const object = renderCredentials(pattern, values);
+  return Object.keys(object).length > 0 ? object : undefined;
+}
+
+/**
+ * The template of an instance's credentials: the offering's, plus `tls.credentials` when the broker delivers TLS
+ * (`withTls`), with the fields of `tls.credentials_require_tls` in place of their namesakes when the instance's
+ * require_tls parameter is true (a uri asking for verified TLS).
+ */
+export function credentialsTemplate(
+  definition: Pick<ServiceDefinition, 'credentials' | 'tls'>,
+  parameters: Record<string, unknown>,
+  withTls: boolean,
+): CredentialsTemplate {
+  if (!definition.tls || !withTls) return definition.credentials;
+  return {
+    ...definition.credentials,
+    ...definition.tls.credentials,
+    ...(parameters.require_tls === true ? definition.tls.requireTlsCredentials : {}),
+  };
 }
 
 /** One template string; undefined when a placeholder has no value. */
@@ -46,4 +69,16 @@ export function renderValue(pattern: string, values: TemplateValues): string | n
     return uri ? encodeURIComponent(text) : text;
   });
   return missing ? undefined : text;
+}
+
+/** What templates of a TLS offering read as `{tls.ca}` (the CA certificate, PEM) and `{tls.port}` (the host port serving TLS). */
+export function tlsValues(
+  definition: Pick<ServiceDefinition, 'tls'>,
+  instance: { hostPort?: number; extraHostPorts?: Record<string, number> },
+  tls: { caCertificate(): string } | undefined,
+): { tls?: { ca: string; port?: number } } {
+  // Without the broker's TLS (a runtime that cannot deliver the files), the fields that name it are left out.
+  if (!definition.tls || !tls) return {};
+  const port = definition.tls.port === 'main' ? instance.hostPort : instance.extraHostPorts?.[definition.tls.port];
+  return { tls: { ca: tls.caCertificate(), port } };
 }

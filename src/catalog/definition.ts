@@ -35,6 +35,22 @@ export interface BackupSpec {
   reason?: string;
 }
 
+/**
+ * The engine serves TLS with certificates the broker issues (service.json `tls`): where the files land in the
+ * container, who owns them, which port serves TLS, and the credential fields that replace others under require_tls.
+ */
+export interface TlsSpec {
+  dir: string;
+  uid: number;
+  gid: number;
+  /** "main" (container.port) or a name of container.extra_ports. */
+  port: string;
+  /** Fields added to the credentials when the broker delivers TLS to the instance. */
+  credentials: CredentialsTemplate;
+  /** Fields that replace their namesakes when the instance's require_tls parameter is true. */
+  requireTlsCredentials: CredentialsTemplate;
+}
+
 /** One catalog folder, validated: the OSB offering plus what the broker needs to run it. */
 export interface ServiceDefinition {
   folder: string;
@@ -52,13 +68,17 @@ export interface ServiceDefinition {
   scripts: Set<string>;
   /** Backups: with `supported`, `scripts` has `backup` and `restore`. */
   backups: BackupSpec;
+  /** TLS with the broker's certificates; with it, `scripts` has `reload-tls`. */
+  tls?: TlsSpec;
   /** Image repository without tag; the tag is the maintenance version. */
   imageRepository: string;
 }
 
-export type CredentialsTemplate = Record<string, string | string[]>;
+/** Each credential field: a template string, a list of them, or an object of further fields (e.g. mysql2's `ssl`). */
+export type CredentialTemplate = string | string[] | { [field: string]: CredentialTemplate };
+export type CredentialsTemplate = Record<string, CredentialTemplate>;
 
-export const SCRIPTS = ['ready', 'setup', 'check', 'bind', 'unbind', 'configure', 'backup', 'restore'] as const;
+export const SCRIPTS = ['ready', 'setup', 'check', 'bind', 'unbind', 'configure', 'backup', 'restore', 'reload-tls'] as const;
 
 export const imageTag = (definition: ServiceDefinition) =>
   `${definition.imageRepository}:${definition.maintenanceInfo.version}`;

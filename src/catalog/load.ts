@@ -3,7 +3,7 @@ import path from 'node:path';
 import { Ajv, type AnySchemaObject, type ErrorObject, type ValidateFunction } from 'ajv';
 import { PACKAGE_ROOT } from '../config.js';
 import type { MaintenanceInfo, Plan, ServiceOffering } from '../osb/types.js';
-import { SCRIPTS, type BackupSpec, type ContainerSpec, type CredentialsTemplate, type Limits, type ServiceDefinition } from './definition.js';
+import { SCRIPTS, type BackupSpec, type ContainerSpec, type CredentialsTemplate, type Limits, type ServiceDefinition, type TlsSpec } from './definition.js';
 import { compileSchema } from './parameters.js';
 
 export class CatalogError extends Error {}
@@ -22,6 +22,7 @@ interface ServiceJson {
   credentials: CredentialsTemplate;
   syslog_drain_url?: string;
   backups?: { supported: boolean; format?: string; contains?: string; compressed?: boolean; reason?: string };
+  tls?: { dir: string; uid: number; gid: number; port: string; credentials: CredentialsTemplate; credentials_require_tls: CredentialsTemplate };
   container: {
     port: number;
     extra_ports: Record<string, number>;
@@ -203,6 +204,7 @@ function loadDefinition(folder: string, imagePrefix: string): ServiceDefinition 
     container: containerSpec,
     credentials: root.credentials,
     syslogDrainUrl,
+    tls: loadTls(root, scripts, folder, fail),
     scripts,
     backups,
     imageRepository: `${imagePrefix}${offering.name}`,
@@ -239,6 +241,21 @@ function loadBackups(
   if (present.length > 0) fail('backups.supported', `must be true when the folder has ${scriptsNamed} (got false)`);
   if (raw.reason === undefined) fail('backups.reason', 'is required when backups.supported is false: why the offering has no backups');
   return { supported: false, contains: 'nothing', compressed: false, reason: raw.reason };
+}
+
+/** The `tls` declaration, checked against the folder: a reload-tls script, a port that exists, files outside the volume. */
+function loadTls(root: ServiceJson, scripts: Set<string>, folder: string, fail: (field: string, problem: string) => never): TlsSpec | undefined {
+  const raw = root.tls;
+  if (!raw) {
+    if (scripts.has('reload-tls')) fail('tls', 'is missing, but the folder has scripts/reload-tls: declare where the TLS files go');
+    return undefined;
+  }
+  if (!scripts.has('reload-tls')) throw new CatalogError(`${folder}: scripts/reload-tls is missing (tls is declared: it makes the engine read renewed files)`);
+  if (raw.port !== 'main' && !(raw.port in root.container.extra_ports)) fail('tls.port', `names "${raw.port}", which is neither "main" nor a name of container.extra_ports`);
+  const dir = raw.dir.replace(/\/+$/, '');
+  const data = root.container.data_path.replace(/\/+$/, '');
+  if (dir === data || dir.startsWith(`${data}/`)) fail('tls.dir', `must be outside container.data_path (${data}): the key is never written to the volume`);
+  return { dir, uid: raw.uid, gid: raw.gid, port: raw.port, credentials: raw.credentials, requireTlsCredentials: raw.credentials_require_tls };
 }
 
 /** The offering as platforms see it: plans without their limits, with the maintenance info and parameter schemas. */

@@ -88,7 +88,9 @@ export interface LastOperation {
   update_repeatable?: boolean;
 }
 
-export type Credentials = Record<string, string | number | Array<string | number>>;
+/** A credential field: text, a number (ports), a list, or an object of fields (e.g. mysql2's `ssl: { ca }`). */
+export type CredentialValue = string | number | Array<string | number> | { [field: string]: CredentialValue };
+export type Credentials = Record<string, CredentialValue>;
 
 export interface Endpoint {
   host: string;
