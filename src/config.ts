@@ -56,6 +56,12 @@ export interface Config {
   logLevel: string;
   /** A second listener serving GET /metrics without credentials; undefined: /metrics only on the main port, with them. */
   metricsListen?: { host: string; port: number };
+  /** The operator's CA for the instances' TLS certificates (PEM); undefined: the broker's own, made once and kept sealed in Redis. */
+  tlsCa?: { cert: string; key: string };
+  /** Validity of an instance's server certificate; it is renewed at two thirds of it. */
+  tlsCertSeconds: number;
+  /** How often one replica looks for certificates due for renewal. */
+  tlsRenewCheckSeconds: number;
 }
 
 class ConfigError extends Error {}
@@ -119,6 +125,15 @@ function listenAddress(name: string, raw: string | undefined): { host: string; p
   return { host: match[1] ?? match[2] ?? '127.0.0.1', port };
 }
 
+/** The operator's CA: certificate and key both, or neither. */
+function tlsCa(env: NodeJS.ProcessEnv): Config['tlsCa'] {
+  const cert = secret(env, 'BROKER_TLS_CA_CERT');
+  const key = secret(env, 'BROKER_TLS_CA_KEY');
+  if (!cert && !key) return undefined;
+  if (!cert || !key) throw new ConfigError('BROKER_TLS_CA_CERT and BROKER_TLS_CA_KEY (or their _FILE forms) go together: set both or neither');
+  return { cert, key };
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const listenPort = int(env, 'PORT', 8080, 0, 65535);
   const listenHost = env.BROKER_LISTEN_HOST || '127.0.0.1';
@@ -163,6 +178,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     reconcileSeconds: int(env, 'BROKER_RECONCILE_SECONDS', 30, 0, 86400),
     logLevel: env.LOG_LEVEL || 'info',
     metricsListen: listenAddress('BROKER_METRICS_LISTEN', env.BROKER_METRICS_LISTEN),
+    tlsCa: tlsCa(env),
+    tlsCertSeconds: int(env, 'BROKER_TLS_CERT_SECONDS', 90 * 86400, 60, 825 * 86400),
+    tlsRenewCheckSeconds: int(env, 'BROKER_TLS_RENEW_CHECK_SECONDS', 3600, 1, 86400),
   };
 }
 

@@ -17,6 +17,7 @@ import { BackupScheduler, backupOutcomes } from './broker/backup-schedule.js';
 import { Offerings } from './broker/offerings.js';
 import { createBackupStore, loadBackupConfig, type BackupConfig } from './backups/index.js';
 import { Reconciler } from './broker/reconciler.js';
+import { InstanceTls } from './broker/tls.js';
 import { startEmbeddedRedis } from './embedded-redis.js';
 import { RedisStore } from './store/redis-store.js';
 import { Sealer } from './store/sealer.js';
@@ -44,6 +45,8 @@ export interface RunningBroker {
   metrics: BrokerMetrics;
   /** Scheduled backups and the pass over deleted instances' backups. */
   backupSchedules: BackupScheduler;
+  /** The instances' TLS certificates (renewal pass, renew on demand); undefined on Swarm or without TLS offerings. */
+  tls?: InstanceTls;
   /** Base URL of the BROKER_METRICS_LISTEN listener, when one is configured. */
   metricsUrl?: string;
   /**
@@ -82,6 +85,12 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   const swarm = config.orchestrator === 'swarm' ? new SwarmRuntime(engine, images, config) : undefined;
   await swarm?.connect();
   const runtime = swarm ?? new DockerRuntime(engine, images, config);
+  // TLS files are put into a container before its first start: on one engine; Swarm makes its containers itself.
+  const tls =
+    runtime instanceof DockerRuntime && definitions.some((definition) => definition.tls)
+      ? new InstanceTls({ store, config, offerings: new Offerings(definitions), log, owner: `${hostname()}/${process.pid}/tls`, delivery: runtime })
+      : undefined;
+  if (runtime instanceof DockerRuntime) runtime.tls = tls;
   const backupConfig = config.backup ?? loadBackupConfig({ ...process.env, BROKER_STATE_DIR: config.stateDir });
   const backups = new BackupService({
     store,
@@ -120,11 +129,13 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
     dashboardUrl,
     leases: { leaseMs: config.leaseSeconds * 1000, sweepMs: config.sweepSeconds * 1000 },
     observer: metrics,
+    tls,
   });
   let recovery: RecoveryReport;
   let server: Server;
   let metricsServer: Server | undefined;
   try {
+    await tls?.start();
     recovery = await recover(store, runtime, config, log);
     const app = createApp(broker, {
       username: config.username,
@@ -177,6 +188,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   metrics.instancesByHealth = () => reconciler.healthByInstance();
   if (config.reconcileSeconds > 0) reconciler.start();
   backupSchedules.start();
+  tls?.startRenewals();
   return {
     server,
     url: `http://${config.listenHost}:${port}`,
@@ -186,6 +198,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
     reconciler,
     metrics,
     backupSchedules,
+    tls,
     metricsUrl: metricsAddress && `http://${metricsAddress}`,
     async close() {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
@@ -193,6 +206,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
       metricsServer?.closeAllConnections();
       await reconciler.stop();
       await backupSchedules.stop();
+      await tls?.stop();
       await broker.handBack();
       // Keep-alive connections between requests would hold the server open; those in a request may finish.
       const idle = setInterval(() => server.closeIdleConnections(), 100);

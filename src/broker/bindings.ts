@@ -14,7 +14,7 @@ import type {
   UnbindResult,
 } from '../osb/types.js';
 import type { BindingRecord, InstanceRecord, OperationRecord } from '../store/records.js';
-import { renderCredentials, renderValue } from './credentials.js';
+import { credentialsTemplate, renderCredentials, renderValue, tlsValues } from './credentials.js';
 import { checkId, newPassword, newUsername } from './ids.js';
 import { afterFirstWrite, locked, operationFor, toLastOperation, type LifecycleParts } from './lifecycle-parts.js';
 import { mustHandBack, now, reasonOf } from './operations.js';
@@ -172,11 +172,12 @@ export class BindingLifecycle {
       instance: { id: instance.id },
       admin: { username: definition.container.adminUsername },
       binding: { ...binding.secrets.extra, username: binding.username, password: binding.secrets.password },
+      ...tlsValues(definition, instance, this.parts.tls),
     };
     const drain = definition.syslogDrainUrl === undefined ? undefined : renderValue(definition.syslogDrainUrl, values);
     const ports = [instance.hostPort, ...Object.values(instance.extraHostPorts ?? {})].map(String);
     return {
-      credentials: renderCredentials(definition.credentials, values),
+      credentials: renderCredentials(credentialsTemplate(definition, instance.parameters, this.parts.tls !== undefined), values),
       endpoints: [{ host, ports, protocol: 'tcp' }],
       ...(drain === undefined ? {} : { syslogDrainUrl: String(drain) }),
     };

@@ -45,6 +45,8 @@ export interface BrokerParts {
   placement?: Placement;
   /** Backups: on demand through the broker API, and restore_from at provision. */
   backups?: BackupService;
+  /** The broker's CA for the credentials of TLS offerings (ca_certificate); without it they carry none. */
+  tls?: { caCertificate(): string };
 }
 
 /** The ServiceBroker the HTTP adapter serves: OSB semantics on top of the store (state) and the runtime (containers). */
@@ -59,13 +61,13 @@ export class DockerBroker implements ServiceBroker {
   private readonly instances: InstanceLifecycle;
   private readonly bindings: BindingLifecycle;
 
-  constructor({ config, definitions, store, runtime, log, portIsFree, dashboardUrl, leases, observer, placement, backups }: BrokerParts) {
+  constructor({ config, definitions, store, runtime, log, portIsFree, dashboardUrl, leases, observer, placement, backups, tls }: BrokerParts) {
     this.store = store;
     this.log = log;
     this.dashboardUrl = dashboardUrl;
     this.offerings = new Offerings(definitions);
     this.runner = new OperationRunner(store, log, leases, observer);
-    const parts = { config, offerings: this.offerings, store, runtime, runner: this.runner, log, portIsFree, dashboardUrl, placement, backups };
+    const parts = { config, offerings: this.offerings, store, runtime, runner: this.runner, log, portIsFree, dashboardUrl, placement, backups, tls };
     this.instances = new InstanceLifecycle(parts);
     this.bindings = new BindingLifecycle(parts);
     if (backups) this.restores = new InPlaceRestore({ ...parts, backups });

@@ -25,6 +25,8 @@ export interface LifecycleParts {
   placement?: Placement;
   /** Backups (restore_from at provision); without it, restore_from is refused. */
   backups?: BackupService;
+  /** The broker's CA, for the credentials of TLS offerings; without it (no TLS delivery), they carry none. */
+  tls?: { caCertificate(): string };
 }
 
 /** Runs a request's read-check-write under the instance lock; a lock held too long is the spec's ConcurrencyError. */

@@ -20,6 +20,7 @@ import {
   type VolumeSwapRuntime,
 } from './contracts.js';
 import { publishedPortAnswers } from './probe.js';
+import type { InstanceTls } from './tls.js';
 
 /** Container events after which the reconciler looks at the instance again. */
 const WATCHED_ACTIONS = ['die', 'stop', 'kill', 'oom', 'destroy', 'start'];
@@ -33,8 +34,16 @@ export class DockerRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime
     private readonly scripts = new InstanceScripts(config),
   ) {}
 
+  /** Issues and delivers the TLS files of TLS offerings into their containers (set at start-up; without it, none). */
+  tls?: Pick<InstanceTls, 'prepare'>;
+
   labels(instance: InstanceRecord): Record<string, string> {
     return instanceLabels(this.config.brokerId, instance);
+  }
+
+  /** After renewed TLS files were put into the running container: the offering's reload-tls script. */
+  async reloadTls(definition: ServiceDefinition, instance: InstanceRecord, target: ContainerTarget, signal: AbortSignal): Promise<void> {
+    await this.scripts.run(target, definition, instance, 'reload-tls', {}, signal);
   }
 
   /** Creates volume and container, starts it and returns once the engine accepts a login through the published port. */
@@ -71,6 +80,8 @@ export class DockerRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime
 
   /** Starts the existing container (again) and returns once it accepts a login through the published port. */
   async restart(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal, progress: Progress): Promise<void> {
+    // The TLS files are current before the engine starts: in a new container, and after a renewal it missed.
+    await this.tls?.prepare(definition, instance, this.target(instance));
     try {
       await this.engine.startContainer(instance.containerName);
     } catch (error) {

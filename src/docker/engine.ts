@@ -212,6 +212,25 @@ export class DockerEngine {
     await this.docker.getContainer(container).putArchive(Buffer.concat(chunks), { path: folder });
   }
 
+  /**
+   * Writes files into a folder of a container, created or running, in one archive through the engine API: the folder
+   * (made when missing, its parent must exist) gets mode 700 and the files' owner. As with putFile, the contents travel
+   * in the request body only, never in the container's metadata.
+   */
+  async putFiles(container: string, folder: string, files: Array<{ name: string; content: Buffer; mode: number; uid: number; gid: number }>): Promise<void> {
+    const archive = tar.pack();
+    const base = path.posix.basename(folder);
+    const owner = files[0] ?? { uid: 0, gid: 0 };
+    archive.entry({ name: `${base}/`, type: 'directory', mode: 0o700, uid: owner.uid, gid: owner.gid });
+    for (const file of files) {
+      archive.entry({ name: `${base}/${file.name}`, mode: file.mode, uid: file.uid, gid: file.gid, size: file.content.length }, file.content);
+    }
+    archive.finalize();
+    const chunks: Buffer[] = [];
+    for await (const chunk of archive) chunks.push(chunk as Buffer);
+    await this.docker.getContainer(container).putArchive(Buffer.concat(chunks), { path: path.posix.dirname(folder) });
+  }
+
   /** Creates a user-defined bridge network unless one of that name exists. */
   async ensureNetwork(name: string, labels: Record<string, string>): Promise<void> {
     if (await ignoreStatus(this.docker.getNetwork(name).inspect(), 404)) return;

@@ -4,6 +4,7 @@ import { waitFor } from '../wait.js';
 import { LockTimeoutError, StoreUnavailableError } from './errors.js';
 import type { BackupRecord, BackupScheduleMark, BindingRecord, HealthRecord, InstanceRecord, OperationRecord, PortReservation } from './records.js';
 import type { Sealer } from './sealer.js';
+import type { StoredCertificate } from '../tls/certificates.js';
 import {
   CLAIM_LEASE,
   CLAIM_SCHEDULED_RUN,
@@ -55,7 +56,8 @@ class GuardedRedis extends Redis {
  * operation:<id>, port:<n> (value: instance id), ports:<instance> (set of its ports), lock:<name>,
  * health:<instance> (what the engine really runs, removed with the instance), backup:<instance>:<backup>,
  * backups:<instance> (sorted set), backup-schedule:<instance> (hash: cron, last, failure), backups-deleted and
- * backup-last-success (hashes by instance id);
+ * backup-last-success (hashes by instance id), tls-ca (the CA for instances' certificates), tls:<instance> (its
+ * server certificate, key sealed);
  * all under "osb:<broker id>:".
  */
 export class RedisStore {
@@ -170,6 +172,7 @@ export class RedisStore {
         .set(key, this.write(key, record), 'EX', this.tombstoneSeconds)
         .srem(this.key('instances'), record.id)
         .del(this.key('health', record.id))
+        .del(this.key('tls', record.id))
         .exec();
     } else {
       await this.redis.multi().set(key, this.write(key, record)).sadd(this.key('instances'), record.id).exec();
@@ -189,6 +192,27 @@ export class RedisStore {
 
   async putHealth(instanceId: string, record: HealthRecord): Promise<void> {
     const key = this.key('health', instanceId);
+    await this.redis.set(key, this.write(key, record));
+  }
+
+  // TLS: the broker's CA, one for every replica, and each instance's server certificate (removed with the instance)
+
+  async getTlsCa(): Promise<{ cert: string; secrets: { key: string } } | undefined> {
+    return this.read(this.key('tls-ca'));
+  }
+
+  /** Writes the CA unless one is there: replicas that start at once all end with the first one's. */
+  async putTlsCaIfAbsent(ca: { cert: string; secrets: { key: string } }): Promise<boolean> {
+    const key = this.key('tls-ca');
+    return (await this.redis.set(key, this.write(key, ca), 'NX')) === 'OK';
+  }
+
+  async getInstanceTls(instanceId: string): Promise<StoredCertificate | undefined> {
+    return this.read<StoredCertificate>(this.key('tls', instanceId));
+  }
+
+  async putInstanceTls(instanceId: string, record: StoredCertificate): Promise<void> {
+    const key = this.key('tls', instanceId);
     await this.redis.set(key, this.write(key, record));
   }
 
