@@ -101,10 +101,11 @@ test.serial('the catalog offers memcached', async (t) => {
 test.serial('memcached lifecycle: one SASL user per binding, shared keys, refused logins', async (t) => {
   const { config } = env;
   await engineLifecycle(t, env, { serviceId: MEMCACHED.service, planId: MEMCACHED.small, parameters: { max_item_size_mb: 2 } }, memcached, async ([a, b]) => {
-    // Credential shape: exact keys, an encoded uri, a servers list, a numeric port.
-    t.deepEqual(Object.keys(a).sort(), ['host', 'hostname', 'password', 'port', 'servers', 'uri', 'username']);
+    // Credential shape: exact keys, an encoded uri, MemCachier's servers string, a numeric port.
+    t.deepEqual(Object.keys(a).sort(), ['host', 'hostname', 'password', 'port', 'servers', 'servers_with_credentials', 'uri', 'username']);
     t.is(a.uri, `memcached://${encodeURIComponent(a.username)}:${encodeURIComponent(a.password)}@${config.advertisedHost}:${a.port}`);
-    t.deepEqual(a.servers, [`${config.advertisedHost}:${a.port}`]);
+    t.is(a.servers, `${config.advertisedHost}:${a.port}`);
+    t.is(a.servers_with_credentials, `${a.username}:${a.password}@${config.advertisedHost}:${a.port}`);
     t.is(b.port, a.port);
     t.regex(a.username, /^u[a-z0-9]{15}$/);
 
