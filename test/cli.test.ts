@@ -117,7 +117,7 @@ test.serial('create, list, bind, env and delete PostgreSQL and Redis; the exampl
   t.is(boundPg.code, 0, show(boundPg));
   t.regex(
     boundPg.stdout,
-    /^Bound orders-db as orders-db-binding \(binding [0-9a-f-]{36}\)\.\nEndpoint: 127\.0\.0\.1:\d+\nCredential fields: uri, jdbcUrl, host, hostname, port, name, database, username, password\n$/,
+    /^Bound orders-db as orders-db-binding \(binding [0-9a-f-]{36}\)\.\nEndpoint: 127\.0\.0\.1:\d+\nCredential fields: uri, jdbcUrl, host, hostname, port, name, database, username, password, sslmode, ca_certificate\n$/,
   );
   const boundRedis = await cli(['bind', 'cache', '--as', 'app-cache']);
   t.is(boundRedis.code, 0, show(boundRedis));

@@ -102,7 +102,7 @@ test('mariadb lifecycle through bound credentials (mysql2)', async (t) => {
       t.is(c.database, 'app');
       t.is(c.uri, `mysql://${encodeURIComponent(c.username)}:${encodeURIComponent(c.password)}@${host}:${c.port}/app`);
       t.is(c.jdbcUrl, `jdbc:mysql://${host}:${c.port}/app?user=${encodeURIComponent(c.username)}&password=${encodeURIComponent(c.password)}`);
-      t.deepEqual(Object.keys(c).sort(), ['database', 'host', 'hostname', 'jdbcUrl', 'name', 'password', 'port', 'uri', 'username']);
+      t.deepEqual(Object.keys(c).sort(), ['ca_certificate', 'database', 'host', 'hostname', 'jdbcUrl', 'name', 'password', 'port', 'ssl', 'uri', 'username']);
     }
 
     await withConnection(a, async (connection) => {

@@ -18,6 +18,9 @@ OSB_SOCKET=/run/mysqld/mysqld.sock
 OSB_VOLUME=/var/lib/mysql
 # shellcheck disable=SC2034 # used by the scripts that source this file
 OSB_SETTINGS="$OSB_VOLUME/osb.cnf"
+# Where the broker puts ca.pem, cert.pem and key.pem (service.json tls.dir).
+# shellcheck disable=SC2034 # used by the scripts that source this file
+OSB_TLS_DIR=/etc/osb-tls
 # The definer /osb/restore gives restored views, routines, triggers and events.
 OSB_DEFINER=osb_definer
 

@@ -8,6 +8,9 @@
 #   * on failure: non-zero exit and a short message on stderr.
 
 PG_BIN=/usr/lib/postgresql/15/bin
+# Where the broker puts ca.pem, cert.pem and key.pem (service.json tls.dir).
+# shellcheck disable=SC2034 # used by the scripts that source this file
+OSB_TLS_DIR=/etc/osb-tls
 export LC_ALL=C.UTF-8   # character-wise string handling, UTF-8 messages
 export PATH="$PG_BIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 OSB_OP="${0##*/}"
