@@ -2,7 +2,7 @@ import type { ServiceDefinition, TlsSpec } from '../catalog/definition.js';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import type { InstanceRecord } from '../store/records.js';
-import { checkCa, createCa, issueServerCertificate, needsRenewal, type KeyPair, type StoredCertificate } from '../tls/certificates.js';
+import { checkCa, createCa, issuedBy, issueServerCertificate, needsRenewal, type KeyPair, type StoredCertificate } from '../tls/certificates.js';
 import type { Offerings } from './offerings.js';
 import { reasonOf } from './operations.js';
 import type { ContainerTarget } from './scripts.js';
@@ -93,8 +93,13 @@ export class InstanceTls {
   /** The instance's current certificate: the stored one, or a new one when there is none or it is due for renewal. */
   async certificate(instance: InstanceRecord, now = new Date()): Promise<StoredCertificate> {
     const stored = await this.parts.store.getInstanceTls(instance.id);
-    if (stored && !needsRenewal(stored, this.hostsOf(instance), now)) return stored;
+    if (stored && !this.due(stored, instance, now)) return stored;
     return this.issue(instance, now, false);
+  }
+
+  /** Due for renewal (its time, other hosts), or issued by another CA than the one in use (the operator replaced it). */
+  private due(stored: StoredCertificate, instance: InstanceRecord, now: Date): boolean {
+    return needsRenewal(stored, this.hostsOf(instance), now) || !issuedBy(stored.cert, this.authority().cert);
   }
 
   /** A new certificate for the instance, stored; `pending` until it reached the running container. */
@@ -144,7 +149,7 @@ export class InstanceTls {
     if (!definition.tls || !delivery) return undefined;
     const now = options.now ?? new Date();
     let stored = await store.getInstanceTls(instance.id);
-    if (!stored || options.force || needsRenewal(stored, this.hostsOf(instance), now)) stored = await this.issue(instance, now, true);
+    if (!stored || options.force || this.due(stored, instance, now)) stored = await this.issue(instance, now, true);
     else if (!stored.pending) return stored;
     const target = await delivery.locate(instance);
     await this.deliver(definition.tls, target, stored);
@@ -190,7 +195,7 @@ export class InstanceTls {
     for (const instance of await store.listInstances()) {
       if (instance.state !== 'ready' || !offerings.definitionOf(instance).tls) continue;
       const stored = await store.getInstanceTls(instance.id);
-      if (!stored || stored.pending || needsRenewal(stored, this.hostsOf(instance), now)) due.push(instance);
+      if (!stored || stored.pending || this.due(stored, instance, now)) due.push(instance);
     }
     if (due.length === 0) return 0;
     if (!(await store.claimLease(`tls-renewal-pass-${Math.floor(now.getTime() / periodMs)}`, owner, 2 * periodMs))) return 0;

@@ -151,6 +151,13 @@ export function needsRenewal(facts: Pick<CertificateFacts, 'notBefore' | 'notAft
   return !sameHosts || now.getTime() >= renewalDue(facts).getTime();
 }
 
+/** Whether `certPem` was signed by the CA of `caPem` (a certificate of a CA replaced since is not). */
+export function issuedBy(certPem: string, caPem: string): boolean {
+  const cert = new X509Certificate(certPem);
+  const ca = new X509Certificate(caPem);
+  return cert.checkIssued(ca) && cert.verify(ca.publicKey);
+}
+
 /** A positive 128-bit serial number, as hex (the top bit cleared so that DER keeps it positive). */
 function serialNumber(): string {
   const bytes = randomBytes(16);

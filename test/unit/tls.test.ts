@@ -10,6 +10,7 @@ import * as x509 from '@peculiar/x509';
 import {
   certificateFacts,
   checkCa,
+  issuedBy,
   createCa,
   issueServerCertificate,
   needsRenewal,
@@ -79,6 +80,14 @@ test('a DNS name goes into the certificate as a DNS name, and another host or CA
   await t.notThrowsAsync(handshake(issued, ca.cert, 'db.example.test'));
   await t.throwsAsync(handshake(issued, ca.cert, 'other.example.test'), { message: /does not match|not in the cert's altnames/i });
   await t.throwsAsync(handshake(issued, other.cert, 'db.example.test'), { message: /unable to verify|self.signed|certificate/i });
+});
+
+test('a certificate tells which CA issued it', async (t) => {
+  const ca = await createCa('b1', NOW);
+  const other = await createCa('b1', NOW);
+  const issued = await issueServerCertificate(ca, ['127.0.0.1'], NOW, 3600);
+  t.true(issuedBy(issued.cert, ca.cert));
+  t.false(issuedBy(issued.cert, other.cert), 'same name, other key');
 });
 
 test('a server certificate never outlives its CA', async (t) => {
