@@ -20,7 +20,7 @@ import {
   type VolumeSwapRuntime,
 } from './contracts.js';
 import { publishedPortAnswers } from './probe.js';
-import type { InstanceTls } from './tls.js';
+import { probedHostPort, type InstanceTls } from './tls.js';
 
 /** Container events after which the reconciler looks at the instance again. */
 const WATCHED_ACTIONS = ['die', 'stop', 'kill', 'oom', 'destroy', 'start'];
@@ -91,7 +91,7 @@ export class DockerRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime
     await progress(`Starting ${displayName(definition)}.`);
     await this.scripts.waitReady(async () => this.target(instance), definition, instance, signal);
     // The server listens from here on, so the published port can be probed while setup and the login check run.
-    const published = this.waitForPublishedPort(instance, signal);
+    const published = this.waitForPublishedPort(probedHostPort(definition, instance)!, signal);
     published.catch(() => {}); // awaited below; a failure must not go unhandled meanwhile
     await progress('Setting up the administrator and the database.');
     await this.script(definition, instance, 'setup', signal);
@@ -100,13 +100,13 @@ export class DockerRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime
     await published;
   }
 
-  private async waitForPublishedPort(instance: InstanceRecord, signal: AbortSignal): Promise<void> {
+  private async waitForPublishedPort(port: number, signal: AbortSignal): Promise<void> {
     const host = this.config.probeHost;
-    await waitFor(async () => ((await publishedPortAnswers(host, instance.hostPort!)) ? true : undefined), {
+    await waitFor(async () => ((await publishedPortAnswers(host, port)) ? true : undefined), {
       intervalMs: 100,
       timeoutMs: 5_000,
       signal,
-      onTimeout: () => new Error(`nothing answers on the published port ${host}:${instance.hostPort}`),
+      onTimeout: () => new Error(`nothing answers on the published port ${host}:${port}`),
     });
   }
 

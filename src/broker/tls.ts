@@ -29,6 +29,18 @@ export interface TlsDelivery {
   reloadTls(definition: ServiceDefinition, instance: InstanceRecord, target: ContainerTarget, signal: AbortSignal): Promise<void>;
 }
 
+/**
+ * The host port that shows an instance's engine is up: the main one, or the TLS port where `require_tls` closes the
+ * plain one (an engine whose TLS has a port of its own, `tls.port` naming an extra port: Redis, RabbitMQ, Mosquitto).
+ */
+export function probedHostPort(
+  definition: Pick<ServiceDefinition, 'tls'>,
+  instance: Pick<InstanceRecord, 'hostPort' | 'extraHostPorts' | 'parameters'>,
+): number | undefined {
+  const tlsPort = definition.tls && definition.tls.port !== 'main' ? instance.extraHostPorts?.[definition.tls.port] : undefined;
+  return instance.parameters.require_tls === true && tlsPort !== undefined ? tlsPort : instance.hostPort;
+}
+
 /** The three files an offering's `tls.dir` receives. */
 export const TLS_FILES = { ca: 'ca.pem', cert: 'cert.pem', key: 'key.pem' } as const;
 
