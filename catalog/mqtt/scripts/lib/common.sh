@@ -18,6 +18,8 @@
 
 export LC_ALL=C.UTF-8
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# shellcheck source=SCRIPTDIR/listeners.sh
+. "$(dirname "${BASH_SOURCE[0]}")/listeners.sh"
 export HOME=/var/lib/mosquitto
 OSB_OP="${0##*/}"
 DATA=/var/lib/mosquitto
@@ -166,7 +168,11 @@ try_login() {
   if [[ -n "${1:-}" ]]; then
     printf -- '-u %s\n-P %s\n' "${!1}" "${!2}" > "$dir/mosquitto_sub"
   fi
-  XDG_CONFIG_HOME="$dir" mosquitto_sub -h 127.0.0.1 -p 1883 -V mqttv311 \
+  # OSB_LOGIN_TLS=1: over the TLS listener, the chain checked against the broker's CA (the certificate names the
+  # advertised host, not 127.0.0.1: --insecure skips only the name).
+  local -a where=(-p 1883)
+  [[ -z "${OSB_LOGIN_TLS:-}" ]] || where=(-p 8883 --cafile "$OSB_TLS_DIR/ca.pem" --insecure)
+  XDG_CONFIG_HOME="$dir" mosquitto_sub -h 127.0.0.1 "${where[@]}" -V mqttv311 \
     -i "osb-$OSB_OP-$$-$RANDOM" -t "osb-login-check/$$" -E -W 5 \
     > /dev/null 2> "$OSB_TMP/login.err" || rc=$?
   rm -rf "$dir"
@@ -214,6 +220,30 @@ write_settings() {
   } > "$SETTINGS.new"
   chmod 600 "$SETTINGS.new"
   mv -f "$SETTINGS.new" "$SETTINGS"
+}
+
+# apply_require_tls : records PARAM_REQUIRE_TLS (true: plain MQTT on loopback only, for these scripts; TLS on 8883)
+# and, when that changes the listeners mosquitto runs with, has the entrypoint restart mosquitto: it opens and closes
+# listeners only at start (clients are disconnected for about a second and reconnect; persistent sessions and
+# retained messages stay). Returns once the admin logs in again. Refused where there are no TLS files (Swarm).
+apply_require_tls() {
+  local want
+  want="$(bool PARAM_REQUIRE_TLS false)"
+  [[ "$want" == false ]] || tls_files_present \
+    || die "require_tls needs TLS, and this container has no certificate from the broker"
+  printf '%s\n' "$want" > "$OSB_REQUIRE_TLS.new"
+  mv -f "$OSB_REQUIRE_TLS.new" "$OSB_REQUIRE_TLS"
+  [[ "$(listeners_conf)" != "$(cat "$OSB_LISTENERS" 2>/dev/null)" ]] || return 0
+  entrypoint_runs
+  kill -USR2 1 || die "could not signal the entrypoint"
+  # The entrypoint writes the listeners only after the old mosquitto exited, right before it starts the new one.
+  for _ in $(seq 1 300); do
+    [[ "$(listeners_conf)" != "$(cat "$OSB_LISTENERS" 2>/dev/null)" ]] || break
+    sleep 0.05
+  done
+  [[ "$(listeners_conf)" == "$(cat "$OSB_LISTENERS" 2>/dev/null)" ]] \
+    || die "mosquitto was not restarted with the new listeners within 15 s"
+  wait_login ADMIN_USERNAME ADMIN_PASSWORD accepted
 }
 
 # pack DIR [NAME...] : writes a tar archive of the files NAME... of DIR to
