@@ -18,6 +18,8 @@ export HOME=/var/lib/rabbitmq
 unset CURL_HOME http_proxy https_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY all_proxy NO_PROXY no_proxy
 OSB_OP="${0##*/}"
 MGMT_URL=http://127.0.0.1:15672/api
+# shellcheck source=SCRIPTDIR/listeners.sh
+. "$(dirname "${BASH_SOURCE[0]}")/listeners.sh"
 
 die() {
   printf '%s: %s\n' "$OSB_OP" "$*" >&2
@@ -122,4 +124,37 @@ refuse_privileged_user() {
     [[ -z "$tag" || "$tag" == management ]] \
       || die "$var names an existing user with the '$tag' tag; refusing to modify it"
   done < <(user_tags)
+}
+
+# amqp_listeners : the node's AMQP listeners from the management API, one "protocol address port" a line (protocol
+# amqp or amqp/ssl).
+amqp_listeners() {
+  api GET /overview
+  api_expect "listing the listeners" 200
+  jq -r '.listeners[] | select(.protocol | startswith("amqp")) | "\(.protocol) \(.ip_address) \(.port)"' <<<"$API_BODY"
+}
+
+# apply_require_tls : records PARAM_REQUIRE_TLS and moves the running node's plain AMQP listener (5672) where it
+# belongs: every address, or under require_tls loopback only (for /osb/ready), so the published port refuses
+# connections. The node opens listeners from its configuration only at start, hence rabbitmqctl eval here (one Erlang
+# VM start, only when something changes); moving the listener closes the plain connections open on it. Refused where
+# there are no TLS files (Swarm).
+apply_require_tls() {
+  local want current
+  case "${PARAM_REQUIRE_TLS:-false}" in
+    true | false) want="$PARAM_REQUIRE_TLS" ;;
+    *) die "PARAM_REQUIRE_TLS must be true or false" ;;
+  esac
+  [[ "$want" == false ]] || tls_files_present \
+    || die "require_tls needs TLS, and this container has no certificate from the broker"
+  printf '%s\n' "$want" > "$OSB_REQUIRE_TLS.new"
+  mv -f "$OSB_REQUIRE_TLS.new" "$OSB_REQUIRE_TLS"
+  current=all
+  [[ "$(amqp_listeners | awk '$1 == "amqp" && $3 == 5672 { print $2 }')" != 127.0.0.1 ]] || current=loopback
+  [[ "$(plain_listener_address)" != "$current" ]] || return 0
+  local acceptors='application:get_env(rabbit, num_tcp_acceptors, 10)' from to out
+  if [[ "$current" == all ]]; then from=5672; to='{"127.0.0.1", 5672}'; else from='{"127.0.0.1", 5672}'; to=5672; fi
+  out="$(rabbitmqctl -q eval "ok = rabbit_networking:stop_tcp_listener($from), rabbit_networking:start_tcp_listener($to, $acceptors)." 2>&1)" \
+    || die "could not move the plain AMQP listener: ${out:0:200}"
+  [[ "$out" == ok ]] || die "unexpected answer when moving the plain AMQP listener: ${out:0:200}"
 }
