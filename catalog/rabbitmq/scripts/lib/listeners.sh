@@ -4,8 +4,9 @@
 # require_tls, so the next start agrees). Sourced by both; needs only bash.
 #   5672  AMQP, plain: on every address; under require_tls on loopback only (the /osb scripts' ready check), so the
 #         published port refuses connections;
-#   5671  AMQP over TLS (1.2 and 1.3) with the broker's files in /etc/osb-tls, when they are there (not on Swarm).
-# The management API stays plain HTTP on 15672 (http_api_uri).
+#   5671  AMQP over TLS (1.2 and 1.3) with the broker's files in /etc/osb-tls, when they are there (not on Swarm);
+#   15671 the management API over HTTPS, with the same files, next to plain HTTP on 15672 (which stays open on every
+#         address, also under require_tls: cowboy's listener cannot be moved on the running node).
 
 OSB_TLS_DIR=/etc/osb-tls
 # require_tls as /osb/configure last applied it (on the volume: it holds across restarts and new containers).
@@ -41,6 +42,12 @@ listeners_conf() {
       'ssl_options.verify = verify_none' \
       'ssl_options.fail_if_no_peer_cert = false' \
       'ssl_options.versions.1 = tlsv1.3' \
-      'ssl_options.versions.2 = tlsv1.2'
+      'ssl_options.versions.2 = tlsv1.2' \
+      'management.ssl.port = 15671' \
+      "management.ssl.cacertfile = $OSB_TLS_DIR/ca.pem" \
+      "management.ssl.certfile = $OSB_TLS_DIR/cert.pem" \
+      "management.ssl.keyfile = $OSB_TLS_DIR/key.pem" \
+      'management.ssl.versions.1 = tlsv1.3' \
+      'management.ssl.versions.2 = tlsv1.2'
   fi
 }
