@@ -3,6 +3,7 @@
 // and a short-lived certificate renewed, served and still verified.
 import test from 'ava';
 import { randomBytes, type X509Certificate } from 'node:crypto';
+import { request as httpsRequest } from 'node:https';
 import { connect as tlsConnect } from 'node:tls';
 import amqp from 'amqplib';
 import mqtt, { type IClientOptions } from 'mqtt';
@@ -71,6 +72,23 @@ async function served(host: string, port: number, ca: string, servername?: strin
   } finally {
     socket.destroy();
   }
+}
+
+/** The user name the management API answers GET /whoami with, over HTTPS verified against `ca`. */
+async function whoami(apiUri: string, ca: string): Promise<string> {
+  const url = new URL('whoami', apiUri);
+  const auth = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
+  url.username = url.password = '';
+  return new Promise((resolve, reject) => {
+    const request = httpsRequest(url, { ca, auth }, (response) => {
+      let body = '';
+      response.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
+      response.on('end', () =>
+        response.statusCode === 200 ? resolve((JSON.parse(body) as { name: string }).name) : reject(new Error(`HTTP ${response.statusCode}`)),
+      );
+    });
+    request.once('error', reject).end();
+  });
 }
 
 /** AMQP through amqplib: declares a queue, sends a message and gets it back; whether the socket was a TLS one. */
@@ -153,12 +171,16 @@ test.serial('RabbitMQ: amqps with the binding CA and the name checked, another C
   await t.throwsAsync(amqpRoundTrip(String(creds.amqps_uri), { ca: [other.cert] }), { message: UNTRUSTED });
   await t.throwsAsync(served(creds.host, creds.tls_port, ca, 'elsewhere.example'), { message: /altnames/ });
   t.deepEqual(await amqpRoundTrip(creds.uri), { message: 'over tls', encrypted: false });
+  // The management API over HTTPS, with the same certificate.
+  t.is(await whoami(String(creds.https_api_uri), ca), String(creds.username));
+  await t.throwsAsync(whoami(String(creds.https_api_uri), other.cert), { message: UNTRUSTED });
 
   t.is(await requireTls(id, RABBITMQ), 'succeeded');
   await t.throwsAsync(amqpRoundTrip(creds.uri), { message: /ECONNREFUSED|ECONNRESET|Socket closed|closed/i });
   const fetched = await fetchCreds(id, bindingId);
   t.is(fetched.uri, String(creds.amqps_uri));
   t.is(fetched.port, creds.tls_port);
+  t.is(fetched.http_api_uri, creds.https_api_uri);
   t.deepEqual(await amqpRoundTrip(fetched.uri, { ca: [ca] }), { message: 'over tls', encrypted: true });
   renewals.push({ name: 'RabbitMQ', creds, before: await served(creds.host, creds.tls_port, ca), roundTrip: () => amqpRoundTrip(fetched.uri, { ca: [ca] }) });
 });
