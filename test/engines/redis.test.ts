@@ -119,7 +119,7 @@ test('redis lifecycle through bound credentials (ioredis)', async (t) => {
     for (const c of [a, b]) {
       t.regex(c.username, /^u[a-z0-9]{15}$/);
       t.is(c.uri, `redis://${encodeURIComponent(c.username)}:${encodeURIComponent(c.password)}@${host}:${c.port}`);
-      t.deepEqual(Object.keys(c).sort(), ['host', 'hostname', 'password', 'port', 'uri', 'username']);
+      t.deepEqual(Object.keys(c).sort(), ['ca_certificate', 'host', 'hostname', 'password', 'port', 'rediss_uri', 'tls_port', 'uri', 'username']);
     }
 
     await withRedis(a, async (redis) => {

@@ -19,6 +19,12 @@ OSB_VOLUME=/var/lib/redis
 OSB_SETTINGS="$OSB_VOLUME/osb.conf"
 OSB_LOCAL_USER=osb-local
 OSB_LOCAL_SECRET=/run/redis/local.secret
+# Where the broker puts ca.pem, cert.pem and key.pem (service.json tls.dir),
+# and the port serving TLS with them (lib/start).
+# shellcheck disable=SC2034 # used by the scripts that source this file
+OSB_TLS_DIR=/etc/osb-tls
+# shellcheck disable=SC2034 # used by the scripts that source this file
+OSB_TLS_PORT=6380
 
 # What a binding may do: every key, every channel, every command except
 #   @admin      server administration: CONFIG, ACL (but WHOAMI/CAT/GENPASS),
@@ -119,6 +125,14 @@ set_user() {
 # is_privileged NAME : true if user NAME exists and may run CONFIG GET.
 is_privileged() {
   [[ "$(as_admin ACL DRYRUN "$1" CONFIG GET maxmemory)" == OK ]]
+}
+
+# tls_enabled : true when the server serves TLS (lib/start found the broker's
+# files and gave it a tls-port).
+tls_enabled() {
+  local out
+  out="$(as_admin CONFIG GET tls-port)" || true
+  [[ "$out" == $'tls-port\n'* && "${out#*$'\n'}" != 0 ]]
 }
 
 # ---- password-only clients (parameter password_only_clients) ----------------
