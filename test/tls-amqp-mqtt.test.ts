@@ -47,11 +47,11 @@ async function bind(instanceId: string, service: { service: string; small: strin
   return { bindingId, creds: bound.body.credentials as Creds };
 }
 
-async function requireTls(instanceId: string, service: { service: string; small: string }): Promise<string> {
+async function requireTls(instanceId: string, service: { service: string; small: string }, value = true): Promise<string> {
   const update = await env.client.request('PATCH', `/v2/service_instances/${instanceId}?accepts_incomplete=true`, {
     service_id: service.service,
     plan_id: service.small,
-    parameters: { require_tls: true },
+    parameters: { require_tls: value },
   });
   if (update.status !== 202) throw new Error(`update answered ${update.status}: ${JSON.stringify(update.body)}`);
   const done = await env.client.waitForInstance(instanceId);
@@ -128,6 +128,7 @@ async function mqttRoundTrip(uri: string, options: IClientOptions = {}): Promise
 }
 
 const UNTRUSTED = /self.signed|unable to verify|certificate/i;
+const plainAgain: Array<{ name: string; turnOff: () => Promise<string>; plain: () => Promise<{ message: string; encrypted: boolean }> }> = [];
 const renewals: Array<{ name: string; creds: Creds; before: X509Certificate; roundTrip: () => Promise<{ message: string; encrypted: boolean }> }> = [];
 
 test.serial('MQTT: mqtts with the binding CA and the name checked, another CA refused, plain until require_tls closes it', async (t) => {
@@ -153,6 +154,7 @@ test.serial('MQTT: mqtts with the binding CA and the name checked, another CA re
   t.is(fetched.uri, String(creds.mqtts_uri));
   t.is(fetched.port, creds.tls_port);
   t.deepEqual(await mqttRoundTrip(fetched.uri, verified), { message: 'over tls', encrypted: true });
+  plainAgain.push({ name: 'MQTT', turnOff: () => requireTls(id, MQTT, false), plain: () => mqttRoundTrip(creds.uri) });
   renewals.push({ name: 'MQTT', creds, before: await served(creds.host, creds.tls_port, ca), roundTrip: () => mqttRoundTrip(fetched.uri, verified) });
 });
 
@@ -182,6 +184,7 @@ test.serial('RabbitMQ: amqps with the binding CA and the name checked, another C
   t.is(fetched.port, creds.tls_port);
   t.is(fetched.http_api_uri, creds.https_api_uri);
   t.deepEqual(await amqpRoundTrip(fetched.uri, { ca: [ca] }), { message: 'over tls', encrypted: true });
+  plainAgain.push({ name: 'RabbitMQ', turnOff: () => requireTls(id, RABBITMQ, false), plain: () => amqpRoundTrip(creds.uri) });
   renewals.push({ name: 'RabbitMQ', creds, before: await served(creds.host, creds.tls_port, ca), roundTrip: () => amqpRoundTrip(fetched.uri, { ca: [ca] }) });
 });
 
@@ -198,5 +201,13 @@ test.serial('a certificate at two thirds of its life is renewed and served; clie
     );
     t.true(Date.parse(renewed.validTo) > Date.parse(before.validTo), `${name}: ${renewed.validTo} after ${before.validTo}`);
     t.deepEqual(await roundTrip(), { message: 'over tls', encrypted: true }, name);
+  }
+});
+
+test.serial('turning require_tls off opens the plain port again', async (t) => {
+  if (plainAgain.length < 2) return t.fail('an engine test above did not finish');
+  for (const { name, turnOff, plain } of plainAgain) {
+    t.is(await turnOff(), 'succeeded', name);
+    t.deepEqual(await plain(), { message: 'over tls', encrypted: false }, name);
   }
 });
