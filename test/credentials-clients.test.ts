@@ -107,7 +107,11 @@ test.serial(
     t.is(entries.length, 2);
     const [a, b] = entries.map((entry) => entry.credentials) as [Record<string, any>, Record<string, any>];
     t.not(a.password, b.password);
-    t.deepEqual(Object.keys(a).sort(), ['host', 'hostname', 'password', 'port', 'uri', 'username'], 'the credentials keep their shape');
+    t.deepEqual(
+      Object.keys(a).sort(),
+      ['ca_certificate', 'host', 'hostname', 'password', 'port', 'rediss_uri', 'tls_port', 'uri', 'username'],
+      'the credentials keep their shape',
+    );
     const container = await containerOf(entries[0]!.instance_guid);
 
     // Password only, as redis-cli -a sends it: logged in as "default", with a binding's rights.
