@@ -46,3 +46,42 @@ export async function reserveHostPorts(
     60_000,
   );
 }
+
+/**
+ * Reserves host ports for the extra ports an offering gained since the instance was made (a maintenance upgrade
+ * that adds a TLS listener, say) and records them; the ports the instance has stay as they are.
+ */
+export async function reserveNewExtraPorts(
+  store: StateStore,
+  config: Pick<Config, 'portRange'>,
+  portIsFree: PortProbe,
+  definition: ServiceDefinition,
+  instance: InstanceRecord,
+  operation: OperationRecord,
+): Promise<InstanceRecord> {
+  const missing = Object.keys(definition.container.extraPorts).filter((name) => instance.extraHostPorts?.[name] === undefined);
+  if (missing.length === 0) return instance;
+  const added: Record<string, number> = {};
+  for (const name of missing) {
+    const port = await store.reservePort(instance.id, config.portRange, (candidate) => portIsFree(candidate, instance), instance.node);
+    if (!port) {
+      for (const taken of Object.values(added)) await store.releasePort(taken, instance.id, instance.node);
+      throw new Error(`no free host port left in BROKER_PORT_RANGE ${config.portRange.first}-${config.portRange.last} for the new ${name} port`);
+    }
+    added[name] = port;
+  }
+  return store.withLock(
+    instance.id,
+    async () => {
+      const current = await store.getInstance(instance.id);
+      if (!current || current.lastOperationId !== operation.id) {
+        for (const taken of Object.values(added)) await store.releasePort(taken, instance.id, instance.node);
+        throw new Cancelled('another operation took over this instance');
+      }
+      const extraHostPorts = { ...current.extraHostPorts, ...added };
+      await store.putInstance({ ...current, extraHostPorts, updatedAt: now() });
+      return { ...instance, extraHostPorts };
+    },
+    60_000,
+  );
+}

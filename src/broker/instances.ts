@@ -14,7 +14,7 @@ import type {
 } from '../osb/types.js';
 import type { InstanceRecord, OperationRecord, UpdateTarget } from '../store/records.js';
 import { PortTakenError } from './contracts.js';
-import { reserveHostPorts } from './host-ports.js';
+import { reserveHostPorts, reserveNewExtraPorts } from './host-ports.js';
 import { placeInstance } from './place-instance.js';
 import { checkId, instanceResourceNames, newPassword } from './ids.js';
 import { afterFirstWrite, locked, operationFor, toLastOperation, type LifecycleParts } from './lifecycle-parts.js';
@@ -303,7 +303,7 @@ export class InstanceLifecycle {
     const target = operation.update;
     if (!instance || !target) return runner.finish(operation, 'failed', 'Update failed: the instance record is missing.');
     const definition = offerings.definitionOf(instance);
-    const updated: InstanceRecord = {
+    let updated: InstanceRecord = {
       ...instance,
       planId: target.planId,
       parameters: target.parameters,
@@ -312,6 +312,9 @@ export class InstanceLifecycle {
     };
     try {
       if (target.maintenanceVersion !== instance.maintenanceVersion) {
+        // A new version may publish more ports (a TLS listener): they get host ports before the new container is made.
+        const { config, portIsFree } = this.parts;
+        updated = await reserveNewExtraPorts(store, config, portIsFree, definition, updated, operation);
         await runtime.recreate(definition, updated, signal, (description) => runner.progress(operation, description));
       } else {
         const planChange = target.planId !== instance.planId;
