@@ -1,7 +1,7 @@
 // Redis over TLS against the real engine (port block 53): ioredis with a rediss:// uri and the binding's CA (chain
 // and host name verified), another CA and another name refused, plain and TLS side by side until require_tls closes
 // the plain port, a short-lived certificate renewed and served on the TLS port, and a killed container brought back
-// by the reconciler still serving TLS only.
+// by the reconciler still serving TLS only, and the plain port back once require_tls is turned off.
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
 import { connect as netConnect } from 'node:net';
@@ -140,7 +140,7 @@ test.serial('a certificate at two thirds of its life is renewed, served on the T
   t.deepEqual(await whoami(creds.rediss_uri, { ca: creds.ca_certificate }), { user: creds.username, encrypted: true });
 });
 
-test.serial('a killed container is brought back by the reconciler, serving TLS and still not plain', async (t) => {
+test.serial('a killed container is brought back by the reconciler, serving TLS and still not plain; turned off, plain is back', async (t) => {
   if (!instance) return t.fail('the first test did not finish');
   const { id, creds } = instance;
   const container = `osb-${env.config.brokerId}-${id}`;
@@ -162,4 +162,14 @@ test.serial('a killed container is brought back by the reconciler, serving TLS a
   });
   t.deepEqual(session, { user: creds.username, encrypted: true });
   t.is(await plainAnswer(creds.host, creds.port), '', 'require_tls holds after the restart');
+
+  // Turned off, the plain port opens again on the running server.
+  const update = await env.client.request('PATCH', `/v2/service_instances/${id}?accepts_incomplete=true`, {
+    service_id: REDIS.service,
+    plan_id: REDIS.small,
+    parameters: { require_tls: false },
+  });
+  t.is(update.status, 202, JSON.stringify(update.body));
+  t.is((await env.client.waitForInstance(id)).body.state, 'succeeded');
+  t.deepEqual(await whoami(creds.uri), { user: creds.username, encrypted: false });
 });
