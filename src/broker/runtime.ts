@@ -62,7 +62,7 @@ export class DockerRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime
       labels: this.labels(instance),
       publish: [
         { containerPort: definition.container.port, hostIp: this.config.publishIp, hostPort: instance.hostPort! },
-        ...Object.entries(definition.container.extraPorts).map(([name, containerPort]) => ({
+        ...publishedExtraPorts(definition, instance).map(([name, containerPort]) => ({
           containerPort,
           hostIp: this.config.publishIp,
           hostPort: instance.extraHostPorts![name]!,
@@ -237,4 +237,12 @@ export function instanceLabels(brokerId: string, instance: Pick<InstanceRecord, 
 
 export function containerLimits(limits: Limits): ContainerLimits {
   return { memoryBytes: limits.memoryMb * 1024 * 1024, nanoCpus: Math.round(limits.cpus * 1e9), pids: limits.pids };
+}
+
+/**
+ * The offering's extra ports that have a host port reserved: all of them, except for an instance made before its
+ * offering gained one (it gets it at its maintenance upgrade); until then that port is left unpublished.
+ */
+export function publishedExtraPorts(definition: ServiceDefinition, instance: Pick<InstanceRecord, 'extraHostPorts'>): Array<[string, number]> {
+  return Object.entries(definition.container.extraPorts).filter(([name]) => instance.extraHostPorts?.[name] !== undefined);
 }

@@ -21,7 +21,7 @@ import {
 } from './contracts.js';
 import { NODE_LABEL, type PlacementNode } from './placement.js';
 import { publishedPortAnswers } from './probe.js';
-import { containerLimits, instanceLabels } from './runtime.js';
+import { containerLimits, instanceLabels, publishedExtraPorts } from './runtime.js';
 import { InstanceScripts, type ContainerTarget } from './scripts.js';
 
 /** How long a node list is reused: placement and inspection ask often, nodes change rarely. */
@@ -267,7 +267,7 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime,
       node: instance.node!,
       publish: [
         { containerPort: definition.container.port, hostPort: instance.hostPort! },
-        ...Object.entries(definition.container.extraPorts).map(([name, containerPort]) => ({ containerPort, hostPort: instance.extraHostPorts![name]! })),
+        ...publishedExtraPorts(definition, instance).map(([name, containerPort]) => ({ containerPort, hostPort: instance.extraHostPorts![name]! })),
       ],
       volume: { name: instance.volumeName, path: definition.container.dataPath, labels },
       limits: containerLimits(definition.limits.get(planId)!),

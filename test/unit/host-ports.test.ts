@@ -1,6 +1,7 @@
 import test from 'ava';
 import path from 'node:path';
 import { reserveNewExtraPorts } from '../../src/broker/host-ports.js';
+import { publishedExtraPorts } from '../../src/broker/runtime.js';
 import { loadCatalog } from '../../src/catalog/load.js';
 import { PACKAGE_ROOT } from '../../src/config.js';
 import type { InstanceRecord, OperationRecord } from '../../src/store/records.js';
@@ -67,4 +68,14 @@ test('another operation took the instance over: the new ports go back', async (t
     message: /another operation took over/,
   });
   t.deepEqual([...store.ports.keys()].sort(), ['50000', '50001']);
+});
+
+test('a container is published with the extra ports its instance has host ports for; one gained later waits for the upgrade', (t) => {
+  const names = (extraHostPorts?: Record<string, number>) => publishedExtraPorts(rabbitmq, { extraHostPorts }).map(([name]) => name);
+  t.deepEqual(names({ management: 50001 }), ['management']);
+  t.deepEqual(
+    names(Object.fromEntries(Object.keys(rabbitmq.container.extraPorts).map((name, index) => [name, 50001 + index]))),
+    Object.keys(rabbitmq.container.extraPorts),
+  );
+  t.deepEqual(names(undefined), []);
 });

@@ -10,6 +10,8 @@ const ENGINE_SPECIFIC: Record<string, string> = {
   check_user_name: "account-name rules are the engine's own (length limits and reserved names of MariaDB, Mosquitto, RabbitMQ, Redis)",
   check_database_name: 'MariaDB and PostgreSQL differ in reserved database names, name length and the derived owner role',
   check_password: 'what a password may contain depends on where it is kept (Cyrus sasldb vs. the Mosquitto password file)',
+  listeners_conf: "each engine's own listener configuration (RabbitMQ's rabbitmq.conf vs. Mosquitto's listener blocks)",
+  apply_require_tls: 'RabbitMQ moves its plain listener on the running node; Mosquitto restarts inside the container',
 };
 
 const catalog = path.join(PACKAGE_ROOT, 'catalog');
