@@ -1,6 +1,15 @@
 import { randomBytes } from 'node:crypto';
 import { pipeline, type Readable } from 'node:stream';
-import { BackupFormatError, BackupStoreError, backupsToDelete, openStream, putSealed, type BackupStore, type RetentionSettings } from '../backups/index.js';
+import {
+  BackupFormatError,
+  BackupStoreError,
+  backupsToDelete,
+  openStream,
+  putSealed,
+  type BackupStore,
+  type RetentionSettings,
+  type StreamSummary,
+} from '../backups/index.js';
 import type { ServiceDefinition } from '../catalog/definition.js';
 import type { Logger } from '../log.js';
 import { BrokerError, badRequest, conflict, notFound, unavailable, unprocessable } from '../osb/errors.js';
@@ -110,17 +119,7 @@ export class BackupService {
     try {
       const summary = await putSealed(backupStore, backup.storeKey, dump, this.parts.encryptionKey, sealing(definition, backup));
       if (summary.plainBytes === 0) throw badRequest('The upload is empty: send the dump as the request body (application/octet-stream).');
-      const succeeded: BackupRecord = {
-        ...backup,
-        state: 'succeeded',
-        finishedAt: now(),
-        plainBytes: summary.plainBytes,
-        storedBytes: summary.storedBytes,
-        sha256: summary.sha256,
-        owner: undefined,
-      };
-      await store.putBackup(succeeded);
-      this.parts.observer?.backupEnded(succeeded);
+      const succeeded = await this.recordSucceeded(backup, summary);
       log.info({ instanceId, backup: backup.id, bytes: summary.storedBytes }, 'backup imported');
       return succeeded;
     } catch (error) {
@@ -274,17 +273,7 @@ export class BackupService {
       const dump = await runtime.backup(definition, instance, { timeoutSeconds: this.parts.timeoutSeconds, signal: controller.signal });
       const summary = await putSealed(backupStore, backup.storeKey, dump.stdout, this.parts.encryptionKey, sealing(definition, backup));
       await dump.finished;
-      const succeeded: BackupRecord = {
-        ...backup,
-        state: 'succeeded',
-        finishedAt: now(),
-        plainBytes: summary.plainBytes,
-        storedBytes: summary.storedBytes,
-        sha256: summary.sha256,
-        owner: undefined,
-      };
-      await store.putBackup(succeeded);
-      this.parts.observer?.backupEnded(succeeded);
+      await this.recordSucceeded(backup, summary);
       log.info({ instanceId: backup.instanceId, backup: backup.id, bytes: summary.storedBytes }, 'backup succeeded');
       await this.prune(backup.instanceId);
     } catch (error) {
@@ -299,6 +288,22 @@ export class BackupService {
       clearInterval(beat);
       await store.releaseLease(leaseOf(backup), this.parts.owner).catch(() => undefined);
     }
+  }
+
+  /** Records a backup whose object is whole in the store as succeeded, with its figures, and tells the observer. */
+  private async recordSucceeded(backup: BackupRecord, summary: StreamSummary): Promise<BackupRecord> {
+    const succeeded: BackupRecord = {
+      ...backup,
+      state: 'succeeded',
+      finishedAt: now(),
+      plainBytes: summary.plainBytes,
+      storedBytes: summary.storedBytes,
+      sha256: summary.sha256,
+      owner: undefined,
+    };
+    await this.parts.store.putBackup(succeeded);
+    this.parts.observer?.backupEnded(succeeded);
+    return succeeded;
   }
 
   /** Applies retention to the instance's backups; a backup that cannot be deleted now goes at the next pass. */
