@@ -21,7 +21,7 @@ export interface MetricsSources {
   instancesByHealth?: InstanceHealthSource;
 }
 
-const OPERATION_TYPES: OperationType[] = ['provision', 'update', 'deprovision', 'bind', 'unbind', 'restore'];
+const OPERATION_TYPES: OperationType[] = ['provision', 'update', 'deprovision', 'bind', 'unbind', 'restore', 'restart'];
 const OUTCOMES: OperationOutcome[] = ['succeeded', 'failed'];
 const BACKUP_ORIGINS: BackupOrigin[] = ['manual', 'scheduled', 'import'];
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);

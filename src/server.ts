@@ -146,6 +146,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
       backups,
       backupSchedules,
       restores: broker.restores,
+      restarts: broker.restarts,
       checks,
       metrics,
       dashboard: {

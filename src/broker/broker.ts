@@ -25,6 +25,7 @@ import type { InstanceRuntime, OperationObserver, Placement, PortProbe, StateSto
 import type { BackupService } from './backups.js';
 import { InPlaceRestore } from './in-place-restore.js';
 import { InstanceLifecycle } from './instances.js';
+import { InstanceRestart } from './restart.js';
 import { listInstances } from './listing.js';
 import { Offerings } from './offerings.js';
 import { OperationRunner, type RunnerSettings, type Work } from './operations.js';
@@ -56,6 +57,8 @@ export class DockerBroker implements ServiceBroker {
   readonly dashboardUrl: (instanceId: string) => string;
   /** Restores into running instances (POST /broker/v1/instances/:id/restore); only with backups. */
   readonly restores?: InPlaceRestore;
+  /** Restarts on request (POST /broker/v1/instances/:id/restart, and the dashboard's button). */
+  readonly restarts: InstanceRestart;
   private readonly store: StateStore;
   private readonly log: Logger;
   private readonly instances: InstanceLifecycle;
@@ -71,6 +74,7 @@ export class DockerBroker implements ServiceBroker {
     this.instances = new InstanceLifecycle(parts);
     this.bindings = new BindingLifecycle(parts);
     if (backups) this.restores = new InPlaceRestore({ ...parts, backups });
+    this.restarts = new InstanceRestart(parts);
     this.runner.continueWith((operation) => this.workFor(operation));
   }
 
@@ -134,6 +138,7 @@ export class DockerBroker implements ServiceBroker {
       unbind: (signal) => this.bindings.runUnbind(operation, signal),
       restore: (signal) =>
         this.restores ? this.restores.run(operation, signal) : this.runner.finish(operation, 'failed', 'Restore failed: this broker has no backups.'),
+      restart: (signal) => this.restarts.run(operation, signal),
     };
     return work[operation.type];
   }

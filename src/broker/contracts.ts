@@ -137,6 +137,14 @@ export interface VolumeSwapRuntime {
 
 export const swapsVolumes = <T extends object>(runtime: T): runtime is T & VolumeSwapRuntime => 'moveToVolume' in runtime;
 
+/** A restart on request (POST …/restart): the single engine stops and starts the container; Swarm replaces the task. */
+export interface RestartRuntime {
+  /** Returns once the service accepts a login again; safe to run again after a takeover. */
+  restartInstance(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal, progress: Progress): Promise<void>;
+}
+
+export const restartsInstances = <T extends object>(runtime: T): runtime is T & RestartRuntime => 'restartInstance' in runtime;
+
 /** A lifecycle event of one instance's container (die, stop, kill, oom, destroy, start). */
 export interface InstanceEvent {
   instanceId: string;

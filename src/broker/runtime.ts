@@ -10,6 +10,7 @@ import { InstanceScripts, type ContainerTarget } from './scripts.js';
 import {
   PortTakenError,
   type DriftRuntime,
+  type RestartRuntime,
   type DumpRuntime,
   type EngineInventory,
   type InventoryObject,
@@ -26,7 +27,7 @@ import { probedHostPort, type InstanceTls } from './tls.js';
 const WATCHED_ACTIONS = ['die', 'stop', 'kill', 'oom', 'destroy', 'start'];
 
 /** What it takes to run one instance on the engine: containers, volumes and the scripts inside the image. */
-export class DockerRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime, VolumeSwapRuntime, InstanceContainers, EngineInventory {
+export class DockerRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime, VolumeSwapRuntime, RestartRuntime, InstanceContainers, EngineInventory {
   constructor(
     private readonly engine: DockerEngine,
     private readonly images: ImageBuilder,
@@ -98,6 +99,14 @@ export class DockerRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime
     await progress('Checking that the service accepts a login through the published port.');
     await this.script(definition, instance, 'check', signal);
     await published;
+  }
+
+  /** A restart on request: the engine stops the container (the offering's stop timeout), then it starts as above. */
+  async restartInstance(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal, progress: Progress): Promise<void> {
+    await progress(`Stopping ${displayName(definition)} (it has ${definition.container.stopTimeoutSeconds} s to shut down cleanly).`);
+    await this.engine.stopContainer(instance.containerName, definition.container.stopTimeoutSeconds);
+    signal.throwIfAborted();
+    await this.restart(definition, instance, signal, progress);
   }
 
   private async waitForPublishedPort(port: number, signal: AbortSignal): Promise<void> {

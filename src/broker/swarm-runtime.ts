@@ -18,6 +18,7 @@ import {
   type InventoryObject,
   type Placement,
   type Progress,
+  type RestartRuntime,
 } from './contracts.js';
 import { NODE_LABEL, type PlacementNode } from './placement.js';
 import { publishedPortAnswers } from './probe.js';
@@ -42,7 +43,7 @@ type Instance = Omit<InstanceRecord, 'secrets'>;
  * mode on that node. Swarm runs and restarts them; scripts, logs, processes and usage go through the node's own
  * engine (node label io.osb-broker.engine), and images reach a node by being copied from the manager's engine.
  */
-export class SwarmRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime, InstanceContainers, EngineInventory, Placement {
+export class SwarmRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime, RestartRuntime, InstanceContainers, EngineInventory, Placement {
   private readonly manager: SwarmManager;
   private readonly scripts: InstanceScripts;
   private readonly engines = new Map<string, DockerEngine>();
@@ -117,6 +118,12 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime,
     if (!before) throw new Error(`the service ${instance.containerName} is missing`);
     await this.manager.restartService(instance.containerName);
     await this.untilReady(definition, instance, before.containerId, signal, progress);
+  }
+
+  /** A restart on request, the Swarm way (docker service update --force): a new task on the same node and volume. */
+  async restartInstance(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal, progress: Progress): Promise<void> {
+    await progress('Replacing the task on its node (service update --force); the data volume and ports stay.');
+    await this.restart(definition, instance, signal, progress);
   }
 
   /** A new image or settings: Swarm replaces the task; the volume and ports stay. */

@@ -19,6 +19,8 @@ import { requestIdentity } from './middleware/request-identity.js';
 import { catalogCache, catalogEndpoint, osbRoutes } from './osb-routes.js';
 import { listingRoutes } from './listing-routes.js';
 import { backupRoutes, restoreRoutes } from './backup-routes.js';
+import { restartRoutes } from './restart-routes.js';
+import type { InstanceRestart } from '../broker/restart.js';
 import type { BackupService } from '../broker/backups.js';
 import type { InPlaceRestore } from '../broker/in-place-restore.js';
 import type { BackupScheduler } from '../broker/backup-schedule.js';
@@ -38,6 +40,8 @@ export interface AppOptions {
   backupSchedules?: Pick<BackupScheduler, 'describe'>;
   /** Without it, POST /broker/v1/instances/:id/restore (in-place restore) is not served. */
   restores?: InPlaceRestore;
+  /** Without it, POST /broker/v1/instances/:id/restart is not served. */
+  restarts?: Pick<InstanceRestart, 'request'>;
   /** Without it, /readyz is not served (/healthz always is). */
   checks?: ReadinessSource;
   /** Without it, requests are not counted and /metrics is not served; with it, /metrics needs the broker's credentials. */
@@ -84,6 +88,7 @@ export function createApp(broker: ServiceBroker, options: AppOptions): Koa {
     ...(options.listing ? routerMiddleware(listingRoutes(options.listing)) : []),
     ...(options.backups ? routerMiddleware(backupRoutes(options.backups, options.backupSchedules)) : []),
     ...(options.restores ? routerMiddleware(restoreRoutes(options.restores)) : []),
+    ...(options.restarts ? routerMiddleware(restartRoutes(options.restarts)) : []),
   ];
   if (brokerApi.length) app.use(under('/broker', compose([auth, ...brokerApi])));
   if (options.dashboard) {
