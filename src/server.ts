@@ -45,7 +45,7 @@ export interface RunningBroker {
   metrics: BrokerMetrics;
   /** Scheduled backups and the pass over deleted instances' backups. */
   backupSchedules: BackupScheduler;
-  /** The instances' TLS certificates (renewal pass, renew on demand); undefined on Swarm or without TLS offerings. */
+  /** The instances' TLS certificates (renewal pass, renew on demand); undefined without TLS offerings. */
   tls?: InstanceTls;
   /** Base URL of the BROKER_METRICS_LISTEN listener, when one is configured. */
   metricsUrl?: string;
@@ -85,12 +85,11 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   const swarm = config.orchestrator === 'swarm' ? new SwarmRuntime(engine, images, config) : undefined;
   await swarm?.connect();
   const runtime = swarm ?? new DockerRuntime(engine, images, config);
-  // TLS files are put into a container before its first start: on one engine; Swarm makes its containers itself.
-  const tls =
-    runtime instanceof DockerRuntime && definitions.some((definition) => definition.tls)
-      ? new InstanceTls({ store, config, offerings: new Offerings(definitions), log, owner: `${hostname()}/${process.pid}/tls`, delivery: runtime })
-      : undefined;
-  if (runtime instanceof DockerRuntime) runtime.tls = tls;
+  // TLS files are put into a container before its first start on one engine; on Swarm tasks mount them as secrets.
+  const tls = definitions.some((definition) => definition.tls)
+    ? new InstanceTls({ store, config, offerings: new Offerings(definitions), log, owner: `${hostname()}/${process.pid}/tls`, delivery: runtime })
+    : undefined;
+  runtime.tls = tls;
   const backupConfig = config.backup ?? loadBackupConfig({ ...process.env, BROKER_STATE_DIR: config.stateDir });
   const backups = new BackupService({
     store,

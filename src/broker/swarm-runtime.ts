@@ -1,7 +1,7 @@
 import type { Config } from '../config.js';
 import { displayName, imageTag, type ServiceDefinition } from '../catalog/definition.js';
 import { DockerEngine } from '../docker/engine.js';
-import { engineOptions, SwarmManager, type ServicePlan, type ServiceState, type SwarmNode } from '../docker/swarm.js';
+import { engineOptions, SwarmManager, type SecretFile, type ServicePlan, type ServiceState, type SwarmNode } from '../docker/swarm.js';
 import { LABEL, type ContainerSummary } from '../docker/types.js';
 import type { Readable } from 'node:stream';
 import type { ImageBuilder } from '../images/builder.js';
@@ -24,6 +24,8 @@ import { NODE_LABEL, type PlacementNode } from './placement.js';
 import { publishedPortAnswers } from './probe.js';
 import { containerLimits, instanceLabels, publishedExtraPorts } from './runtime.js';
 import { InstanceScripts, type ContainerTarget } from './scripts.js';
+import { SwarmTlsSecrets } from './swarm-tls.js';
+import { probedHostPort, type InstanceTls, type TlsFiles, type TlsReplacement } from './tls.js';
 
 /** How long a node list is reused: placement and inspection ask often, nodes change rarely. */
 const NODES_TTL_MS = 2_000;
@@ -43,9 +45,12 @@ type Instance = Omit<InstanceRecord, 'secrets'>;
  * mode on that node. Swarm runs and restarts them; scripts, logs, processes and usage go through the node's own
  * engine (node label io.osb-broker.engine), and images reach a node by being copied from the manager's engine.
  */
-export class SwarmRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime, RestartRuntime, InstanceContainers, EngineInventory, Placement {
+export class SwarmRuntime
+  implements InstanceRuntime, DriftRuntime, DumpRuntime, RestartRuntime, InstanceContainers, EngineInventory, Placement, TlsReplacement
+{
   private readonly manager: SwarmManager;
   private readonly scripts: InstanceScripts;
+  private readonly secrets: SwarmTlsSecrets;
   private readonly engines = new Map<string, DockerEngine>();
   /** Image copies in flight or done in this process, per node and image id: 50 provisions copy an image once. */
   private readonly copies = new Map<string, Promise<void>>();
@@ -61,7 +66,11 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime,
   ) {
     this.manager = new SwarmManager(managerOptions);
     this.scripts = new InstanceScripts(config);
+    this.secrets = new SwarmTlsSecrets(this.manager, config.brokerId);
   }
+
+  /** Issues the certificates of TLS offerings, which tasks get as Swarm secrets (set at start-up; without it, none). */
+  tls?: Pick<InstanceTls, 'current'>;
 
   /** Fails with a clear message unless DOCKER_HOST is a Swarm manager. */
   async connect(): Promise<void> {
@@ -108,8 +117,10 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime,
     await this.imageOnNode(definition, node, progress);
     signal.throwIfAborted();
     await progress(`Creating the service on node ${node.hostname}; its volume lives there.`);
-    await this.manager.createService(this.plan(definition, instance, instance.planId));
+    const tls = await this.tlsSecrets(definition, instance);
+    await this.manager.createService(this.plan(definition, instance, instance.planId, tls.secrets));
     await this.untilReady(definition, instance, undefined, signal, progress);
+    await tls.settle();
   }
 
   /** Swarm replaces the task on the same node with the same volume; returns once it accepts a login again. */
@@ -132,16 +143,37 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime,
     if (!before) return this.start(definition, instance, signal, progress);
     await this.imageOnNode(definition, await this.nodeOf(instance), progress);
     await progress('Replacing the task; the data volume and ports stay.');
-    await this.manager.updateService(this.plan(definition, instance, instance.planId));
+    const tls = await this.tlsSecrets(definition, instance);
+    await this.manager.updateService(this.plan(definition, instance, instance.planId, tls.secrets));
     await this.untilReady(definition, instance, before.containerId, signal, progress);
+    await tls.settle();
   }
 
   /** Swarm applies new limits by replacing the task (a short restart on the same node), unlike a single engine. */
   async applyLimits(definition: ServiceDefinition, instance: InstanceRecord, planId: string): Promise<void> {
     const before = await this.manager.inspectService(instance.containerName);
-    await this.manager.updateService(this.plan(definition, instance, planId));
+    const tls = await this.tlsSecrets(definition, instance);
+    await this.manager.updateService(this.plan(definition, instance, planId, tls.secrets));
     const signal = AbortSignal.timeout((definition.container.readyTimeoutSeconds + 60) * 1000);
     await this.untilReady(definition, { ...instance, planId }, before?.containerId, signal, async () => {});
+    await tls.settle();
+  }
+
+  /**
+   * A renewed certificate: its files as new secrets, the task replaced by one that mounts them (a short restart on the
+   * same node and volume), then the old secrets removed.
+   */
+  async replaceTls(definition: ServiceDefinition, instance: InstanceRecord, files: TlsFiles, signal: AbortSignal): Promise<void> {
+    // A node that is down or a task that is not running gets the files when it starts again (the next pass retries).
+    const running = await this.locate(instance);
+    const service = await this.manager.inspectService(instance.containerName);
+    const secrets = await this.secrets.secretsFor(instance, files);
+    // An earlier attempt may have replaced the task already and failed after: the running task then has these files.
+    if (!secrets.every((secret) => service?.secretIds.includes(secret.id))) {
+      await this.manager.updateService(this.plan(definition, instance, instance.planId, secrets));
+      await this.untilReady(definition, instance, running.container, signal, async () => {});
+    }
+    await this.secrets.removeOthers(instance, secrets);
   }
 
   async configure(definition: ServiceDefinition, instance: InstanceRecord, signal: AbortSignal): Promise<void> {
@@ -180,6 +212,7 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime,
       throw new Error(`its node ${node.hostname} is ${node.state}, so its data volume cannot be removed; try again when the node is back`);
     }
     await this.manager.removeService(instance.containerName);
+    await this.secrets.removeOthers(instance);
     // Never placed, or its node left the Swarm for good, and its volume with it.
     if (!node) return;
     try {
@@ -256,6 +289,7 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime,
 
   async removeWorkload(object: InventoryObject): Promise<void> {
     await this.manager.removeService(object.name);
+    if (object.instanceId) await this.secrets.removeOthers({ id: object.instanceId });
   }
 
   async removeVolume(object: InventoryObject): Promise<void> {
@@ -265,7 +299,24 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime,
 
   // Helpers
 
-  private plan(definition: ServiceDefinition, instance: Instance, planId: string): ServicePlan {
+  /**
+   * The TLS secrets a new task of the instance mounts (its current certificate's; none for an offering without TLS),
+   * and what to do once the task runs: record the certificate delivered, remove the instance's other secrets.
+   */
+  private async tlsSecrets(definition: ServiceDefinition, instance: InstanceRecord): Promise<{ secrets?: SecretFile[]; settle(): Promise<void> }> {
+    const tls = await this.tls?.current(definition, instance);
+    if (!tls) return { settle: async () => {} };
+    const secrets = await this.secrets.secretsFor(instance, tls);
+    return {
+      secrets,
+      settle: async () => {
+        await tls.delivered();
+        await this.secrets.removeOthers(instance, secrets);
+      },
+    };
+  }
+
+  private plan(definition: ServiceDefinition, instance: Instance, planId: string, secrets?: SecretFile[]): ServicePlan {
     const labels = this.labels({ ...instance, planId });
     return {
       name: instance.containerName,
@@ -281,6 +332,7 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime,
       capDrop: definition.container.capDrop,
       capAdd: definition.container.capAdd,
       stopTimeoutSeconds: definition.container.stopTimeoutSeconds,
+      secrets,
     };
   }
 
@@ -300,7 +352,8 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime,
         if (!service) throw new Error(`the service ${instance.containerName} disappeared while starting`);
         const message = service.taskMessage ?? '';
         last = `${service.taskState ?? 'no task'}${message ? `: ${message}` : ''}`;
-        if (PORT_TAKEN.test(message)) throw new PortTakenError(message);
+        // Replacing a task, the old one holds the ports until it is gone: the scheduler says so and waits.
+        if (PORT_TAKEN.test(message) && !previous) throw new PortTakenError(message);
         if (service.taskState === 'running' && service.containerId && service.containerId !== previous) {
           return { engine: this.engineOf(await this.nodeOf(instance, service)), container: service.containerId };
         }
@@ -317,7 +370,7 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime,
       },
     );
     await this.scripts.waitReady(async () => target, definition, instance, signal);
-    const published = this.waitForPublishedPort(instance, signal);
+    const published = this.waitForPublishedPort(instance, probedHostPort(definition, instance)!, signal);
     published.catch(() => {}); // awaited below; a failure must not go unhandled meanwhile
     await progress('Setting up the administrator and the database.');
     await this.scripts.run(target, definition, instance, 'setup', {}, signal);
@@ -326,13 +379,14 @@ export class SwarmRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime,
     await published;
   }
 
-  private async waitForPublishedPort(instance: InstanceRecord, signal: AbortSignal): Promise<void> {
+  /** The main port, or the TLS port where require_tls closed the plain one. */
+  private async waitForPublishedPort(instance: InstanceRecord, port: number, signal: AbortSignal): Promise<void> {
     const host = instance.advertisedHost!;
-    await waitFor(async () => ((await publishedPortAnswers(host, instance.hostPort!)) ? true : undefined), {
+    await waitFor(async () => ((await publishedPortAnswers(host, port)) ? true : undefined), {
       intervalMs: 100,
       timeoutMs: 10_000,
       signal,
-      onTimeout: () => new Error(`nothing answers on the published port ${host}:${instance.hostPort}`),
+      onTimeout: () => new Error(`nothing answers on the published port ${host}:${port}`),
     });
   }
 

@@ -30,6 +30,32 @@ export interface TlsDelivery {
 }
 
 /**
+ * Where files cannot be put into a running container (Swarm: a task's secrets are fixed when it is made), a renewed
+ * certificate reaches the engine by replacing its container with one that has the new files.
+ */
+export interface TlsReplacement {
+  /** Returns once the new container accepts a login again. */
+  replaceTls(definition: ServiceDefinition, instance: InstanceRecord, files: TlsFiles, signal: AbortSignal): Promise<void>;
+}
+
+/** One file of an offering's `tls.dir`, with the owner and mode the engine expects. */
+export interface TlsFile {
+  name: string;
+  content: Buffer;
+  mode: number;
+  uid: number;
+  gid: number;
+}
+
+/** The files of one certificate, for a runtime that hands them to its orchestrator. */
+export interface TlsFiles {
+  /** The certificate's serial: files of another serial are another certificate's. */
+  serial: string;
+  dir: string;
+  files: TlsFile[];
+}
+
+/**
  * The host port that shows an instance's engine is up: the main one, or the TLS port where `require_tls` closes the
  * plain one (an engine whose TLS has a port of its own, `tls.port` naming an extra port: Redis, RabbitMQ, Mosquitto).
  */
@@ -62,7 +88,7 @@ export class InstanceTls {
       log: Logger;
       /** This process, as the holder of the renewal pass's lease. */
       owner: string;
-      delivery?: TlsDelivery;
+      delivery?: TlsDelivery | TlsReplacement;
     },
   ) {}
 
@@ -133,13 +159,37 @@ export class InstanceTls {
 
   /** Puts the CA, the certificate and its key into the container's `tls.dir` (it may be created, not yet started). */
   async deliver(spec: TlsSpec, target: ContainerTarget, stored: StoredCertificate): Promise<void> {
+    await target.engine.putFiles(target.container, spec.dir, this.files(spec, stored).files);
+  }
+
+  /** The CA, the certificate and its key as `tls.dir` receives them. */
+  private files(spec: TlsSpec, stored: StoredCertificate): TlsFiles {
     const owner = { uid: spec.uid, gid: spec.gid };
-    await target.engine.putFiles(target.container, spec.dir, [
-      { name: TLS_FILES.ca, content: Buffer.from(this.authority().cert), mode: 0o644, ...owner },
-      { name: TLS_FILES.cert, content: Buffer.from(stored.cert), mode: 0o644, ...owner },
-      // Servers refuse a key others may read (PostgreSQL wants 0600 and its own user).
-      { name: TLS_FILES.key, content: Buffer.from(stored.secrets.key), mode: 0o600, ...owner },
-    ]);
+    return {
+      serial: stored.serial,
+      dir: spec.dir,
+      files: [
+        { name: TLS_FILES.ca, content: Buffer.from(this.authority().cert), mode: 0o644, ...owner },
+        { name: TLS_FILES.cert, content: Buffer.from(stored.cert), mode: 0o644, ...owner },
+        // Servers refuse a key others may read (PostgreSQL wants 0600 and its own user).
+        { name: TLS_FILES.key, content: Buffer.from(stored.secrets.key), mode: 0o600, ...owner },
+      ],
+    };
+  }
+
+  /**
+   * For a container the orchestrator makes (a Swarm task): the files of a current certificate, and `delivered` to call
+   * once a container runs with them. Undefined for an offering without TLS.
+   */
+  async current(definition: ServiceDefinition, instance: InstanceRecord): Promise<(TlsFiles & { delivered(): Promise<void> }) | undefined> {
+    if (!definition.tls) return undefined;
+    const stored = await this.certificate(instance);
+    return {
+      ...this.files(definition.tls, stored),
+      delivered: async () => {
+        if (stored.pending) await this.parts.store.putInstanceTls(instance.id, delivered(stored));
+      },
+    };
   }
 
   /** For a new container (provision, recreate, repair): a current certificate, delivered before the first start. */
@@ -152,8 +202,8 @@ export class InstanceTls {
 
   /**
    * Renews the instance's certificate when it is due (now, with `force`), delivers it into the running container and
-   * has the engine read it; a certificate renewed before whose delivery failed is delivered again. Returns the
-   * certificate served from then on.
+   * has the engine read it (on Swarm: a new task with the new files); a certificate renewed before whose delivery
+   * failed is delivered again. Returns the certificate served from then on.
    */
   async renew(instance: InstanceRecord, options: { force?: boolean; now?: Date; signal?: AbortSignal } = {}): Promise<StoredCertificate | undefined> {
     const { store, offerings, delivery, log } = this.parts;
@@ -163,9 +213,14 @@ export class InstanceTls {
     let stored = await store.getInstanceTls(instance.id);
     if (!stored || options.force || this.due(stored, instance, now)) stored = await this.issue(instance, now, true);
     else if (!stored.pending) return stored;
-    const target = await delivery.locate(instance);
-    await this.deliver(definition.tls, target, stored);
-    await delivery.reloadTls(definition, instance, target, options.signal ?? this.stopping.signal);
+    const signal = options.signal ?? this.stopping.signal;
+    if ('replaceTls' in delivery) {
+      await delivery.replaceTls(definition, instance, this.files(definition.tls, stored), signal);
+    } else {
+      const target = await delivery.locate(instance);
+      await this.deliver(definition.tls, target, stored);
+      await delivery.reloadTls(definition, instance, target, signal);
+    }
     await store.putInstanceTls(instance.id, delivered(stored));
     log.info({ instanceId: instance.id, serial: stored.serial, notAfter: stored.notAfter }, 'renewed the instance’s TLS certificate');
     return stored;

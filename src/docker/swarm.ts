@@ -35,6 +35,25 @@ export interface ServicePlan {
   capDrop?: string[];
   capAdd?: string[];
   stopTimeoutSeconds?: number;
+  /** Swarm secrets the task gets as files (read-only, on tmpfs). */
+  secrets?: SecretFile[];
+}
+
+/** A Swarm secret mounted into a service's task as a file: at an absolute path (Linux engines allow it), owner and mode as given. */
+export interface SecretFile {
+  id: string;
+  name: string;
+  target: string;
+  uid: number;
+  gid: number;
+  mode: number;
+}
+
+/** A Swarm secret as listed: never its data, which the API does not return. */
+export interface SecretSummary {
+  id: string;
+  name: string;
+  labels: Record<string, string>;
 }
 
 /** The service of one instance and its newest task. */
@@ -57,6 +76,8 @@ export interface ServiceState {
   containerId?: string;
   /** How many tasks the service has had: the first one plus every restart. */
   taskCount: number;
+  /** The ids of the secrets its tasks mount. */
+  secretIds: string[];
 }
 
 export interface EngineAddress {
@@ -160,6 +181,40 @@ export class SwarmManager {
     }
   }
 
+  /**
+   * Creates a secret unless one of that name exists (a name holds one content: callers name secrets after what they
+   * hold); returns its id. The data is kept encrypted in the Swarm's Raft log and reaches only the nodes of tasks that
+   * use it.
+   */
+  async ensureSecret(name: string, data: Buffer, labels: Record<string, string>): Promise<string> {
+    try {
+      const created = (await this.docker.createSecret({ Name: name, Labels: labels, Data: data.toString('base64') })) as { id: string };
+      return created.id;
+    } catch (error) {
+      if (statusOf(error) !== 409) throw error;
+      return ((await this.docker.getSecret(name).inspect()) as { ID: string }).ID;
+    }
+  }
+
+  /** Secrets carrying all of these labels. */
+  async listSecrets(labels: Record<string, string>): Promise<SecretSummary[]> {
+    const filters = { label: Object.entries(labels).map(([key, value]) => `${key}=${value}`) };
+    const secrets = (await this.docker.listSecrets({ filters })) as unknown as Array<{ ID: string; Spec: { Name: string; Labels?: Record<string, string> } }>;
+    return secrets.map((secret) => ({ id: secret.ID, name: secret.Spec.Name, labels: secret.Spec.Labels ?? {} }));
+  }
+
+  /** Removes a secret; false when a service still uses it (Swarm refuses), true when it is gone. */
+  async removeSecret(id: string): Promise<boolean> {
+    try {
+      await this.docker.getSecret(id).remove();
+      return true;
+    } catch (error) {
+      if (statusOf(error) === 404) return true;
+      if (/in use/i.test((error as Error).message)) return false;
+      throw error;
+    }
+  }
+
   async inspectService(name: string): Promise<ServiceState | undefined> {
     let service: RawService;
     try {
@@ -188,7 +243,7 @@ interface RawService {
   Spec: {
     Name: string;
     Labels?: Record<string, string>;
-    TaskTemplate: { ContainerSpec: { Image: string }; Placement?: { Constraints?: string[] } };
+    TaskTemplate: { ContainerSpec: { Image: string; Secrets?: Array<{ SecretID: string }> }; Placement?: { Constraints?: string[] } };
   };
 }
 
@@ -218,6 +273,7 @@ function serviceState(service: RawService, allTasks: RawTask[]): ServiceState {
     taskUpdatedAt: task?.UpdatedAt,
     containerId: task?.Status.ContainerStatus?.ContainerID || undefined,
     taskCount: tasks.length,
+    secretIds: service.Spec.TaskTemplate.ContainerSpec.Secrets?.map((secret) => secret.SecretID) ?? [],
   };
 }
 
@@ -234,6 +290,11 @@ function serviceSpec(plan: ServicePlan): Docker.CreateServiceOptions {
         StopGracePeriod: (plan.stopTimeoutSeconds ?? 10) * 1e9,
         CapabilityDrop: plan.capDrop,
         CapabilityAdd: plan.capAdd,
+        Secrets: plan.secrets?.map((secret) => ({
+          SecretID: secret.id,
+          SecretName: secret.name,
+          File: { Name: secret.target, UID: String(secret.uid), GID: String(secret.gid), Mode: secret.mode },
+        })),
       },
       Resources: {
         Limits: { MemoryBytes: plan.limits.memoryBytes, NanoCPUs: plan.limits.nanoCpus, Pids: plan.limits.pids },
