@@ -54,6 +54,8 @@ export interface Config {
   /** How often the reconciler compares every ready instance with the engine (it also follows its events); 0: off. */
   reconcileSeconds: number;
   logLevel: string;
+  /** json or pretty; undefined: pretty when stdout is a terminal, JSON otherwise. */
+  logFormat?: 'json' | 'pretty';
   /** A second listener serving GET /metrics without credentials; undefined: /metrics only on the main port, with them. */
   metricsListen?: { host: string; port: number };
   /** The operator's CA for the instances' TLS certificates (PEM); undefined: the broker's own, made once and kept sealed in Redis. */
@@ -114,6 +116,12 @@ function orchestrator(raw: string | undefined): Config['orchestrator'] {
   if (!raw || raw === 'docker') return 'docker';
   if (raw === 'swarm') return 'swarm';
   throw new ConfigError(`BROKER_ORCHESTRATOR must be docker or swarm (got "${raw}")`);
+}
+
+function logFormat(raw: string | undefined): Config['logFormat'] {
+  if (!raw || raw === 'auto') return undefined;
+  if (raw === 'json' || raw === 'pretty') return raw;
+  throw new ConfigError(`BROKER_LOG_FORMAT must be json, pretty or auto (got "${raw}")`);
 }
 
 /** "host:port", "[v6 address]:port" or a port alone (on 127.0.0.1). */
@@ -177,6 +185,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     scriptTimeoutSeconds: int(env, 'BROKER_SCRIPT_TIMEOUT_SECONDS', 60, 1, 3600),
     reconcileSeconds: int(env, 'BROKER_RECONCILE_SECONDS', 30, 0, 86400),
     logLevel: env.LOG_LEVEL || 'info',
+    logFormat: logFormat(env.BROKER_LOG_FORMAT),
     metricsListen: listenAddress('BROKER_METRICS_LISTEN', env.BROKER_METRICS_LISTEN),
     tlsCa: tlsCa(env),
     tlsCertSeconds: int(env, 'BROKER_TLS_CERT_SECONDS', 90 * 86400, 60, 825 * 86400),

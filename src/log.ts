@@ -1,4 +1,5 @@
 import { pino, type DestinationStream, type Logger } from 'pino';
+import { prettyFactory } from 'pino-pretty';
 
 export type { Logger };
 
@@ -115,4 +116,19 @@ class ChunkedDestination implements DestinationStream {
  */
 export function logDestination(dest: number | string): DestinationStream {
   return new ChunkedDestination(pino.destination({ dest, sync: false }));
+}
+
+export type LogFormat = 'json' | 'pretty';
+
+/**
+ * Where the broker's own process logs: JSON lines (for CI, containers, systemd's journal and log collectors), or
+ * lines for a person when stdout is a terminal, unless `format` says which. The pretty lines are made from the JSON
+ * ones, so redaction applies to both alike.
+ */
+export function stdoutDestination(format: LogFormat | undefined, isTerminal = process.stdout.isTTY === true): DestinationStream {
+  if ((format ?? (isTerminal ? 'pretty' : 'json')) === 'json') return logDestination(1);
+  const pretty = prettyFactory({ translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,service', singleLine: true });
+  // Written at once: a person at a terminal reads the lines as they happen, and none waits in memory at exit.
+  const writer = pino.destination({ dest: 1, sync: true });
+  return { write: (line: string) => writer.write(pretty(line)) };
 }

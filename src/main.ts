@@ -1,12 +1,12 @@
 import { ConfigError, loadConfig } from './config.js';
 import { CatalogError } from './catalog/load.js';
 import { brokerSecrets } from './generated-secrets.js';
-import { createLogger } from './log.js';
+import { createLogger, stdoutDestination } from './log.js';
 import { startBroker } from './server.js';
 
 async function main(): Promise<void> {
   const config = loadConfig();
-  const log = createLogger(config.logLevel);
+  const log = createLogger(config.logLevel, {}, stdoutDestination(config.logFormat));
   const secrets = brokerSecrets(config.stateDir, config.password, config.encryptionKey);
   if (secrets.passwordGenerated) {
     // Shown once, on the terminal only; it is kept in the state folder, never logged.

@@ -179,7 +179,11 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.listenPort;
   publicUrl = config.publicUrl ?? `http://${config.listenHost === '0.0.0.0' ? hostname() : config.listenHost}:${port}`;
-  log.info({ host: config.listenHost, port, publicUrl, offerings: definitions.map((definition) => definition.offering.name) }, 'broker listening');
+  // The one line a person starting the broker looks for: where to point a platform, curl or a browser.
+  log.info(
+    { host: config.listenHost, port, publicUrl, dashboard: `${publicUrl}/dashboard`, offerings: definitions.map((definition) => definition.offering.name) },
+    `ready at ${publicUrl} (dashboard: ${publicUrl}/dashboard)`,
+  );
   const metricsAddress = hostPort(metricsServer);
   if (metricsAddress) log.info({ address: metricsAddress }, 'metrics listening (GET /metrics, no credentials)');
   // Only a process that serves takes part in the work: one that failed to listen never touches an operation.
