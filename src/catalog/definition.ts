@@ -51,6 +51,25 @@ export interface TlsSpec {
   requireTlsCredentials: CredentialsTemplate;
 }
 
+export type StatUnit = 'count' | 'bytes' | 'seconds' | 'per_second' | 'ratio';
+
+/** One number an offering's stats script reports: its key, what people call it, its unit, and the stat that limits it. */
+export interface StatSpec {
+  name: string;
+  label: string;
+  unit: StatUnit;
+  of?: string;
+}
+
+/** A link on the dashboard's Engine card; the URL is a template of {host}, {port} and {ports.<name>}. */
+export interface DashboardLinkSpec {
+  label: string;
+  url: string;
+  note?: string;
+  /** Only for instances that serve TLS with the broker's certificate. */
+  tls: boolean;
+}
+
 /** One catalog folder, validated: the OSB offering plus what the broker needs to run it. */
 export interface ServiceDefinition {
   folder: string;
@@ -70,6 +89,10 @@ export interface ServiceDefinition {
   backups: BackupSpec;
   /** TLS with the broker's certificates; with it, `scripts` has `reload-tls`. */
   tls?: TlsSpec;
+  /** The numbers scripts/stats prints (service.json `stats`); absent or empty without the script. */
+  stats?: StatSpec[];
+  /** Links the dashboard's Engine card shows (service.json `dashboard_links`). */
+  dashboardLinks?: DashboardLinkSpec[];
   /** Image repository without tag; the tag is the maintenance version. */
   imageRepository: string;
 }
@@ -78,7 +101,7 @@ export interface ServiceDefinition {
 export type CredentialTemplate = string | string[] | { [field: string]: CredentialTemplate };
 export type CredentialsTemplate = Record<string, CredentialTemplate>;
 
-export const SCRIPTS = ['ready', 'setup', 'check', 'bind', 'unbind', 'configure', 'backup', 'restore', 'reload-tls'] as const;
+export const SCRIPTS = ['ready', 'setup', 'check', 'bind', 'unbind', 'configure', 'backup', 'restore', 'reload-tls', 'stats'] as const;
 
 export const imageTag = (definition: ServiceDefinition) =>
   `${definition.imageRepository}:${definition.maintenanceInfo.version}`;

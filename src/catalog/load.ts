@@ -5,6 +5,7 @@ import { PACKAGE_ROOT } from '../config.js';
 import type { MaintenanceInfo, Plan, ServiceOffering } from '../osb/types.js';
 import { SCRIPTS, type BackupSpec, type ContainerSpec, type CredentialsTemplate, type Limits, type ServiceDefinition, type TlsSpec } from './definition.js';
 import { compileSchema } from './parameters.js';
+import { loadDashboardLinks, loadStats } from './stats.js';
 
 export class CatalogError extends Error {}
 
@@ -23,6 +24,8 @@ interface ServiceJson {
   syslog_drain_url?: string;
   backups?: { supported: boolean; format?: string; contains?: string; compressed?: boolean; reason?: string };
   tls?: { dir: string; uid: number; gid: number; port: string; credentials: CredentialsTemplate; credentials_require_tls: CredentialsTemplate };
+  stats?: Parameters<typeof loadStats>[0];
+  dashboard_links?: Parameters<typeof loadDashboardLinks>[0];
   container: {
     port: number;
     extra_ports: Record<string, number>;
@@ -205,6 +208,8 @@ function loadDefinition(folder: string, imagePrefix: string): ServiceDefinition 
     credentials: root.credentials,
     syslogDrainUrl,
     tls: loadTls(root, scripts, folder, fail),
+    stats: loadStats(root.stats, scripts, folder, fail),
+    dashboardLinks: loadDashboardLinks(root.dashboard_links, root.container.extra_ports, fail),
     scripts,
     backups,
     imageRepository: `${imagePrefix}${offering.name}`,
