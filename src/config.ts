@@ -53,6 +53,8 @@ export interface Config {
   scriptTimeoutSeconds: number;
   /** How often the reconciler compares every ready instance with the engine (it also follows its events); 0: off. */
   reconcileSeconds: number;
+  /** How often one replica runs every instance's stats script for /metrics; 0: off (the dashboard still asks on request). */
+  engineStatsSeconds: number;
   logLevel: string;
   /** json or pretty; undefined: pretty when stdout is a terminal, JSON otherwise. */
   logFormat?: 'json' | 'pretty';
@@ -184,6 +186,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     shutdownSeconds: int(env, 'BROKER_SHUTDOWN_SECONDS', 25, 0, 600),
     scriptTimeoutSeconds: int(env, 'BROKER_SCRIPT_TIMEOUT_SECONDS', 60, 1, 3600),
     reconcileSeconds: int(env, 'BROKER_RECONCILE_SECONDS', 30, 0, 86400),
+    engineStatsSeconds: int(env, 'BROKER_ENGINE_STATS_SECONDS', 30, 0, 86400),
     logLevel: env.LOG_LEVEL || 'info',
     logFormat: logFormat(env.BROKER_LOG_FORMAT),
     metricsListen: listenAddress('BROKER_METRICS_LISTEN', env.BROKER_METRICS_LISTEN),

@@ -2,10 +2,13 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, type Metric
 import type { BackupObserver, OperationObserver, OperationOutcome } from './broker/contracts.js';
 import type { ServiceDefinition } from './catalog/definition.js';
 import { within, type DependencyChecks, type Readiness } from './health.js';
-import type { BackupOrigin, InstanceRecord, OperationType } from './store/records.js';
+import type { BackupOrigin, EngineStatsRecord, InstanceRecord, OperationType } from './store/records.js';
 
 /** Per instance id, when its last backup succeeded (seconds since the epoch), wherever it was made. */
 export type BackupLastSuccessSource = () => Promise<ReadonlyMap<string, number>>;
+
+/** Per instance id, the last engine stats reading a collection pass stored (any replica's). */
+export type EngineStatsSource = () => Promise<ReadonlyMap<string, EngineStatsRecord>>;
 
 /** Per instance id, the health a reconciler last recorded for it (`ok`, `down`, `repaired`, ...). */
 export type InstanceHealthSource = () => Promise<ReadonlyMap<string, string>> | ReadonlyMap<string, string>;
@@ -141,6 +144,7 @@ interface Snapshot {
   instances?: InstanceRecord[];
   health?: ReadonlyMap<string, string>;
   backupLastSuccess?: ReadonlyMap<string, number>;
+  engineStats?: ReadonlyMap<string, EngineStatsRecord>;
 }
 
 /**
@@ -153,6 +157,8 @@ export class BrokerMetrics implements OperationObserver, BackupObserver {
   instancesByHealth?: InstanceHealthSource;
   /** Settable after start: the store's last successful backup per instance. */
   backupLastSuccess?: BackupLastSuccessSource;
+  /** Settable after start: the stored engine stats readings. */
+  engineStats?: EngineStatsSource;
 
   private readonly http: HttpRequestMetrics;
   private readonly operationsStarted: Counter<'type'>;
@@ -262,6 +268,37 @@ export class BrokerMetrics implements OperationObserver, BackupObserver {
         }
       },
     });
+    // Readings come from the store (one replica collects); a failed or stale reading has no numbers, only up 0 or nothing.
+    const liveReadings = async () => {
+      const { instances, engineStats } = await scrape();
+      const now = Date.now();
+      return (instances ?? []).flatMap((instance) => {
+        const reading = engineStats?.get(instance.id);
+        return reading && Date.parse(reading.expiresAt) > now ? [{ instance, reading }] : [];
+      });
+    };
+    new Gauge({
+      name: 'osb_instance_engine_stat',
+      help: "One number of an instance's engine (its offering's stats script: connections, memory, messages, ...), by stat; from the last collection, absent when it failed or is stale.",
+      labelNames: ['instance_id', 'offering', 'plan', 'stat'],
+      registers,
+      async collect() {
+        this.reset();
+        for (const { instance, reading } of await liveReadings()) {
+          for (const [stat, value] of Object.entries(reading.values ?? {})) this.set({ instance_id: instance.id, ...names(instance), stat }, value);
+        }
+      },
+    });
+    new Gauge({
+      name: 'osb_instance_engine_stats_up',
+      help: "1 when the last collection of an instance's engine stats gave numbers, 0 when its stats script failed (the dashboard says why); absent when stale.",
+      labelNames: ['instance_id', 'offering', 'plan'],
+      registers,
+      async collect() {
+        this.reset();
+        for (const { instance, reading } of await liveReadings()) this.set({ instance_id: instance.id, ...names(instance) }, reading.values ? 1 : 0);
+      },
+    });
   }
 
   /** The exposition format's content type, for the response header. */
@@ -319,12 +356,14 @@ export class BrokerMetrics implements OperationObserver, BackupObserver {
     const { checks, listInstances } = this.sources;
     const source = this.instancesByHealth;
     const lastSuccess = this.backupLastSuccess;
-    const [readiness, instances, health, backupLastSuccess] = await Promise.all([
+    const engineStats = this.engineStats;
+    const [readiness, instances, health, backupLastSuccess, engineReadings] = await Promise.all([
       checks.run(),
       within(listInstances, checks.timeoutMs).catch(() => undefined),
       source ? within(async () => source(), checks.timeoutMs).catch(() => undefined) : undefined,
       lastSuccess ? within(lastSuccess, checks.timeoutMs).catch(() => undefined) : undefined,
+      engineStats ? within(engineStats, checks.timeoutMs).catch(() => undefined) : undefined,
     ]);
-    return { readiness, instances, health, backupLastSuccess };
+    return { readiness, instances, health, backupLastSuccess, engineStats: engineReadings };
   }
 }

@@ -29,6 +29,8 @@ import { DashboardTokens } from './dashboard/tokens.js';
 import { DependencyChecks } from './health.js';
 import { BrokerMetrics } from './metrics.js';
 import { listenForMetrics } from './http/metrics-listener.js';
+import { EngineStats } from './broker/engine-stats.js';
+import { DashboardEngine } from './dashboard/engine.js';
 
 /** Configuration with the secrets resolved (from the environment or the state folder). */
 export type BrokerConfig = Config & { password: string; encryptionKey: Buffer; backup?: BackupConfig };
@@ -116,6 +118,15 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
     deletedPassMs: (backupConfig.deletedPassSeconds ?? 3600) * 1000,
   });
   metrics.backupLastSuccess = () => store.backupLastSuccesses();
+  const engineStats = new EngineStats({
+    store,
+    containers: runtime,
+    definitions,
+    log,
+    owner: `${hostname()}/${process.pid}/engine-stats`,
+    intervalMs: config.engineStatsSeconds * 1000,
+  });
+  metrics.engineStats = () => store.engineStats();
   const broker = new DockerBroker({
     config,
     definitions,
@@ -156,6 +167,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
         sessionTtlSeconds: config.dashboardSessionSeconds,
         secureCookies: config.publicUrl?.startsWith('https:') ?? false,
         backups: new DashboardBackups(backups, definitions, backupSchedules),
+        engine: new DashboardEngine({ stats: engineStats, store, advertisedHost: config.advertisedHost }),
       },
     });
     if (config.metricsListen) metricsServer = await listenForMetrics(metrics, config.metricsListen.host, config.metricsListen.port, log);
@@ -192,6 +204,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   metrics.instancesByHealth = () => reconciler.healthByInstance();
   if (config.reconcileSeconds > 0) reconciler.start();
   backupSchedules.start();
+  engineStats.start();
   tls?.startRenewals();
   return {
     server,
@@ -210,6 +223,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
       metricsServer?.closeAllConnections();
       await reconciler.stop();
       await backupSchedules.stop();
+      await engineStats.stop();
       await tls?.stop();
       await broker.handBack();
       // Keep-alive connections between requests would hold the server open; those in a request may finish.

@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import type { DashboardBackups } from '../dashboard/backups.js';
+import type { DashboardEngine } from '../dashboard/engine.js';
 import type { DashboardInstance, DashboardService } from '../dashboard/service.js';
 import type { DashboardTokens } from '../dashboard/tokens.js';
 import { logLinesHtml, overviewPage, problemPage } from '../dashboard/pages.js';
@@ -20,10 +21,16 @@ export interface DashboardOptions {
   brokerAuth: Middleware;
   /** The backups panel; without it the panel says the broker keeps no backups. */
   backups?: DashboardBackups;
+  /** The Engine card (the offering's stats and links); without it the card says the broker reads none. */
+  engine?: DashboardEngine;
 }
 
 const COOKIE = 'osb_dashboard';
-const ASSETS: Record<string, string> = { 'app.js': 'text/javascript; charset=utf-8', 'style.css': 'text/css; charset=utf-8' };
+const ASSETS: Record<string, string> = {
+  'app.js': 'text/javascript; charset=utf-8',
+  'engine-stats.js': 'text/javascript; charset=utf-8',
+  'style.css': 'text/css; charset=utf-8',
+};
 const MAX_TAIL = 10_000;
 /** As many as the tail selector's default. */
 const PAGE_LINES = 500;
@@ -111,6 +118,15 @@ export function dashboardRoutes(options: DashboardOptions): Router {
     '/instances/:id/api/details',
     authorised(async (ctx, instance) => {
       ctx.body = await service.details(instance);
+    }),
+  );
+
+  router.get(
+    '/instances/:id/api/engine',
+    authorised(async (ctx, instance) => {
+      ctx.body = options.engine
+        ? await options.engine.card(instance)
+        : { supported: false, reason: 'This broker reads no engine numbers.', stats: [], links: [] };
     }),
   );
 

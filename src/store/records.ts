@@ -119,6 +119,16 @@ export interface HealthRecord {
   repair?: 'restarted' | 'recreated';
 }
 
+/** An instance's last engine stats reading (its offering's scripts/stats): the numbers, or why there are none. */
+export interface EngineStatsRecord {
+  /** When the script ran. */
+  at: string;
+  /** After this the reading is stale: the collection stopped, and /metrics leaves it out. */
+  expiresAt: string;
+  values?: Record<string, number>;
+  error?: string;
+}
+
 /** One reserved host port: its number, its scope (a Swarm node; none on a single engine) and the instance holding it. */
 export interface PortReservation {
   port: number;

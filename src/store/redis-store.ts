@@ -2,7 +2,16 @@ import { Redis } from 'ioredis';
 import { randomBytes } from 'node:crypto';
 import { waitFor } from '../wait.js';
 import { LockTimeoutError, StoreUnavailableError } from './errors.js';
-import type { BackupRecord, BackupScheduleMark, BindingRecord, HealthRecord, InstanceRecord, OperationRecord, PortReservation } from './records.js';
+import type {
+  BackupRecord,
+  BackupScheduleMark,
+  BindingRecord,
+  EngineStatsRecord,
+  HealthRecord,
+  InstanceRecord,
+  OperationRecord,
+  PortReservation,
+} from './records.js';
 import type { Sealer } from './sealer.js';
 import type { StoredCertificate } from '../tls/certificates.js';
 import {
@@ -56,7 +65,7 @@ class GuardedRedis extends Redis {
  * operation:<id>, port:<n> (value: instance id), ports:<instance> (set of its ports), lock:<name>,
  * health:<instance> (what the engine really runs, removed with the instance), backup:<instance>:<backup>,
  * backups:<instance> (sorted set), backup-schedule:<instance> (hash: cron, last, failure), backups-deleted and
- * backup-last-success (hashes by instance id), tls-ca (the CA for instances' certificates), tls:<instance> (its
+ * backup-last-success and engine-stats (hashes by instance id), tls-ca (the CA for instances' certificates), tls:<instance> (its
  * server certificate, key sealed);
  * all under "osb:<broker id>:".
  */
@@ -307,6 +316,21 @@ export class RedisStore {
   /** When the instance's last backup succeeded (seconds since the epoch), for the metric. */
   async setBackupLastSuccess(instanceId: string, seconds: number): Promise<void> {
     await this.redis.hset(this.key('backup-last-success'), instanceId, String(seconds));
+  }
+
+  /** An instance's last engine stats reading, where every replica's /metrics and dashboard read it. */
+  async setEngineStats(instanceId: string, record: EngineStatsRecord): Promise<void> {
+    await this.redis.hset(this.key('engine-stats'), instanceId, JSON.stringify(record));
+  }
+
+  async engineStats(): Promise<Map<string, EngineStatsRecord>> {
+    const fields = await this.redis.hgetall(this.key('engine-stats'));
+    return new Map(Object.entries(fields).map(([instanceId, json]) => [instanceId, JSON.parse(json) as EngineStatsRecord]));
+  }
+
+  /** Drops the readings of instances that are gone. */
+  async forgetEngineStats(instanceIds: string[]): Promise<void> {
+    if (instanceIds.length > 0) await this.redis.hdel(this.key('engine-stats'), ...instanceIds);
   }
 
   async backupLastSuccesses(): Promise<Map<string, number>> {

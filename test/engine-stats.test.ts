@@ -1,0 +1,260 @@
+// Engine health against the real engines (port block 59): each offering's stats script reports numbers that match a
+// known situation made with the real client libraries (pg, mysql2, ioredis, amqplib, mqtt.js); /metrics carries the
+// collected ones; the dashboard's Engine card shows them in Chromium with RabbitMQ's management links; a stopped
+// container gives a reason on the card and "up 0" without numbers in /metrics.
+import test from 'ava';
+import amqp from 'amqplib';
+import { Redis } from 'ioredis';
+import mqtt from 'mqtt';
+import mysql from 'mysql2/promise';
+import pg from 'pg';
+import { chromium, type Browser } from 'playwright-core';
+import { LABEL } from '../src/docker/types.js';
+import { engine, PG, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
+import { provisionBody } from './helpers/osb-client.js';
+import { waitUntil } from './helpers/wait.js';
+
+const REDIS = { service: '2cd75c09-eebe-4945-8f8a-2ce77a2f0f36', small: '92776b7b-46d1-4950-91fb-9b675ca53968' };
+const RABBIT = { service: '6b592c13-3465-4be4-a448-7c14258b034c', small: 'bf8e1ee2-edda-44a2-ab3d-ba531124d51b' };
+const MQTT = { service: '6d6a455a-02d9-43ec-884b-bb6c5e827a77', small: '68f7c072-2a32-4b72-b3f3-bc56f5f9c620' };
+const MARIADB = { service: '0f5e3bfd-1d78-49ad-9f16-78ce4c376b52', small: 'c65006c3-2c84-4a77-93b1-c14c76cd9075' };
+
+type Creds = Record<string, any>;
+interface Card {
+  supported: boolean;
+  at?: string;
+  reason?: string;
+  stats: Array<{ name: string; value: number | null; of?: string }>;
+  links: Array<{ label: string; url: string; note?: string }>;
+}
+interface Instance {
+  id: string;
+  dashboardUrl: string;
+  creds: Creds;
+  cookie?: string;
+  apiBase?: string;
+}
+
+let env: TestBroker;
+let browser: Browser;
+const instances: Record<'pg' | 'redis' | 'rabbit' | 'mqtt' | 'mariadb', Instance> = {} as never;
+
+async function provisionAndBind(service: { service: string; small: string }, parameters: Record<string, unknown> = {}): Promise<Instance> {
+  const id = uniqueId('stats');
+  const accepted = await env.client.provision(id, provisionBody(service.service, service.small, { parameters }));
+  if (accepted.status !== 202) throw new Error(`provision answered ${accepted.status}: ${JSON.stringify(accepted.body)}`);
+  const done = await env.client.waitForInstance(id, accepted.body.operation);
+  if (done.body.state !== 'succeeded') throw new Error(`provision ${done.body.state}: ${done.body.description}`);
+  const bound = await env.client.bind(id, uniqueId('b'), { service_id: service.service, plan_id: service.small });
+  if (bound.status !== 201) throw new Error(`bind answered ${bound.status}: ${JSON.stringify(bound.body)}`);
+  return { id, dashboardUrl: accepted.body.dashboard_url, creds: bound.body.credentials };
+}
+
+test.before(async () => {
+  // Collection every 3 s so /metrics follows quickly; no reconciler, so a stopped container stays stopped.
+  env = await startTestBroker(59, { engineStatsSeconds: 3, reconcileSeconds: 0 });
+  const [pgInstance, redis, rabbit, mqttInstance, mariadb] = await Promise.all([
+    provisionAndBind(PG),
+    provisionAndBind(REDIS),
+    provisionAndBind(RABBIT),
+    provisionAndBind(MQTT),
+    provisionAndBind(MARIADB),
+  ]);
+  Object.assign(instances, { pg: pgInstance, redis, rabbit, mqtt: mqttInstance, mariadb });
+});
+test.after.always(async () => {
+  await browser?.close();
+  await env?.stop();
+});
+
+/** The Engine card's JSON, through a dashboard session (the link's token exchanged for the cookie once). */
+async function card(instance: Instance): Promise<Card> {
+  if (!instance.cookie) {
+    const response = await fetch(instance.dashboardUrl, { redirect: 'manual' });
+    instance.cookie = (response.headers.get('set-cookie') ?? '').split(';')[0]!;
+    instance.apiBase = new URL(response.headers.get('location')!, instance.dashboardUrl).href.replace(/\/+$/, '');
+  }
+  const response = await fetch(`${instance.apiBase}/api/engine`, { headers: { cookie: instance.cookie } });
+  if (response.status !== 200) throw new Error(`api/engine answered ${response.status}`);
+  return (await response.json()) as Card;
+}
+
+const value = (reading: Card, name: string) => reading.stats.find((stat) => stat.name === name)?.value;
+
+/** Waits until the card's numbers satisfy `ok` (a reading is shared for 5 s, the engines refresh theirs on their own). */
+async function cardUntil(instance: Instance, what: string, ok: (reading: Card) => boolean, timeoutMs = 30_000): Promise<Card> {
+  let last: Card | undefined;
+  try {
+    return await waitUntil(
+      what,
+      async () => {
+        last = await card(instance);
+        return ok(last) ? last : undefined;
+      },
+      timeoutMs,
+      1000,
+    );
+  } catch (error) {
+    throw new Error(`${(error as Error).message}; last reading ${JSON.stringify(last)}`, { cause: error });
+  }
+}
+
+async function metricsText(): Promise<string> {
+  return (await env.client.request('GET', '/metrics', undefined, { version: null })).body as string;
+}
+
+test.serial('PostgreSQL: three more connections, the database size and a running statement', async (t) => {
+  const instance = instances.pg;
+  const before = await card(instance);
+  t.true(before.supported);
+  t.is(before.reason, undefined);
+  const base = value(before, 'connections')!;
+  t.true(value(before, 'max_connections')! > 0);
+  t.true(value(before, 'database_size_bytes')! > 1_000_000, 'an empty PostgreSQL database is a few MB');
+  const clients = Array.from({ length: 3 }, () => new pg.Client({ connectionString: instance.creds.uri }));
+  await Promise.all(clients.map((client) => client.connect()));
+  try {
+    const sleeping = clients[0]!.query('SELECT pg_sleep(8)');
+    const reading = await cardUntil(
+      instance,
+      'three more connections and a running statement',
+      (r) => value(r, 'connections')! >= base + 3 && value(r, 'longest_query_seconds')! >= 0.5,
+    );
+    t.log(JSON.stringify(reading.stats));
+    await sleeping;
+  } finally {
+    await Promise.all(clients.map((client) => client.end()));
+  }
+});
+
+test.serial('MariaDB: three more connections and the database size', async (t) => {
+  const instance = instances.mariadb;
+  const base = value(await card(instance), 'connections')!;
+  const uri = instance.creds.uri as string;
+  const connections = await Promise.all(Array.from({ length: 3 }, () => mysql.createConnection(uri)));
+  try {
+    await connections[0]!.query('CREATE TABLE filler (id INT PRIMARY KEY, text VARCHAR(200))');
+    const reading = await cardUntil(instance, 'three more connections', (r) => value(r, 'connections')! >= base + 3);
+    t.true(value(reading, 'max_connections')! >= value(reading, 'connections')!);
+    t.true(value(reading, 'database_size_bytes')! > 0, 'the new table takes room');
+  } finally {
+    await Promise.all(connections.map((connection) => connection.end()));
+  }
+});
+
+test.serial('Redis: 10 keys, memory against maxmemory, hit ratio; /metrics carries the collected numbers', async (t) => {
+  const instance = instances.redis;
+  const redis = new Redis(instance.creds.uri as string, { maxRetriesPerRequest: 1 });
+  try {
+    for (let key = 0; key < 10; key++) await redis.set(`key-${key}`, 'x'.repeat(100));
+    for (const key of ['key-1', 'key-2', 'key-3', 'missing']) await redis.get(key);
+    const reading = await cardUntil(instance, '10 keys', (r) => value(r, 'keys') === 10);
+    t.true(value(reading, 'used_memory_bytes')! > 0);
+    t.true(value(reading, 'maxmemory_bytes')! > value(reading, 'used_memory_bytes')!, 'maxmemory is sized from the plan');
+    const ratio = value(reading, 'hit_ratio')!;
+    t.true(ratio > 0 && ratio < 1, `3 hits and a miss at least: ${ratio}`);
+  } finally {
+    redis.disconnect();
+  }
+  const labels = `instance_id="${instance.id}",offering="redis",plan="small"`;
+  const text = await waitUntil('keys 10 in /metrics', async () => {
+    const scraped = await metricsText();
+    return scraped.includes(`osb_instance_engine_stat{${labels},stat="keys"} 10`) ? scraped : undefined;
+  });
+  t.true(text.includes(`osb_instance_engine_stats_up{${labels}} 1`));
+  t.regex(text, new RegExp(`osb_instance_engine_stat\\{${labels},stat="used_memory_bytes"\\} \\d+`));
+});
+
+test.serial('RabbitMQ: a queue with 5 ready messages, 2 unacknowledged; the card in Chromium links the management UI', async (t) => {
+  const instance = instances.rabbit;
+  const connection = await amqp.connect(instance.creds.uri as string);
+  try {
+    const channel = await connection.createChannel();
+    await channel.assertQueue('orders');
+    for (let message = 0; message < 7; message++) channel.sendToQueue('orders', Buffer.from(`order ${message}`));
+    await channel.prefetch(2);
+    await channel.consume('orders', () => {}, { noAck: false });
+    const reading = await cardUntil(
+      instance,
+      '5 ready, 2 unacknowledged',
+      (r) => value(r, 'messages_ready') === 5 && value(r, 'messages_unacknowledged') === 2,
+    );
+    t.is(value(reading, 'queues'), 1);
+    t.true(value(reading, 'connections')! >= 1);
+    const management = instance.creds.http_api_uri as string;
+    const port = new URL(management).port;
+    t.deepEqual(
+      reading.links.map((link) => link.url),
+      [`http://127.0.0.1:${port}/`, `https://127.0.0.1:${new URL(instance.creds.https_api_uri as string).port}/`],
+    );
+    for (const link of reading.links) t.false(link.url.includes('@') || link.url.includes(instance.creds.password as string), 'no credentials in a link');
+
+    browser = await chromium.launch({
+      executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+    });
+    const page = await browser.newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (error) => errors.push(error.message));
+    await page.goto(instance.dashboardUrl);
+    const ready = page.locator('#engine-stats .meter[data-stat="messages_ready"] .meter-value');
+    await page.locator('#engine-stats .meter[data-stat="messages_ready"] .meter-value', { hasText: /^5$/ }).waitFor();
+    t.is(await ready.textContent(), '5');
+    t.is(await page.locator('#engine-links a').first().getAttribute('href'), `http://127.0.0.1:${port}/`);
+    t.regex(await page.locator('#engine-links').innerText(), /Log in with a binding's username and password/);
+    t.false((await page.content()).includes(instance.creds.password as string));
+    t.deepEqual(errors, []);
+    await page.close();
+  } finally {
+    await connection.close();
+  }
+});
+
+test.serial('MQTT: connected clients and messages from $SYS', async (t) => {
+  const instance = instances.mqtt;
+  const clients = await Promise.all(
+    [1, 2, 3].map(
+      (n) =>
+        new Promise<mqtt.MqttClient>((resolve, reject) => {
+          const client = mqtt.connect(instance.creds.uri as string, { clientId: `stats-${n}-${Date.now()}`, reconnectPeriod: 0 });
+          client.once('connect', () => resolve(client)).once('error', reject);
+        }),
+    ),
+  );
+  try {
+    await Promise.all(clients.map((client) => client.publishAsync('readings/temperature', '21.5', { qos: 1 })));
+    // mosquitto publishes $SYS every 10 s.
+    const reading = await cardUntil(
+      instance,
+      'three clients and their messages',
+      (r) => value(r, 'clients_connected')! >= 3 && value(r, 'messages_received')! >= 3,
+      40_000,
+    );
+    t.true(value(reading, 'messages_sent')! >= 0);
+  } finally {
+    await Promise.all(clients.map((client) => client.endAsync()));
+  }
+});
+
+test.serial('a stopped container: the card says why, /metrics has up 0 and no numbers for it; back once it runs', async (t) => {
+  const instance = instances.redis;
+  const [found] = await engine.listContainers({ [LABEL.broker]: env.config.brokerId, [LABEL.instance]: instance.id });
+  const container = found!.name;
+  t.true(found!.running, 'the instance runs');
+  await engine.stopContainer(container, 5);
+  try {
+    const reading = await cardUntil(instance, 'a reason on the card', (r) => r.reason !== undefined);
+    t.regex(reading.reason!, /the container is exited/);
+    t.true(reading.stats.every((stat) => stat.value === null));
+    const labels = `instance_id="${instance.id}",offering="redis",plan="small"`;
+    const text = await waitUntil('up 0 in /metrics', async () => {
+      const scraped = await metricsText();
+      return scraped.includes(`osb_instance_engine_stats_up{${labels}} 0`) ? scraped : undefined;
+    });
+    t.false(text.includes(`osb_instance_engine_stat{${labels}`), 'no stale numbers');
+    t.true(text.includes(`osb_instance_engine_stats_up{instance_id="${instances.pg.id}",offering="postgresql",plan="small"} 1`), 'the others still report');
+  } finally {
+    await engine.startContainer(container);
+  }
+  await cardUntil(instance, 'numbers again', (r) => r.reason === undefined && value(r, 'keys') === 10, 60_000);
+});
