@@ -102,7 +102,21 @@ test.serial('memcached lifecycle: one SASL user per binding, shared keys, refuse
   const { config } = env;
   await engineLifecycle(t, env, { serviceId: MEMCACHED.service, planId: MEMCACHED.small, parameters: { max_item_size_mb: 2 } }, memcached, async ([a, b]) => {
     // Credential shape: exact keys, an encoded uri, MemCachier's servers string, a numeric port.
-    t.deepEqual(Object.keys(a).sort(), ['host', 'hostname', 'password', 'port', 'servers', 'servers_with_credentials', 'uri', 'username']);
+    t.deepEqual(Object.keys(a).sort(), [
+      'ca_certificate',
+      'host',
+      'hostname',
+      'memcacheds_uri',
+      'password',
+      'port',
+      'servers',
+      'servers_with_credentials',
+      'tls_port',
+      'tls_servers',
+      'tls_servers_with_credentials',
+      'uri',
+      'username',
+    ]);
     t.is(a.uri, `memcached://${encodeURIComponent(a.username)}:${encodeURIComponent(a.password)}@${config.advertisedHost}:${a.port}`);
     t.is(a.servers, `${config.advertisedHost}:${a.port}`);
     t.is(a.servers_with_credentials, `${a.username}:${a.password}@${config.advertisedHost}:${a.port}`);
@@ -123,13 +137,21 @@ test.serial('memcached lifecycle: one SASL user per binding, shared keys, refuse
     t.is((await memcached.read(b, 'big'))?.length, big.length, 'a 1.5 MiB item is stored');
     await t.throwsAsync(() => withClient(a, (client) => client.set('too-big', 'x'.repeat(3 * 1024 * 1024), {})), undefined, 'a 3 MiB item is refused');
 
-    // memcached is PID 1, with the plan's cache size: 128 MiB limit - 48 MiB headroom.
+    // memcached is the entry point's child (which restarts it on new TLS files), with the plan's cache size: 128 MiB
+    // limit - 48 MiB headroom, and TLS on a port of its own next to the plain one.
     const { containers } = await brokerObjects(config.brokerId);
     t.is(containers.length, 1);
-    const cmdline = await engine.exec(containers[0]!.name, ['cat', '/proc/1/cmdline'], { user: 'memcache' });
-    t.is(cmdline.stdout.split('\0').filter(Boolean).join(' '), '/usr/bin/memcached -S -v -l 0.0.0.0 -p 11211 -U 0 -m 80 -I 2m -c 1024');
+    const entry = await engine.exec(containers[0]!.name, ['cat', '/proc/1/cmdline'], { user: 'memcache' });
+    t.is(entry.stdout.split('\0').filter(Boolean).join(' '), 'bash /osb/lib/start');
+    const pid = (await engine.exec(containers[0]!.name, ['cat', '/tmp/osb-memcached-pid'], { user: 'memcache' })).stdout.trim();
+    const cmdline = await engine.exec(containers[0]!.name, ['cat', `/proc/${pid}/cmdline`], { user: 'memcache' });
+    t.is(
+      cmdline.stdout.split('\0').filter(Boolean).join(' '),
+      '/usr/bin/memcached -S -v -U 0 -Z -o ssl_chain_cert=/etc/osb-tls/cert.pem,ssl_key=/etc/osb-tls/key.pem,ssl_min_version=2 ' +
+        '-l notls:0.0.0.0:11211 -l 0.0.0.0:11212 -m 80 -I 2m -c 1024',
+    );
 
-    const status = await engine.exec(containers[0]!.name, ['cat', '/proc/1/status'], { user: 'memcache' });
+    const status = await engine.exec(containers[0]!.name, ['cat', `/proc/${pid}/status`], { user: 'memcache' });
     t.regex(status.stdout, /^Uid:\s+999\s/m, 'memcached runs as the memcache user');
 
     // No password ever reached the container's log or the broker's log.

@@ -23,6 +23,8 @@ LOCK_WAIT_SECONDS=30
 WAITING=/tmp/osb-memcached-waiting-for-settings
 SASL_APP=memcached
 MC_PORT=11211
+# shellcheck source=SCRIPTDIR/listeners.sh
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/listeners.sh"
 
 die() {
   printf '%s: %s\n' "$OSB_OP" "$*" >&2
@@ -141,15 +143,32 @@ sasl_move_to_current_realm() {
   ! sasl_others_in_realm "$r" || die "some SASL users are still in another realm"
 }
 
-# ---- memcached binary protocol over bash's /dev/tcp -------------------------
+# ---- memcached binary protocol over bash's /dev/tcp or openssl s_client -----
 
-# mc_connect : opens fd 3 to the local memcached; fails at once if nothing listens.
+# mc_connect : opens the connection to the local memcached, written on fd 3 and
+# read on fd 4; fails at once if nothing listens. Plain on 127.0.0.1:$MC_PORT;
+# with MC_TLS=1 over TLS on $OSB_TLS_PORT through openssl s_client, which
+# checks the chain against the broker's CA (not the name: the certificate
+# names the advertised host, not 127.0.0.1).
 mc_connect() {
-  exec 3<>"/dev/tcp/127.0.0.1/$MC_PORT"
+  if [[ "${MC_TLS:-}" == 1 ]]; then
+    coproc MC_TLS_CLIENT { exec openssl s_client -quiet -no_ign_eof -verify_return_error \
+      -CAfile "$OSB_TLS_DIR/ca.pem" -connect "127.0.0.1:$OSB_TLS_PORT" 2>/dev/null; }
+    exec 3>&"${MC_TLS_CLIENT[1]}" 4<&"${MC_TLS_CLIENT[0]}"
+    # A refused handshake ends openssl: writing to it then fails instead of killing the script.
+    trap '' PIPE
+  else
+    exec 3<>"/dev/tcp/127.0.0.1/$MC_PORT" && exec 4<&3
+  fi
 }
 
 mc_close() {
-  exec 3>&- 3<&-
+  exec 3>&- 4<&-
+  if [[ -n "${MC_TLS_CLIENT_PID:-}" ]]; then
+    eval "exec ${MC_TLS_CLIENT[1]}>&- ${MC_TLS_CLIENT[0]}<&-" 2>/dev/null || true
+    wait "$MC_TLS_CLIENT_PID" 2>/dev/null || true
+  fi
+  trap - PIPE
 }
 
 # mc_header OPCODE KEYLEN BODYLEN : writes a 24-byte request header to fd 3.
@@ -162,18 +181,18 @@ mc_header() {
   printf "$fmt" >&3
 }
 
-# mc_read : reads one response from fd 3 into MC_STATUS and MC_BODY (NULs dropped).
+# mc_read : reads one response from fd 4 into MC_STATUS and MC_BODY (NULs dropped).
 mc_read() {
   local header len
   local -a b
-  header="$(timeout 5 head -c 24 <&3 | od -An -v -tu1)" || return 1
+  header="$(timeout 5 head -c 24 <&4 | od -An -v -tu1)" || return 1
   read -r -a b <<<"$(printf '%s' "$header" | tr '\n' ' ')"
   (( ${#b[@]} == 24 && b[0] == 0x81 )) || return 1
   MC_STATUS=$(( b[6] * 256 + b[7] ))
   len=$(( (b[8] << 24) + (b[9] << 16) + (b[10] << 8) + b[11] ))
   MC_BODY=""
   if (( len > 0 )); then
-    MC_BODY="$(timeout 5 head -c "$len" <&3 | tr -d '\000')" || return 1
+    MC_BODY="$(timeout 5 head -c "$len" <&4 | tr -d '\000')" || return 1
   fi
 }
 
@@ -201,4 +220,38 @@ mc_login() {
   mc_read || { mc_close; return 1; }
   mc_close
   [[ "$MC_STATUS" == 0 ]] || return 2
+}
+
+# ---- restarts of memcached inside the container (lib/start is PID 1) --------
+
+# restart_memcached : has the entry point restart memcached (new listeners or
+# certificate; the cache empties) and returns once the new process answers.
+restart_memcached() {
+  local before
+  [[ "$(tr '\0' ' ' </proc/1/cmdline 2>/dev/null)" == *"/osb/lib/start"* ]] \
+    || die "memcached runs as PID 1 in this container (an older image): restart or upgrade the instance instead"
+  before="$(cat "$OSB_RUNNING_PID" 2>/dev/null)"
+  kill -USR2 1 || die "could not signal the entry point"
+  for _ in $(seq 1 300); do
+    if [[ "$(cat "$OSB_RUNNING_PID" 2>/dev/null)" != "$before" ]] && mc_mechanisms; then return 0; fi
+    sleep 0.05
+  done
+  die "memcached did not come back within 15 s; see the container's logs"
+}
+
+# apply_require_tls : records PARAM_REQUIRE_TLS (true: the plain port on
+# loopback only; TLS on $OSB_TLS_PORT) and restarts memcached when that
+# changes its listeners. Refused where there are no TLS files (Swarm).
+apply_require_tls() {
+  local want="${PARAM_REQUIRE_TLS:-false}"
+  case "$want" in
+    true) tls_files_present || die "require_tls needs TLS, and this container has no certificate from the broker";;
+    false) ;;
+    *) die "PARAM_REQUIRE_TLS must be true or false";;
+  esac
+  printf '%s\n' "$want" > "$OSB_REQUIRE_TLS.new"
+  mv -f "$OSB_REQUIRE_TLS.new" "$OSB_REQUIRE_TLS"
+  [[ -s "$OSB_RUNNING_LISTENERS" ]] || return 0   # memcached has not started yet: it starts with them
+  [[ "$(listener_options)" != "$(cat "$OSB_RUNNING_LISTENERS")" ]] || return 0
+  restart_memcached
 }
