@@ -26,6 +26,13 @@ export interface ListedHealth {
   summary: string;
 }
 
+export interface ListedContainer {
+  /** running, exited, restarting, paused, created, unreachable (Swarm: its node is down) or missing. */
+  state: string;
+  /** Of a container that is not running. */
+  exit_code?: number;
+}
+
 export interface ListedInstance {
   id: string;
   /** The platform context's instance_name, when a client sent one. */
@@ -38,6 +45,10 @@ export interface ListedInstance {
   last_operation?: { type: string; state: string; description: string };
   /** Only for a ready instance the broker has found down at least once; absent means it ran whenever it looked. */
   health?: ListedHealth;
+  /** The engine's state of a ready instance's container, read when listed (absent for other states). */
+  container?: ListedContainer;
+  /** host:port of the main published port, where clients connect; absent before a port is reserved. */
+  endpoint?: string;
   dashboard_url: string;
   created_at: string;
   bindings: ListedBinding[];

@@ -26,7 +26,7 @@ import type { BackupService } from './backups.js';
 import { InPlaceRestore } from './in-place-restore.js';
 import { InstanceLifecycle } from './instances.js';
 import { InstanceRestart } from './restart.js';
-import { listInstances } from './listing.js';
+import { listInstances, type LiveState } from './listing.js';
 import { Offerings } from './offerings.js';
 import { OperationRunner, type RunnerSettings, type Work } from './operations.js';
 
@@ -60,6 +60,8 @@ export class DockerBroker implements ServiceBroker {
   /** Restarts on request (POST /broker/v1/instances/:id/restart, and the dashboard's button). */
   readonly restarts: InstanceRestart;
   private readonly store: StateStore;
+  /** For the listing: where clients reach published ports (unless an instance's record says), and the engine's state. */
+  private readonly live: LiveState;
   private readonly log: Logger;
   private readonly instances: InstanceLifecycle;
   private readonly bindings: BindingLifecycle;
@@ -71,6 +73,7 @@ export class DockerBroker implements ServiceBroker {
     this.offerings = new Offerings(definitions);
     this.runner = new OperationRunner(store, log, leases, observer);
     const parts = { config, offerings: this.offerings, store, runtime, runner: this.runner, log, portIsFree, dashboardUrl, placement, backups, tls };
+    this.live = { advertisedHost: config.advertisedHost, runtime };
     this.instances = new InstanceLifecycle(parts);
     this.bindings = new BindingLifecycle(parts);
     if (backups) this.restores = new InPlaceRestore({ ...parts, backups });
@@ -120,7 +123,7 @@ export class DockerBroker implements ServiceBroker {
 
   /** Every live instance with its bindings, for clients that work with names rather than ids. No secrets. */
   listing(): Promise<ListedInstance[]> {
-    return listInstances(this.store, this.offerings, this.dashboardUrl);
+    return listInstances(this.store, this.offerings, this.dashboardUrl, this.live);
   }
 
   /** Starts looking for operations nobody holds (a dead process's, or ones left by an outage) and continues them. */

@@ -1,6 +1,6 @@
-import type { ListedHealth, ListedInstance } from '../api/listing.js';
-import type { HealthRecord } from '../store/records.js';
-import type { StateStore } from './contracts.js';
+import type { ListedContainer, ListedHealth, ListedInstance } from '../api/listing.js';
+import type { HealthRecord, InstanceRecord } from '../store/records.js';
+import type { InstanceContainers, InstanceRuntime, StateStore } from './contracts.js';
 import type { Offerings } from './offerings.js';
 import { describeHealth } from './reconciler.js';
 
@@ -19,17 +19,24 @@ const listedHealth = (health: HealthRecord): ListedHealth => ({
 });
 
 /** Every live instance with its bindings, oldest first, named from the platform context. No secrets. */
-export async function listInstances(store: StateStore, offerings: Offerings, dashboardUrl: (instanceId: string) => string): Promise<ListedInstance[]> {
+export async function listInstances(
+  store: StateStore,
+  offerings: Offerings,
+  dashboardUrl: (instanceId: string) => string,
+  live?: LiveState,
+): Promise<ListedInstance[]> {
+  const containers = live && 'inspect' in live.runtime ? (live.runtime as unknown as InstanceContainers) : undefined;
   const instances = await store.listInstances();
   return Promise.all(
     instances
       .sort((a, b) => a.createdAt.localeCompare(b.createdAt))
       .map(async (instance) => {
         const names = offerings.namesOf(instance);
-        const [operation, bindings, health] = await Promise.all([
+        const [operation, bindings, health, container] = await Promise.all([
           store.getOperation(instance.lastOperationId),
           store.listBindings(instance.id),
           instance.state === 'ready' ? store.getHealth(instance.id) : undefined,
+          instance.state === 'ready' && containers ? containerState(containers, instance) : undefined,
         ]);
         return {
           id: instance.id,
@@ -41,6 +48,8 @@ export async function listInstances(store: StateStore, offerings: Offerings, das
           state: instance.state,
           ...(operation ? { last_operation: { type: operation.type, state: operation.state, description: operation.description } } : {}),
           ...(health ? { health: listedHealth(health) } : {}),
+          ...(container ? { container } : {}),
+          ...(instance.hostPort ? { endpoint: `${instance.advertisedHost ?? live?.advertisedHost ?? 'localhost'}:${instance.hostPort}` } : {}),
           dashboard_url: dashboardUrl(instance.id),
           created_at: instance.createdAt,
           bindings: bindings
@@ -55,4 +64,18 @@ export async function listInstances(store: StateStore, offerings: Offerings, das
         };
       }),
   );
+}
+
+/** What the listing reads besides the store: the advertised host of published ports, and the runtime for live states. */
+export interface LiveState {
+  advertisedHost: string;
+  runtime: InstanceRuntime;
+}
+
+/** The engine's own word on a ready instance's container, read at each listing: a killed one is not "ready". */
+async function containerState(containers: InstanceContainers, instance: InstanceRecord): Promise<ListedContainer> {
+  const { secrets: _secrets, ...withoutSecrets } = instance;
+  const summary = await containers.inspect(withoutSecrets).catch(() => undefined);
+  if (!summary) return { state: 'missing' };
+  return { state: summary.status, ...(!summary.running && summary.exitCode !== undefined ? { exit_code: summary.exitCode } : {}) };
 }

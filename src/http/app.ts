@@ -18,6 +18,7 @@ import { originatingIdentity } from './middleware/originating-identity.js';
 import { requestIdentity } from './middleware/request-identity.js';
 import { catalogCache, catalogEndpoint, osbRoutes } from './osb-routes.js';
 import { listingRoutes } from './listing-routes.js';
+import { operatorRoutes } from './operator-routes.js';
 import { backupRoutes, restoreRoutes } from './backup-routes.js';
 import { restartRoutes } from './restart-routes.js';
 import type { InstanceRestart } from '../broker/restart.js';
@@ -88,6 +89,8 @@ export function createApp(broker: ServiceBroker, options: AppOptions): Koa {
     ...(options.listing ? routerMiddleware(listingRoutes(options.listing)) : []),
     ...(options.backups ? routerMiddleware(backupRoutes(options.backups, options.backupSchedules)) : []),
     ...(options.restores ? routerMiddleware(restoreRoutes(options.restores)) : []),
+    // An instance's details and logs as the dashboard reads them (operator-routes.ts).
+    ...(options.dashboard ? routerMiddleware(operatorRoutes(options.dashboard.service)) : []),
     ...(options.restarts ? routerMiddleware(restartRoutes(options.restarts)) : []),
   ];
   if (brokerApi.length) app.use(under('/broker', compose([auth, ...brokerApi])));
