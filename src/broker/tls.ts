@@ -181,9 +181,9 @@ export class InstanceTls {
    * For a container the orchestrator makes (a Swarm task): the files of a current certificate, and `delivered` to call
    * once a container runs with them. Undefined for an offering without TLS.
    */
-  async current(definition: ServiceDefinition, instance: InstanceRecord): Promise<(TlsFiles & { delivered(): Promise<void> }) | undefined> {
+  async current(definition: ServiceDefinition, instance: InstanceRecord, now = new Date()): Promise<(TlsFiles & { delivered(): Promise<void> }) | undefined> {
     if (!definition.tls) return undefined;
-    const stored = await this.certificate(instance);
+    const stored = await this.certificate(instance, now);
     return {
       ...this.files(definition.tls, stored),
       delivered: async () => {

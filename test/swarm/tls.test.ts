@@ -2,7 +2,8 @@
 // test/helpers/swarm-cluster.ts) with the broker as a process: a Redis instance on the worker gets its certificate and
 // key as Swarm secrets, ioredis verifies chain and name (the worker's address) over rediss://, another CA is refused,
 // require_tls closes the plain port there, a task Swarm restarts on its own keeps serving the same certificate, a
-// short-lived certificate is renewed by a new task with new secrets (the old ones removed), and a deprovision leaves
+// short-lived certificate is renewed by a new task with new secrets, a broker killed (kill -9) mid-renewal has the
+// next process finish it (the old secrets removed, the task not replaced again), and a deprovision leaves
 // no secret behind.
 import test from 'ava';
 import type Docker from 'dockerode';
@@ -30,6 +31,9 @@ type Creds = { host: string; port: number; tls_port: number; username: string; u
 
 let cluster: SwarmCluster;
 let broker: SpawnedBroker;
+let brokerEnv: Record<string, string>;
+/** Output of broker processes killed during the tests. */
+const earlierOutput: string[] = [];
 let redis: { url: string; stop(): Promise<void> };
 let state: { dir: string; remove(): void };
 let instance: { id: string; creds: Creds } | undefined;
@@ -44,8 +48,7 @@ test.before(async (t) => {
   await cluster.drain(cluster.nodes[0]!.name);
   redis = await startTestRedis();
   state = tempStateDir();
-  broker = await spawnBroker({
-    PORT: String(await freePort()),
+  brokerEnv = {
     DOCKER_HOST: cluster.managerUrl,
     BROKER_ORCHESTRATOR: 'swarm',
     BROKER_ID: `tl${uniqueId('').slice(1, 9)}`,
@@ -58,7 +61,8 @@ test.before(async (t) => {
     BROKER_TLS_RENEW_CHECK_SECONDS: '2',
     BROKER_RECONCILE_SECONDS: '5',
     LOG_LEVEL: 'debug',
-  });
+  };
+  broker = await spawnBroker({ ...brokerEnv, PORT: String(await freePort()) });
 });
 
 test.afterEach.always((t) => {
@@ -122,6 +126,14 @@ async function secretsOf(id: string): Promise<Array<{ name: string; labels: Reco
     Spec: { Name: string; Labels: Record<string, string> };
   }>;
   return secrets.map((secret) => ({ name: secret.Spec.Name, labels: secret.Spec.Labels })).sort((a, b) => a.name.localeCompare(b.name));
+}
+
+/** The names of the secrets the instance's service mounts. */
+async function mountedSecrets(id: string): Promise<string[]> {
+  const [service] = (await cluster.manager.listServices({ filters: { label: [`${INSTANCE_LABEL}=${id}`] } })) as unknown as Array<{
+    Spec: { TaskTemplate: { ContainerSpec: { Secrets?: Array<{ SecretName: string }> } } };
+  }>;
+  return (service?.Spec.TaskTemplate.ContainerSpec.Secrets ?? []).map((secret) => secret.SecretName).sort();
 }
 
 async function taskContainer(engine: Docker, id: string): Promise<string | undefined> {
@@ -198,32 +210,51 @@ test.serial('an instance on a worker serves TLS from Swarm secrets; clients veri
   instance = { id, creds: fetched };
 });
 
-test.serial('a certificate at two thirds of its life is renewed by a new task with new secrets; clients connect afterwards', async (t) => {
+test.serial('a renewal replaces the task with new secrets; killed mid-way (kill -9), the next broker process finishes it', async (t) => {
   t.timeout(180_000);
   if (!instance) return t.fail('the first test did not finish');
   const { id, creds } = instance;
+  const worker = cluster.nodes[1]!;
   const before = await served(creds.host, creds.tls_port, creds.ca_certificate);
   const secretsBefore = (await secretsOf(id)).map((secret) => secret.name);
+  t.deepEqual(await mountedSecrets(id), secretsBefore);
+  // At two thirds of the certificate's life the broker makes new secrets and updates the service; it is killed as soon
+  // as the service mounts them, before the new task is ready and the old secrets are removed.
+  await waitFor(async () => ((await mountedSecrets(id)).some((name) => !secretsBefore.includes(name)) ? true : undefined), {
+    intervalMs: 200,
+    timeoutMs: CERT_SECONDS * 1000,
+  });
+  await broker.kill('SIGKILL');
+  earlierOutput.push(...broker.stdout, ...broker.stderr);
+  t.is((await secretsOf(id)).length, 6, 'the old secrets are still there');
+
+  // Swarm replaces the task by itself: the new certificate is served and clients verify it.
   const renewed = await waitFor(
     async () => {
       const now = await served(creds.host, creds.tls_port, creds.ca_certificate).catch(() => undefined);
       return now && now.serialNumber !== before.serialNumber ? now : undefined;
     },
-    { intervalMs: 1000, timeoutMs: CERT_SECONDS * 1000 },
+    { intervalMs: 250, timeoutMs: 60_000 },
   );
   t.true(Date.parse(renewed.validTo) > Date.parse(before.validTo), `${renewed.validTo} after ${before.validTo}`);
   const session = await waitFor(async () => whoami(creds.uri, { ca: creds.ca_certificate }).catch(() => undefined), { intervalMs: 250, timeoutMs: 30_000 });
   t.deepEqual(session, { user: creds.username, encrypted: true });
   t.is(await plainAnswer(creds.host, creds.port), '', 'require_tls holds after the renewal');
-  // The old secrets are removed once the new task runs.
-  const secretsAfter = await waitFor(
+  const task = await taskContainer(worker.engine, id);
+
+  // The next process finds the renewal unfinished: the task has the new files already, so it only removes the old ones.
+  broker = await spawnBroker({ ...brokerEnv, PORT: String(await freePort()) });
+  const remaining = await waitFor(
     async () => {
       const names = (await secretsOf(id)).map((secret) => secret.name);
-      return names.length === 3 && names.every((name) => !secretsBefore.includes(name)) ? names : undefined;
+      return names.length === 3 ? names : undefined;
     },
-    { intervalMs: 500, timeoutMs: 30_000 },
+    { intervalMs: 500, timeoutMs: 60_000 },
   );
-  t.is(secretsAfter.length, 3);
+  t.deepEqual(remaining, await mountedSecrets(id));
+  t.true(remaining.every((name) => !secretsBefore.includes(name)));
+  t.is(await taskContainer(worker.engine, id), task, 'the task was not replaced again');
+  t.is((await served(creds.host, creds.tls_port, creds.ca_certificate)).serialNumber, renewed.serialNumber);
 });
 
 test.serial('a deprovision removes the instance’s secrets; the key never reached the log', async (t) => {
@@ -236,5 +267,5 @@ test.serial('a deprovision removes the instance’s secrets; the key never reach
   t.is(gone.status, 202, JSON.stringify(gone.body));
   t.is((await broker.client.waitForInstance(id, gone.body.operation)).body.state, 'succeeded');
   t.deepEqual(await secretsOf(id), []);
-  t.false([...broker.stdout, ...broker.stderr].some((line) => line.includes('PRIVATE KEY')));
+  t.false([...earlierOutput, ...broker.stdout, ...broker.stderr].some((line) => line.includes('PRIVATE KEY')));
 });

@@ -18,7 +18,7 @@ import {
   TlsError,
   type StoredCertificate,
 } from '../../src/tls/certificates.js';
-import { InstanceTls, type TlsStore } from '../../src/broker/tls.js';
+import { InstanceTls, type TlsFiles, type TlsStore } from '../../src/broker/tls.js';
 import { credentialsTemplate, renderCredentials } from '../../src/broker/credentials.js';
 import { Offerings } from '../../src/broker/offerings.js';
 import { createLogger } from '../../src/log.js';
@@ -254,6 +254,48 @@ test('a renewal whose delivery failed stays pending and is delivered by the next
   reachable = true;
   t.is(await tls.renewalPass(3_600_000, new Date(later.getTime() + 3_600_000)), 1);
   t.is(store.certs.get(instance.id)!.serial, pending.serial, 'the same certificate, delivered now');
+  t.is(store.certs.get(instance.id)!.pending, undefined);
+});
+
+test('on Swarm a new task gets the current files; a renewal hands new files to the runtime, which replaces the task', async (t) => {
+  const store = new FakeTlsStore();
+  store.instances = [instance];
+  const replaced: string[] = [];
+  let reachable = false;
+  const delivery = {
+    replaceTls: async (_definition: unknown, _instance: unknown, files: TlsFiles) => {
+      if (!reachable) throw new Error('its node is down');
+      replaced.push(files.serial);
+    },
+  };
+  const tls = new InstanceTls({ store, config, offerings: new Offerings([definition]), log, owner: 'a', delivery });
+  await tls.start(NOW);
+  const first = (await tls.current(definition, instance, NOW))!;
+  const stored = store.certs.get(instance.id)!;
+  t.is(first.serial, stored.serial);
+  t.deepEqual(
+    first.files.map((file) => `${first.dir}/${file.name}@${file.mode.toString(8)}:${file.uid}:${file.gid}`),
+    ['/etc/osb-tls/ca.pem@644:999:999', '/etc/osb-tls/cert.pem@644:999:999', '/etc/osb-tls/key.pem@600:999:999'],
+  );
+  t.is(first.files[2]!.content.toString(), stored.secrets.key);
+  t.is((await tls.current(definition, instance, NOW))!.serial, first.serial, 'the same certificate until it is due');
+
+  // The runtime cannot replace the task now: the renewed certificate stays pending, and the next new task gets it.
+  const later = new Date(NOW.getTime() + 61 * DAY);
+  t.is(await tls.renewalPass(3_600_000, later), 0);
+  const pending = store.certs.get(instance.id)!;
+  t.true(pending.pending);
+  t.not(pending.serial, first.serial);
+  const next = (await tls.current(definition, instance, later))!;
+  t.is(next.serial, pending.serial);
+  await next.delivered();
+  t.is(store.certs.get(instance.id)!.pending, undefined);
+
+  reachable = true;
+  const much = new Date(NOW.getTime() + 125 * DAY);
+  t.is(await tls.renewalPass(3_600_000, much), 1);
+  t.deepEqual(replaced, [store.certs.get(instance.id)!.serial]);
+  t.not(replaced[0], pending.serial);
   t.is(store.certs.get(instance.id)!.pending, undefined);
 });
 
