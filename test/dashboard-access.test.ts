@@ -132,7 +132,7 @@ test('no password ever reaches the dashboard: details, processes and logs are re
   await db.connect();
   await db.query(`SELECT 'my password is ${password}' AS leak`);
   await db.end();
-  const name = `osb-${env.config.brokerId}-${first}`;
+  const name = execFileSync('docker', ['ps', '-a', '--filter', `label=io.osb-broker.instance=${first}`, '--format', '{{.Names}}'], { encoding: 'utf8' }).trim();
   const raw = execFileSync('docker', ['logs', '--tail', '200', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   const rawErr = execFileSync('sh', ['-c', `docker logs --tail 200 ${name} 2>&1 >/dev/null`], { encoding: 'utf8' });
   t.true(`${raw}${rawErr}`.includes(password), 'the engine log holds the password');
@@ -153,7 +153,9 @@ test('no password ever reaches the dashboard: details, processes and logs are re
 });
 
 test('a stopped container shows its state and an explanation instead of an error', async (t) => {
-  const name = `osb-${env.config.brokerId}-${second}`;
+  const name = execFileSync('docker', ['ps', '-a', '--filter', `label=io.osb-broker.instance=${second}`, '--format', '{{.Names}}'], {
+    encoding: 'utf8',
+  }).trim();
   execFileSync('docker', ['stop', '-t', '5', name]);
   const cookie = await session((await env.client.request('GET', `/v2/service_instances/${second}`)).body.dashboard_url);
   const details = (await (await get(`${pathOf(second)}/api/details`, { cookie })).json()) as any;

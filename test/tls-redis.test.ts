@@ -143,7 +143,10 @@ test.serial('a certificate at two thirds of its life is renewed, served on the T
 test.serial('a killed container is brought back by the reconciler, serving TLS and still not plain; turned off, plain is back', async (t) => {
   if (!instance) return t.fail('the first test did not finish');
   const { id, creds } = instance;
-  const container = `osb-${env.config.brokerId}-${id}`;
+  // Found by its label: the name carries the instance name the platform gave.
+  const container = execFileSync('docker', ['ps', '-a', '--filter', `label=io.osb-broker.instance=${id}`, '--format', '{{.Names}}'], {
+    encoding: 'utf8',
+  }).trim();
   execFileSync('docker', ['kill', container]);
   // Repaired only once the restart passed every step, the probe of the published port among them: with the plain
   // port closed, the broker probes the TLS port.

@@ -149,7 +149,10 @@ test.serial('PostgreSQL: a certificate at two thirds of its life is renewed, ser
 test.serial('PostgreSQL: a killed container is brought back by the reconciler and still serves verified TLS', async (t) => {
   if (!pgInstance) return t.fail('the first PostgreSQL test did not finish');
   const { id, creds } = pgInstance;
-  const container = `osb-${env.config.brokerId}-${id}`;
+  // Found by its label: the name carries the instance name the platform gave.
+  const container = execFileSync('docker', ['ps', '-a', '--filter', `label=io.osb-broker.instance=${id}`, '--format', '{{.Names}}'], {
+    encoding: 'utf8',
+  }).trim();
   const startedAt = execFileSync('docker', ['inspect', '--format', '{{.State.StartedAt}}', container]).toString().trim();
   execFileSync('docker', ['kill', container]);
   await waitFor(

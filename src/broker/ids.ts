@@ -29,15 +29,38 @@ export function checkId(value: string | undefined, what: string): string {
 const READABLE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$/;
 const HASHED_TAIL = /_[0-9a-f]{32}$/;
 
+/** Swarm takes service names of up to 63 characters (they are DNS labels); containers on one engine use the same rule. */
+const MAX_ENGINE_NAME = 63;
+
 /**
- * The engine names of an instance's container and volume: `osb-<broker>-<id>` when the id is a short Docker-safe
- * name, else a readable prefix of it and a hash of the whole id (`osb-<broker>-<prefix>_<32 hex digits>`), so any
- * id gives a valid name and two ids never give the same one. Recorded with the instance, so this rule may change.
+ * The engine names of an instance's container and volume. With a name the platform gave it (the context's
+ * instance_name): `osb-<broker>-<name>_<32 hex digits of a hash of the id>`, the name lowercased, cut to what fits
+ * and reduced to letters, digits and hyphens. Otherwise `osb-<broker>-<id>` when the id is a short Docker-safe name,
+ * else a readable prefix of it and the same hash. Two ids never give the same name (a readable id never ends in a
+ * hash), and the names are recorded with the instance, so this rule may change: existing containers keep theirs.
  */
-export function instanceResourceNames(brokerId: string, instanceId: string): { containerName: string; volumeName: string } {
-  const containerName = `osb-${brokerId}-${READABLE.test(instanceId) && !HASHED_TAIL.test(instanceId) ? instanceId : hashedName(instanceId)}`;
+export function instanceResourceNames(brokerId: string, instanceId: string, instanceName?: string): { containerName: string; volumeName: string } {
+  const prefix = `osb-${brokerId}-`;
+  const named = instanceName && readableName(instanceName, MAX_ENGINE_NAME - prefix.length - 33);
+  const containerName = named
+    ? `${prefix}${named}_${idHash(instanceId)}`
+    : `${prefix}${READABLE.test(instanceId) && !HASHED_TAIL.test(instanceId) ? instanceId : hashedName(instanceId)}`;
   return { containerName, volumeName: `${containerName}-data` };
 }
+
+/** A platform's instance name as part of an engine name: lowercase letters, digits and single hyphens; "" if none. */
+function readableName(name: string, room: number): string {
+  if (room < 1) return '';
+  return name
+    .normalize('NFKD')
+    .replace(/\p{M}/gu, '')
+    .toLowerCase()
+    .replace(/[^a-z0-9]+/g, '-')
+    .slice(0, room)
+    .replace(/^-+|-+$/g, '');
+}
+
+const idHash = (id: string) => createHash('sha256').update(id).digest('hex').slice(0, 32);
 
 function hashedName(id: string): string {
   const prefix = id
@@ -46,5 +69,5 @@ function hashedName(id: string): string {
     .replace(/^[^A-Za-z0-9]+/, '')
     .slice(0, 40)
     .replace(/[^A-Za-z0-9]+$/, '');
-  return `${prefix}_${createHash('sha256').update(id).digest('hex').slice(0, 32)}`;
+  return `${prefix}_${idHash(id)}`;
 }

@@ -89,7 +89,10 @@ export class InstanceLifecycle {
         parameters,
         maintenanceVersion: definition.maintenanceInfo.version,
         state: 'provisioning',
-        ...instanceResourceNames(config.brokerId, instanceId),
+        // A failed provision tried again keeps its names: its volume may hold data already.
+        ...(retry
+          ? { containerName: retry.containerName, volumeName: retry.volumeName }
+          : instanceResourceNames(config.brokerId, instanceId, contextName(context))),
         hostPort: retry?.hostPort,
         createdAt: retry?.createdAt ?? now(),
         updatedAt: now(),
@@ -422,3 +425,9 @@ const SOURCE_PARAMETERS = ['restore_from', 'clone_of'] as const;
 
 const withoutSource = (parameters: Record<string, unknown>) =>
   Object.fromEntries(Object.entries(parameters).filter(([name]) => !(SOURCE_PARAMETERS as readonly string[]).includes(name)));
+
+/** The platform's name of the instance (Cloud Foundry's instance_name, the CLI's name), for its engine names. */
+function contextName(context: Record<string, unknown> | undefined): string | undefined {
+  const name = context?.instance_name;
+  return typeof name === 'string' && name ? name : undefined;
+}

@@ -234,13 +234,18 @@ export class DockerRuntime implements InstanceRuntime, DriftRuntime, DumpRuntime
 }
 
 /** The labels of everything made for an instance (container or service, volume), on one engine or a Swarm. */
-export function instanceLabels(brokerId: string, instance: Pick<InstanceRecord, 'id' | 'serviceId' | 'planId'>): Record<string, string> {
+export function instanceLabels(
+  brokerId: string,
+  instance: Pick<InstanceRecord, 'id' | 'serviceId' | 'planId'> & { context?: Record<string, unknown> },
+): Record<string, string> {
+  const name = instance.context?.instance_name;
   return {
     [LABEL.broker]: brokerId,
     [LABEL.role]: 'instance',
     [LABEL.instance]: instance.id,
     [LABEL.service]: instance.serviceId,
     [LABEL.plan]: instance.planId,
+    ...(typeof name === 'string' && name ? { [LABEL.instanceName]: name } : {}),
   };
 }
 

@@ -7,6 +7,8 @@ export const LABEL = {
   instance: 'io.osb-broker.instance',
   service: 'io.osb-broker.service',
   plan: 'io.osb-broker.plan',
+  /** The platform's name of the instance when its container was made (names can change later; the id cannot). */
+  instanceName: 'io.osb-broker.instance-name',
 } as const;
 
 export interface ContainerLimits {
