@@ -42,6 +42,8 @@ export interface Config {
   tombstoneSeconds: number;
   dashboardLinkSeconds: number;
   dashboardSessionSeconds: number;
+  /** Dashboard sign-in with Cloud Foundry's UAA (BROKER_SSO_*); undefined: off, every platform uses links. */
+  sso?: SsoConfig;
   bodyLimitBytes: number;
   /** An operation's lease lives this long without renewal: a dead process's work is taken over after about this. */
   leaseSeconds: number;
@@ -66,6 +68,15 @@ export interface Config {
   tlsCertSeconds: number;
   /** How often one replica looks for certificates due for renewal. */
   tlsRenewCheckSeconds: number;
+}
+
+/** Cloud Foundry dashboard SSO: each offering's dashboard client is `<clientId>-<offering name>` (Cloud Controller wants them unique). */
+export interface SsoConfig {
+  clientId: string;
+  clientSecret: string;
+  /** UAA's issuer, e.g. https://uaa.sys.example.com/oauth/token; its /.well-known/openid-configuration is read. */
+  issuer: string;
+  cloudControllerUrl: string;
 }
 
 class ConfigError extends Error {}
@@ -144,6 +155,48 @@ function tlsCa(env: NodeJS.ProcessEnv): Config['tlsCa'] {
   return { cert, key };
 }
 
+/** https, or http to this host only: UAA and Cloud Controller are sent codes, client secrets and users' tokens. */
+function trustedUrl(name: string, raw: string): string {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(`${name} must be a URL (got "${raw}")`);
+  }
+  const loopback = ['localhost', '127.0.0.1', '[::1]'].includes(url.hostname);
+  if (url.protocol !== 'https:' && !(url.protocol === 'http:' && loopback))
+    throw new ConfigError(`${name} must be an https:// URL (http:// only to localhost)`);
+  return raw.replace(/\/+$/, '');
+}
+
+/** Dashboard SSO: the four settings together, or none; UAA sends browsers back to the broker's public URL. */
+function sso(env: NodeJS.ProcessEnv, publicUrl: string | undefined): SsoConfig | undefined {
+  const values = {
+    BROKER_SSO_CLIENT_ID: env.BROKER_SSO_CLIENT_ID,
+    BROKER_SSO_CLIENT_SECRET: secret(env, 'BROKER_SSO_CLIENT_SECRET'),
+    BROKER_SSO_UAA_URL: env.BROKER_SSO_UAA_URL,
+    BROKER_CLOUD_CONTROLLER_URL: env.BROKER_CLOUD_CONTROLLER_URL,
+  };
+  const missing = Object.entries(values)
+    .filter(([, value]) => !value)
+    .map(([name]) => name);
+  if (missing.length === 4) return undefined;
+  if (missing.length > 0)
+    throw new ConfigError(
+      `dashboard sign-in needs BROKER_SSO_CLIENT_ID, BROKER_SSO_CLIENT_SECRET, BROKER_SSO_UAA_URL and BROKER_CLOUD_CONTROLLER_URL together (missing: ${missing.join(', ')})`,
+    );
+  if (!publicUrl)
+    throw new ConfigError('dashboard sign-in (BROKER_SSO_*) needs BROKER_PUBLIC_URL: UAA sends browsers back to <BROKER_PUBLIC_URL>/dashboard/sso/callback');
+  if (!/^[A-Za-z0-9._-]{1,60}$/.test(values.BROKER_SSO_CLIENT_ID!))
+    throw new ConfigError('BROKER_SSO_CLIENT_ID must be 1-60 characters of A-Z, a-z, 0-9, ".", "_" and "-"');
+  return {
+    clientId: values.BROKER_SSO_CLIENT_ID!,
+    clientSecret: values.BROKER_SSO_CLIENT_SECRET!,
+    issuer: trustedUrl('BROKER_SSO_UAA_URL', values.BROKER_SSO_UAA_URL!),
+    cloudControllerUrl: trustedUrl('BROKER_CLOUD_CONTROLLER_URL', values.BROKER_CLOUD_CONTROLLER_URL!),
+  };
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const listenPort = int(env, 'PORT', 8080, 0, 65535);
   const listenHost = env.BROKER_LISTEN_HOST || '127.0.0.1';
@@ -180,6 +233,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     tombstoneSeconds: int(env, 'BROKER_TOMBSTONE_SECONDS', 3600, 1, 30 * 86400),
     dashboardLinkSeconds: int(env, 'BROKER_DASHBOARD_LINK_SECONDS', 86400, 10, 30 * 86400),
     dashboardSessionSeconds: int(env, 'BROKER_DASHBOARD_SESSION_SECONDS', 8 * 3600, 10, 30 * 86400),
+    sso: sso(env, env.BROKER_PUBLIC_URL),
     bodyLimitBytes: int(env, 'BROKER_BODY_LIMIT_BYTES', 1024 * 1024, 1024, 64 * 1024 * 1024),
     leaseSeconds: int(env, 'BROKER_LEASE_SECONDS', 10, 2, 600),
     sweepSeconds: int(env, 'BROKER_SWEEP_SECONDS', 2, 1, 60),

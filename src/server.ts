@@ -22,10 +22,13 @@ import { startEmbeddedRedis } from './embedded-redis.js';
 import { RedisStore } from './store/redis-store.js';
 import { Sealer } from './store/sealer.js';
 import { createApp } from './http/app.js';
-import { dashboardLink } from './http/dashboard-routes.js';
+import { signInClient, ssoCallbackPath, withDashboardClients } from './catalog/dashboard-clients.js';
+import { DashboardLinks } from './dashboard/links.js';
+import { DashboardSso } from './dashboard/sso.js';
 import { DashboardBackups } from './dashboard/backups.js';
 import { DashboardService } from './dashboard/service.js';
 import { DashboardTokens } from './dashboard/tokens.js';
+import type { LinkedInstance } from './broker/dashboard-link.js';
 import { DependencyChecks } from './health.js';
 import { BrokerMetrics } from './metrics.js';
 import { listenForMetrics } from './http/metrics-listener.js';
@@ -60,7 +63,7 @@ export interface RunningBroker {
 
 /** Wires the parts together, reconciles state with the engine, then starts serving. */
 export async function startBroker(config: BrokerConfig, log: Logger): Promise<RunningBroker> {
-  const definitions = loadCatalog(config.catalogDir, config.imagePrefix);
+  const definitions = withDashboardClients(loadCatalog(config.catalogDir, config.imagePrefix), config.sso, config.publicUrl);
   const engine = new DockerEngine();
   try {
     await engine.ping();
@@ -83,7 +86,14 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   const tokens = new DashboardTokens(config.encryptionKey);
   // Known once listening (PORT=0 picks a free port); until then no request can ask for it.
   let publicUrl = config.publicUrl ?? '';
-  const dashboardUrl = (instanceId: string) => dashboardLink(tokens, publicUrl, instanceId, config.dashboardLinkSeconds);
+  const ssoClient = signInClient(definitions, config.sso);
+  const links = new DashboardLinks({
+    tokens,
+    publicUrl: () => publicUrl,
+    linkTtlSeconds: config.dashboardLinkSeconds,
+    signsIn: (instance) => Boolean(ssoClient(instance)),
+  });
+  const dashboardUrl = (instance: LinkedInstance) => links.platformUrl(instance);
   const swarm = config.orchestrator === 'swarm' ? new SwarmRuntime(engine, images, config) : undefined;
   await swarm?.connect();
   const runtime = swarm ?? new DockerRuntime(engine, images, config);
@@ -156,12 +166,16 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
       backups,
       backupSchedules,
       restores: broker.restores,
+      rotateDashboardLink: async (instanceId) => links.linkUrl(await broker.rotateDashboardLink(instanceId)),
       restarts: broker.restarts,
       checks,
       metrics,
       dashboard: {
         service: new DashboardService(store, runtime, definitions, config),
         tokens,
+        links,
+        record: (instanceId) => store.getInstance(instanceId),
+        sso: config.sso && new DashboardSso(config.sso, ssoClient, `${config.publicUrl}${ssoCallbackPath}`, config.encryptionKey),
         assetsDir: path.join(PACKAGE_ROOT, 'dashboard'),
         linkTtlSeconds: config.dashboardLinkSeconds,
         sessionTtlSeconds: config.dashboardSessionSeconds,

@@ -68,7 +68,8 @@ test('missing, forged and expired tokens get a clear 401 page', async (t) => {
   t.is((await get(`${pathOf(first)}/api/logs`)).status, 401);
   t.is(((await (await get(`${pathOf(first)}/api/top`)).json()) as any).error, 'Accessdenied');
 
-  const token = new URL(firstLink).searchParams.get('token')!;
+  // The signed, expiring kind of token (the overview's, and older instances' links); lifelong links are dashboard-links.test.ts's.
+  const token = new DashboardTokens(env.config.encryptionKey).mint('link', first, 600);
   const [body, signature] = token.split('.');
   const forgedBody = Buffer.from(JSON.stringify({ p: 'link', i: first, e: 9_999_999_999 })).toString('base64url');
   for (const forged of [`${forgedBody}.${signature}`, `${body}.${signature!.slice(0, -2)}AA`, 'garbage', `${body}`]) {
@@ -88,10 +89,12 @@ test('missing, forged and expired tokens get a clear 401 page', async (t) => {
 });
 
 test("one instance's token or cookie never opens another", async (t) => {
-  const token = new URL(firstLink).searchParams.get('token')!;
+  const token = new DashboardTokens(env.config.encryptionKey).mint('link', first, 600);
   const crossLink = await get(`${pathOf(second)}?token=${token}`);
   t.is(crossLink.status, 401);
   t.regex(await crossLink.text(), /belongs to another service instance/);
+  const lifelong = new URL(firstLink).searchParams.get('token')!;
+  t.is((await get(`${pathOf(second)}?token=${lifelong}`)).status, 401, "the first instance's lifelong link does not open the second");
   const cookie = await session(firstLink);
   t.is((await get(pathOf(second), { cookie })).status, 401);
   t.is((await get(`${pathOf(second)}/api/details`, { cookie })).status, 401);

@@ -19,11 +19,12 @@ import type {
   UpdateRequest,
   UpdateResult,
 } from '../osb/types.js';
-import type { OperationRecord, OperationType } from '../store/records.js';
+import type { InstanceRecord, OperationRecord, OperationType } from '../store/records.js';
 import { BindingLifecycle } from './bindings.js';
 import type { InstanceRuntime, OperationObserver, Placement, PortProbe, StateStore } from './contracts.js';
 import type { BackupService } from './backups.js';
 import { InPlaceRestore } from './in-place-restore.js';
+import { rotateDashboardLink, type LinkedInstance } from './dashboard-link.js';
 import { InstanceLifecycle } from './instances.js';
 import { InstanceRestart } from './restart.js';
 import { listInstances, type LiveState } from './listing.js';
@@ -38,8 +39,8 @@ export interface BrokerParts {
   log: Logger;
   /** Whether nothing on this host listens on a port, before it is reserved. */
   portIsFree: PortProbe;
-  /** The instance's dashboard URL, with a fresh access token each time. */
-  dashboardUrl: (instanceId: string) => string;
+  /** The dashboard URL the platform keeps for the instance (src/dashboard/links.ts). */
+  dashboardUrl: (instance: LinkedInstance) => string;
   leases: RunnerSettings;
   observer?: OperationObserver;
   /** On Swarm: where new instances may go. */
@@ -54,7 +55,7 @@ export interface BrokerParts {
 export class DockerBroker implements ServiceBroker {
   readonly offerings: Offerings;
   readonly runner: OperationRunner;
-  readonly dashboardUrl: (instanceId: string) => string;
+  readonly dashboardUrl: (instance: LinkedInstance) => string;
   /** Restores into running instances (POST /broker/v1/instances/:id/restore); only with backups. */
   readonly restores?: InPlaceRestore;
   /** Restarts on request (POST /broker/v1/instances/:id/restart, and the dashboard's button). */
@@ -124,6 +125,11 @@ export class DockerBroker implements ServiceBroker {
   /** Every live instance with its bindings, for clients that work with names rather than ids. No secrets. */
   listing(): Promise<ListedInstance[]> {
     return listInstances(this.store, this.offerings, this.dashboardUrl, this.live);
+  }
+
+  /** A new lifelong dashboard link for the instance (the old one stops working); the record with its new secret. */
+  rotateDashboardLink(instanceId: string): Promise<InstanceRecord> {
+    return rotateDashboardLink(this.store, instanceId);
   }
 
   /** Starts looking for operations nobody holds (a dead process's, or ones left by an outage) and continues them. */

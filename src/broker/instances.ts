@@ -23,6 +23,7 @@ import { maintenanceVersion, optionalObject, requireString } from './request-fie
 import { sameJson } from './same.js';
 import { describeHealth } from './reconciler.js';
 import { backupScheduleParameter } from './backup-schedule.js';
+import { withDashboardLink } from './dashboard-link.js';
 
 /** Provision, fetch, update and deprovision of service instances, and their last_operation. */
 export class InstanceLifecycle {
@@ -45,7 +46,6 @@ export class InstanceLifecycle {
     if (requestedVersion !== undefined && requestedVersion !== definition.maintenanceInfo.version) {
       throw maintenanceInfoConflict(definition.maintenanceInfo.version);
     }
-    const dashboardUrl = this.parts.dashboardUrl(instanceId);
     let restoreFrom: InstanceRecord['restoreFrom'];
     let cloneOf: InstanceRecord['cloneOf'];
     if (restoreRequest !== undefined || cloneRequest !== undefined) {
@@ -67,6 +67,7 @@ export class InstanceLifecycle {
           existing.spaceGuid === request.space_guid &&
           sameJson(existing.requestedParameters, requestedParameters);
         if (!same) throw conflict(`Service instance ${instanceId} already exists with other attributes.`);
+        const dashboardUrl = this.parts.dashboardUrl(existing);
         if (existing.state === 'ready') return { async: false, alreadyExists: true, dashboardUrl };
         if (existing.state === 'provisioning') {
           if (!asyncAllowed) throw asyncRequired();
@@ -106,7 +107,7 @@ export class InstanceLifecycle {
       await afterFirstWrite(runner, operation, () => store.putInstance(record));
       log.info({ instanceId, operation: operation.id, service: definition.offering.name, plan: plan.name, ...meta }, 'provisioning');
       runner.launch(operation, (signal) => this.runProvision(operation, signal));
-      return { async: true, alreadyExists: false, operation: operation.id, dashboardUrl };
+      return { async: true, alreadyExists: false, operation: operation.id, dashboardUrl: this.parts.dashboardUrl(record) };
     });
   }
 
@@ -203,7 +204,7 @@ export class InstanceLifecycle {
     return {
       service_id: instance.serviceId,
       plan_id: instance.planId,
-      dashboard_url: this.parts.dashboardUrl(instanceId),
+      dashboard_url: this.parts.dashboardUrl(instance),
       parameters: instance.parameters,
       maintenance_info: { version: instance.maintenanceVersion },
       ...(health?.state === 'down' ? { metadata: { attributes: { health: 'down', down_since: health.since, health_reason: describeHealth(health) } } } : {}),
@@ -246,7 +247,7 @@ export class InstanceLifecycle {
       if (lastOperation?.state === 'in progress') {
         if (lastOperation.type === 'update' && sameJson(lastOperation.update, target)) {
           if (!asyncAllowed) throw asyncRequired();
-          return { async: true, operation: lastOperation.id, dashboardUrl: this.parts.dashboardUrl(instanceId) };
+          return { async: true, operation: lastOperation.id, dashboardUrl: this.parts.dashboardUrl(instance) };
         }
         throw concurrencyError();
       }
@@ -276,11 +277,13 @@ export class InstanceLifecycle {
       const backupSchedule = scheduleChange ?? instance.backupSchedule;
       const scheduleChanged = backupSchedule !== instance.backupSchedule;
 
+      // An instance made before lifelong dashboard links gets one now; the platform keeps the URL this answer carries.
+      const secrets = withDashboardLink(instance.secrets);
       if (!planChange && changed.length === 0 && !upgrade) {
-        if (contextChanged || scheduleChanged) {
-          await store.putInstance({ ...instance, context: contextChanged ? context : instance.context, backupSchedule, updatedAt: now() });
+        if (contextChanged || scheduleChanged || secrets !== instance.secrets) {
+          await store.putInstance({ ...instance, context: contextChanged ? context : instance.context, backupSchedule, secrets, updatedAt: now() });
         }
-        return { async: false };
+        return { async: false, dashboardUrl: this.parts.dashboardUrl({ ...instance, secrets }) };
       }
       if (!asyncAllowed) throw asyncRequired();
       const operation: OperationRecord = { ...runner.create('update', instanceId, 'Update requested.'), update: target };
@@ -290,13 +293,14 @@ export class InstanceLifecycle {
           ...instance,
           context: contextChanged ? context : instance.context,
           backupSchedule,
+          secrets,
           lastOperationId: operation.id,
           updatedAt: now(),
         }),
       );
       log.info({ instanceId, operation: operation.id, planChange, parameters: changed, upgrade, ...meta }, 'updating');
       runner.launch(operation, (signal) => this.runUpdate(operation, signal));
-      return { async: true, operation: operation.id, dashboardUrl: this.parts.dashboardUrl(instanceId) };
+      return { async: true, operation: operation.id, dashboardUrl: this.parts.dashboardUrl({ ...instance, secrets }) };
     });
   }
 

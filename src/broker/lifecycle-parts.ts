@@ -7,6 +7,7 @@ import type { OperationRecord } from '../store/records.js';
 import type { InstanceRuntime, Placement, PortProbe, StateStore } from './contracts.js';
 import type { Offerings } from './offerings.js';
 import type { BackupService } from './backups.js';
+import type { LinkedInstance } from './dashboard-link.js';
 import { reasonOf, type OperationRunner } from './operations.js';
 
 /** What the instance and binding lifecycles are built from. */
@@ -19,8 +20,8 @@ export interface LifecycleParts {
   log: Logger;
   /** Whether nothing on this host listens on a port, before it is reserved. */
   portIsFree: PortProbe;
-  /** The instance's dashboard URL, with a fresh access token each time. */
-  dashboardUrl: (instanceId: string) => string;
+  /** The dashboard URL the platform keeps for the instance (src/dashboard/links.ts). */
+  dashboardUrl: (instance: LinkedInstance) => string;
   /** On Swarm: where new instances may go. Without it, everything runs on the one engine. */
   placement?: Placement;
   /** Backups (restore_from at provision); without it, restore_from is refused. */

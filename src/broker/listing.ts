@@ -1,6 +1,7 @@
 import type { ListedContainer, ListedHealth, ListedInstance } from '../api/listing.js';
 import type { HealthRecord, InstanceRecord } from '../store/records.js';
 import type { InstanceContainers, InstanceRuntime, StateStore } from './contracts.js';
+import type { LinkedInstance } from './dashboard-link.js';
 import type { Offerings } from './offerings.js';
 import { describeHealth } from './reconciler.js';
 
@@ -22,7 +23,7 @@ const listedHealth = (health: HealthRecord): ListedHealth => ({
 export async function listInstances(
   store: StateStore,
   offerings: Offerings,
-  dashboardUrl: (instanceId: string) => string,
+  dashboardUrl: (instance: LinkedInstance) => string,
   live?: LiveState,
 ): Promise<ListedInstance[]> {
   const containers = live && 'inspect' in live.runtime ? (live.runtime as unknown as InstanceContainers) : undefined;
@@ -50,7 +51,7 @@ export async function listInstances(
           ...(health ? { health: listedHealth(health) } : {}),
           ...(container ? { container } : {}),
           ...(instance.hostPort ? { endpoint: `${instance.advertisedHost ?? live?.advertisedHost ?? 'localhost'}:${instance.hostPort}` } : {}),
-          dashboard_url: dashboardUrl(instance.id),
+          dashboard_url: dashboardUrl(instance),
           created_at: instance.createdAt,
           bindings: bindings
             .sort((a, b) => a.createdAt.localeCompare(b.createdAt))

@@ -18,6 +18,7 @@ import { originatingIdentity } from './middleware/originating-identity.js';
 import { requestIdentity } from './middleware/request-identity.js';
 import { catalogCache, catalogEndpoint, osbRoutes } from './osb-routes.js';
 import { listingRoutes } from './listing-routes.js';
+import { dashboardLinkRoutes } from './dashboard-link-routes.js';
 import { operatorRoutes } from './operator-routes.js';
 import { backupRoutes, restoreRoutes } from './backup-routes.js';
 import { restartRoutes } from './restart-routes.js';
@@ -43,6 +44,8 @@ export interface AppOptions {
   restores?: InPlaceRestore;
   /** Without it, POST /broker/v1/instances/:id/restart is not served. */
   restarts?: Pick<InstanceRestart, 'request'>;
+  /** Without it, POST /broker/v1/instances/:id/dashboard-link (a new lifelong dashboard link) is not served. */
+  rotateDashboardLink?: (instanceId: string) => Promise<string>;
   /** Without it, /readyz is not served (/healthz always is). */
   checks?: ReadinessSource;
   /** Without it, requests are not counted and /metrics is not served; with it, /metrics needs the broker's credentials. */
@@ -89,6 +92,7 @@ export function createApp(broker: ServiceBroker, options: AppOptions): Koa {
     ...(options.listing ? routerMiddleware(listingRoutes(options.listing)) : []),
     ...(options.backups ? routerMiddleware(backupRoutes(options.backups, options.backupSchedules)) : []),
     ...(options.restores ? routerMiddleware(restoreRoutes(options.restores)) : []),
+    ...(options.rotateDashboardLink ? routerMiddleware(dashboardLinkRoutes(options.rotateDashboardLink)) : []),
     // An instance's details and logs as the dashboard reads them (operator-routes.ts).
     ...(options.dashboard ? routerMiddleware(operatorRoutes(options.dashboard.service)) : []),
     ...(options.restarts ? routerMiddleware(restartRoutes(options.restarts)) : []),

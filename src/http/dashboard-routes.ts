@@ -6,12 +6,21 @@ import { PassThrough } from 'node:stream';
 import type { DashboardBackups } from '../dashboard/backups.js';
 import type { DashboardEngine } from '../dashboard/engine.js';
 import type { DashboardInstance, DashboardService } from '../dashboard/service.js';
-import type { DashboardTokens } from '../dashboard/tokens.js';
+import type { DashboardTokens, TokenClaims } from '../dashboard/tokens.js';
+import type { DashboardLinks, Denial } from '../dashboard/links.js';
+import { DashboardSso } from '../dashboard/sso.js';
+import type { InstanceRecord } from '../store/records.js';
 import { logLinesHtml, overviewPage, problemPage } from '../dashboard/pages.js';
 
 export interface DashboardOptions {
   service: DashboardService;
   tokens: DashboardTokens;
+  /** The instances' dashboard links and their checks. */
+  links: DashboardLinks;
+  /** An instance's record with its link secret (undefined: none), read once per request. */
+  record: (instanceId: string) => Promise<InstanceRecord | undefined>;
+  /** Sign-in with Cloud Foundry's UAA for its instances; without it, links only. */
+  sso?: DashboardSso;
   /** Folder with the page and its assets. */
   assetsDir: string;
   linkTtlSeconds: number;
@@ -34,11 +43,6 @@ const ASSETS: Record<string, string> = {
 const MAX_TAIL = 10_000;
 /** As many as the tail selector's default. */
 const PAGE_LINES = 500;
-
-/** Links to an instance's dashboard carry a short-lived token; the overview mints fresh ones. */
-export function dashboardLink(tokens: DashboardTokens, publicUrl: string, instanceId: string, ttlSeconds: number): string {
-  return `${publicUrl}/dashboard/instances/${encodeURIComponent(instanceId)}?token=${tokens.mint('link', instanceId, ttlSeconds)}`;
-}
 
 export function dashboardRoutes(options: DashboardOptions): Router {
   const { service, tokens } = options;
@@ -72,37 +76,68 @@ export function dashboardRoutes(options: DashboardOptions): Router {
     ctx.body = overviewPage(rows, (id) => `/dashboard/instances/${encodeURIComponent(id)}?token=${tokens.mint('link', id, options.linkTtlSeconds)}`);
   });
 
-  /** The instance named in the path, once the token (first visit) or the cookie (afterwards) allows it. */
+  /** A session for one instance (an HttpOnly cookie on its path), then on to its page on a clean URL. */
+  const startSession = (ctx: Context, id: string, claims: TokenClaims) => {
+    const cookiePath = options.links.pagePath(id);
+    ctx.cookies.set(COOKIE, tokens.mint('session', id, options.sessionTtlSeconds, claims), {
+      path: cookiePath,
+      httpOnly: true,
+      sameSite: 'lax',
+      secure: options.secureCookies,
+      maxAge: options.sessionTtlSeconds * 1000,
+      overwrite: true,
+    });
+    // The token has done its job: continue on a clean URL that can be bookmarked or shared without it.
+    ctx.status = 303;
+    ctx.redirect(cookiePath);
+  };
+
+  /** The instance named in the path, once the link (first visit), the cookie (afterwards) or a sign-in allows it. */
   const authorised =
     (handler: (ctx: Context, instance: DashboardInstance) => Promise<void> | void): Middleware =>
     async (ctx) => {
       const id = (ctx.params as Record<string, string>).id ?? '';
-      const cookiePath = `/dashboard/instances/${encodeURIComponent(id)}`;
+      const record = await options.record(id);
       const link = typeof ctx.query.token === 'string' ? ctx.query.token : undefined;
       if (link !== undefined) {
-        const check = tokens.check(link, 'link', id);
-        if (!check.ok) return denied(ctx, check.reason);
-        ctx.cookies.set(COOKIE, tokens.mint('session', id, options.sessionTtlSeconds), {
-          path: cookiePath,
+        const check = options.links.checkLink(link, id, record);
+        if (!check.ok) return denied(ctx, check.reason, record, options.sso);
+        return startSession(ctx, id, check.claims);
+      }
+      const check = options.links.checkSession(ctx.cookies.get(COOKIE), id, record);
+      if (!check.ok) {
+        // A page visit without a session signs in with the platform; the page's own API calls just get the 401.
+        const signIn =
+          options.sso && record && record.state !== 'deleted' && options.sso.appliesTo(record) && ctx.method === 'GET' && !ctx.path.includes('/api/');
+        if (!signIn) return denied(ctx, check.reason, record, options.sso);
+        const flow = await options.sso!.begin(record).catch(() => undefined);
+        if (!flow)
+          return problem(ctx, 502, 'Sign-in unavailable', "Cloud Foundry's login (UAA) did not answer, so you cannot sign in now. Try again in a moment.");
+        ctx.cookies.set(flow.cookie, flow.sealed, {
+          path: '/dashboard/sso',
           httpOnly: true,
           sameSite: 'lax',
           secure: options.secureCookies,
-          maxAge: options.sessionTtlSeconds * 1000,
-          overwrite: true,
+          maxAge: DashboardSso.flowSeconds * 1000,
         });
-        // The token has done its job: continue on a clean URL that can be bookmarked or shared without it.
-        ctx.status = 303;
-        ctx.redirect(cookiePath);
-        return;
+        return ctx.redirect(flow.location);
       }
-      const session = ctx.cookies.get(COOKIE);
-      if (!session) return denied(ctx, 'missing');
-      const check = tokens.check(session, 'session', id);
-      if (!check.ok) return denied(ctx, check.reason);
-      const instance = await service.instance(id);
-      if (!instance) return problem(ctx, 404, 'No such instance', 'This service instance does not exist (any more).');
+      if (!record || record.state === 'deleted') return problem(ctx, 404, 'No such instance', 'This service instance does not exist (any more).');
+      const { secrets: _secrets, ...instance } = record;
       await handler(ctx, instance);
     };
+
+  // The way back from the platform's login (dashboard SSO): a session for the instance when Cloud Controller says the user may manage it.
+  router.get('/sso/callback', async (ctx) => {
+    if (!options.sso) return problem(ctx, 404, 'Not found', 'This broker has no dashboard sign-in.');
+    const query = new URLSearchParams(ctx.querystring);
+    const cookie = DashboardSso.cookieName(query.get('state') ?? '');
+    const sealed = cookie ? ctx.cookies.get(cookie) : undefined;
+    if (cookie && sealed) ctx.cookies.set(cookie, null, { path: '/dashboard/sso', overwrite: true });
+    const signIn = await options.sso.finish(query, sealed);
+    if (!signIn.ok) return problem(ctx, signIn.status, signIn.title, signIn.text);
+    startSession(ctx, signIn.instanceId, { s: 'sso' });
+  });
 
   router.get(
     '/instances/:id',
@@ -244,16 +279,32 @@ const sameOrigin: Middleware = async (ctx, next) => {
   await next();
 };
 
-function denied(ctx: Context, reason: 'missing' | 'invalid' | 'expired' | 'other-instance'): void {
+function denied(ctx: Context, reason: Denial, instance: InstanceRecord | undefined, sso: DashboardSso | undefined): void {
   const text = {
-    missing:
-      "Open this dashboard through the link your platform shows for the service instance (it carries a short-lived access token), or through the broker's overview at /dashboard.",
-    invalid: "The access token in this link is not valid. Open the dashboard again from your platform or from the broker's overview at /dashboard.",
-    expired:
-      "The access token in this link has expired. Ask your platform for the instance again (the dashboard URL it gets is fresh), or use the broker's overview at /dashboard.",
+    missing: 'Open this dashboard through the link your platform shows for the service instance (it carries an access token).',
+    invalid: 'The access token in this link is not valid: it was mistyped, replaced by a newer link, or its instance was deleted.',
+    expired: 'The access token in this link has expired (instances made by an older broker have expiring links until their next update).',
     'other-instance': 'This access token belongs to another service instance.',
+    replaced: 'The link this session was opened with has been replaced by a newer one.',
   }[reason];
-  problem(ctx, 401, 'Access denied', text);
+  problem(ctx, 401, 'Access denied', `${text} ${accessAdvice(instance, sso)}`);
+}
+
+/** What to do next, in the words of the instance's platform (its context); the instance's name is not told. */
+function accessAdvice(instance: InstanceRecord | undefined, sso: DashboardSso | undefined): string {
+  const id = instance?.id ?? '<instance id>';
+  const rotate = `an operator can make a new link (POST /broker/v1/instances/${id}/dashboard-link with the broker's credentials)`;
+  if (instance && sso?.appliesTo(instance)) {
+    return 'On Cloud Foundry, open the link `cf service <instance name>` shows: it signs you in with your Cloud Foundry account.';
+  }
+  switch (instance?.context.platform) {
+    case 'cloudfoundry':
+      return `On Cloud Foundry, \`cf service <instance name>\` shows the instance's dashboard link. If that link no longer works, ${rotate}; \`cf update-service <instance name> -c '{}'\` then makes Cloud Foundry show the new one.`;
+    case 'kubernetes':
+      return `On Kubernetes, the ServiceInstance's status.dashboardURL holds the link. If that link no longer works, ${rotate}.`;
+    default:
+      return `Ask your platform for the instance's dashboard link (the osb-docker CLI: \`osb-docker dashboard <name>\`), or use the broker's overview at /dashboard. If the link no longer works, ${rotate}.`;
+  }
 }
 
 function problem(ctx: Context, status: number, title: string, text: string): void {

@@ -115,7 +115,11 @@ export function osbRoutes(broker: ServiceBroker, catalog: Middleware = catalogEn
   router.patch('/service_instances/:instance_id', async (ctx) => {
     const result = await broker.update(ctx.params.instance_id!, body(ctx), asyncAllowed(ctx), meta(ctx));
     if (result.async && !asyncAllowed(ctx)) throw asyncRequired();
-    reply(ctx, result.async ? 202 : 200, result.async ? { operation: result.operation, dashboard_url: result.dashboardUrl } : {});
+    reply(
+      ctx,
+      result.async ? 202 : 200,
+      result.async ? { operation: result.operation, dashboard_url: result.dashboardUrl } : { dashboard_url: result.dashboardUrl },
+    );
   });
 
   router.delete('/service_instances/:instance_id', async (ctx) => {

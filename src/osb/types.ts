@@ -43,6 +43,14 @@ export interface ServiceOffering {
   plan_updateable?: boolean;
   metadata?: Record<string, unknown>;
   plans: Plan[];
+  /** Cloud Foundry's catalog extension for dashboard SSO: the platform registers this OAuth client at its UAA. */
+  dashboard_client?: DashboardClient;
+}
+
+export interface DashboardClient {
+  id: string;
+  secret: string;
+  redirect_uri?: string;
 }
 
 export interface ProvisionRequest {

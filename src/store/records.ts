@@ -34,8 +34,11 @@ export interface InstanceRecord {
   createdAt: string;
   updatedAt: string;
   lastOperationId: string;
-  /** Sealed (AES-256-GCM) in Redis. */
-  secrets: { adminPassword: string };
+  /**
+   * Sealed (AES-256-GCM) in Redis. `dashboardLink`: the secret of the instance's lifelong dashboard link (absent on
+   * instances made before such links, until their next update or rotation).
+   */
+  secrets: { adminPassword: string; dashboardLink?: string };
 }
 
 export interface BindingRecord {
