@@ -38,25 +38,61 @@ const element = (tag, className, text) => {
 
 // Details and usage
 
+/**
+ * The pill: what the container really does (running or healthy green; starting, restarting or an operation amber;
+ * exited, dead, missing or unhealthy red), never the record's "ready" alone.
+ */
+function statusOf(details) {
+  const container = details.container;
+  const operation = details.lastOperation;
+  if (operation?.state === 'in progress') return [operation.type === 'restart' ? 'restarting' : details.state === 'ready' ? `${operation.type} in progress` : details.state, 'warn'];
+  if (details.state === 'failed') return ['failed', 'bad'];
+  if (!container) return [details.state === 'ready' ? 'missing' : details.state, 'bad'];
+  if (container.running && container.status !== 'paused') {
+    if (container.health === 'starting') return ['starting', 'warn'];
+    if (container.health === 'unhealthy') return ['running · unhealthy', 'bad'];
+    return [container.health ? `running · ${container.health}` : 'running', 'ok'];
+  }
+  if (container.status === 'restarting' || container.status === 'paused') return [container.status, 'warn'];
+  return [container.status, 'bad'];
+}
+
+/** The live bindings by the name the platform gave them (else their id); never credentials. */
+function renderBindings(bindings) {
+  $('binding-count').textContent = bindings.length ? String(bindings.length) : '';
+  if (bindings.length === 0) {
+    $('bindings').replaceChildren(element('li', 'muted', 'No bindings: apps get credentials by binding the instance.'));
+    return;
+  }
+  $('bindings').replaceChildren(
+    ...bindings.map((binding) => {
+      const item = element('li');
+      item.append(element('span', 'binding-name', binding.name ?? binding.id));
+      if (binding.name) item.append(element('span', 'muted small mono', binding.id));
+      const since = element('span', 'muted small', `bound ${ago(binding.createdAt)}`);
+      since.title = binding.createdAt;
+      item.append(since);
+      return item;
+    }),
+  );
+}
+
 function renderDetails(details) {
   document.title = `${details.name ?? details.id} · ${details.offering.displayName || details.offering.name}`;
   $('title').textContent = details.name ?? `${details.offering.displayName || details.offering.name} instance`;
   $('instance-id').textContent = details.id;
-  // The broker's finding wins: a down instance is red, whatever the record says.
-  const down = details.health?.state === 'down';
-  const running = details.container?.running && details.container.status !== 'paused';
+  const [label, tone] = statusOf(details);
   const state = $('state');
-  state.textContent = down
-    ? 'down'
-    : running
-      ? (details.container.health ? `running · ${details.container.health}` : 'running')
-      : (details.container?.status ?? details.state);
-  state.className = `state state-${down ? 'down' : running ? 'ready' : details.container?.status ?? details.state}`;
+  state.textContent = label;
+  state.className = `state ${tone}`;
   state.title = details.health?.summary ?? '';
   const explanation = $('explanation');
   explanation.hidden = !details.explanation;
   explanation.textContent = details.explanation ?? '';
-  explanation.className = down ? 'notice bad' : 'notice';
+  explanation.className = tone === 'bad' ? 'notice bad' : 'notice';
+  $('restart-name').textContent = details.name ?? details.id;
+  renderBindings(details.bindingList ?? []);
+  showOperation(details.lastOperation);
 
   const op = details.lastOperation;
   const limits = details.plan.limits;
@@ -64,18 +100,17 @@ function renderDetails(details) {
     ['Offering', `${details.offering.displayName || details.offering.name} (${details.offering.name})`],
     ['Plan', limits ? `${details.plan.name} · ${limits.memoryMb} MiB, ${limits.cpus} CPU, ${limits.pids} processes` : details.plan.name],
     ['Instance id', details.id],
-    ['State', down || details.health?.state === 'repaired' ? `${details.state} · ${details.health.summary}` : details.state],
+    ['State', details.health && details.health.state !== 'running' ? `${details.state} · ${details.health.summary}` : details.state],
     ['Last operation', op ? `${op.type}: ${op.state} — ${op.description} (${time(op.at)})` : '—'],
     ['Image', `${details.image} (version ${details.version})`],
     ['Host:port', details.endpoints.join(', ') || '—'],
-    ['Bindings', String(details.bindings)],
     ['Created', `${time(details.createdAt)} ${ago(details.createdAt)}`],
     ['Started', details.container ? `${time(details.container.startedAt)} ${ago(details.container.startedAt)}` : '—'],
     ['Restarts', details.container ? String(details.container.restartCount) : '—'],
     ['Health', details.container?.health ?? (details.container?.running ? 'running (no health check)' : '—')],
   ];
   const list = $('details');
-  const valueClass = (name) => (name === 'Instance id' || name === 'Host:port' ? 'mono' : name === 'State' && down ? 'bad' : '');
+  const valueClass = (name) => (name === 'Instance id' || name === 'Host:port' ? 'mono' : name === 'State' && tone === 'bad' ? 'bad' : '');
   list.replaceChildren(...rows.flatMap(([name, value]) => [element('dt', '', name), element('dd', valueClass(name), value)]));
 
 }
@@ -135,7 +170,13 @@ async function refreshTop() {
       const body = element('tbody');
       for (const row of top.processes) {
         const tr = element('tr');
-        row.forEach((cell, index) => tr.append(element('td', index === row.length - 1 ? 'mono command' : 'mono', cell)));
+        row.forEach((cell, index) => {
+          const command = index === row.length - 1;
+          const td = element('td', command ? 'mono command' : 'mono', cell);
+          // A phone stacks the cells (style.css); each says what it is.
+          if (!command && top.titles[index]) td.dataset.label = top.titles[index];
+          tr.append(td);
+        });
         body.append(tr);
       }
       table.replaceChildren(head, body);
@@ -257,16 +298,78 @@ async function backUpNow() {
   }
 }
 
+// Restart: confirmed in a dialog, sent with the page's CSRF token, followed until it ends
+
+const csrfToken = document.querySelector('meta[name="csrf-token"]')?.content ?? '';
+const restarting = { watching: false, timer: undefined };
+
+async function restart() {
+  const button = $('restart');
+  button.disabled = true;
+  showNotice('Restart requested…', '');
+  try {
+    const response = await fetch(api('restart'), {
+      method: 'POST',
+      credentials: 'same-origin',
+      headers: { 'X-CSRF-Token': csrfToken },
+    });
+    const answer = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(answer.description ?? `HTTP ${response.status}`);
+    restarting.watching = true;
+    pollOperation();
+  } catch (error) {
+    button.disabled = false;
+    showNotice(`No restart: ${error.message}`, 'bad');
+  }
+}
+
+/** Every second while an operation runs, so its progress shows and its end is seen at once. */
+function pollOperation() {
+  clearTimeout(restarting.timer);
+  restarting.timer = setTimeout(async () => {
+    await refreshDetails();
+    if (restarting.watching) pollOperation();
+  }, 1000);
+}
+
+function showNotice(text, tone) {
+  const box = $('operation');
+  box.hidden = !text;
+  box.textContent = text;
+  box.className = `notice${tone ? ` ${tone}` : ''}`;
+}
+
+/** The instance's last operation while it runs, and how a restart started here ended. */
+function showOperation(operation) {
+  const running = operation?.state === 'in progress';
+  $('restart').disabled = running;
+  if (running) {
+    showNotice(`${operation.type === 'restart' ? 'Restarting' : `${operation.type[0].toUpperCase()}${operation.type.slice(1)} in progress`}: ${operation.description}`, '');
+    if (!restarting.watching) {
+      restarting.watching = true;
+      pollOperation();
+    }
+    return;
+  }
+  if (!restarting.watching) return;
+  restarting.watching = false;
+  showNotice(operation ? operation.description : '', operation?.state === 'failed' ? 'bad' : 'ok');
+  refreshTop();
+  loadLogs()
+    .catch(console.warn)
+    .finally(() => follow($('log-follow').checked));
+}
+
 // Logs
 
-const logs = { lines: [], filter: '', source: undefined };
+const logs = { lines: [], filter: '', source: undefined, retry: undefined };
 const MAX_LINES = 20000;
 
 // The engine's UTC time, as the server renders the first lines into the page (so nothing changes when this takes over).
 function lineElement(line) {
-  const row = element('div', `line ${line.stream}`);
+  const row = element('div', `line ${line.stream}${line.level ? ` level-${line.level}` : ''}`);
   row.append(element('span', 'time', line.time.slice(11, 23)));
-  row.append(element('span', `stream ${line.stream}`, line.stream));
+  row.append(element('span', 'stream', line.stream));
   row.append(element('span', 'text', line.text));
   row.title = line.time;
   return row;
@@ -299,6 +402,7 @@ function appendLine(line) {
 function renderedLines() {
   return [...$('logs').children].map((row) => ({
     stream: row.classList.contains('stderr') ? 'stderr' : 'stdout',
+    level: [...row.classList].find((name) => name.startsWith('level-'))?.slice(6),
     time: row.title,
     text: row.querySelector('.text')?.textContent ?? '',
   }));
@@ -317,7 +421,16 @@ function follow(on) {
   if (!on) return;
   const source = new EventSource(api('logs/stream'));
   source.onmessage = (event) => appendLine(JSON.parse(event.data));
-  source.addEventListener('end', () => source.close());
+  // The stream ends with the container (a restart, a crash): pick up what it logged since, then follow again.
+  source.addEventListener('end', () => {
+    source.close();
+    if (logs.source !== source) return;
+    logs.source = undefined;
+    clearTimeout(logs.retry);
+    logs.retry = setTimeout(() => {
+      if ($('log-follow').checked && !logs.source) loadLogs().catch(console.warn).finally(() => follow($('log-follow').checked));
+    }, 3000);
+  });
   logs.source = source;
 }
 
@@ -329,6 +442,12 @@ $('log-tail').addEventListener('change', () => loadLogs().catch(console.warn));
 $('log-follow').addEventListener('change', (event) => follow(event.target.checked));
 $('top-refresh').addEventListener('click', refreshTop);
 $('backup-now').addEventListener('click', backUpNow);
+$('restart').addEventListener('click', () => $('restart-dialog').showModal());
+$('restart-cancel').addEventListener('click', () => $('restart-dialog').close());
+$('restart-confirm').addEventListener('click', () => {
+  $('restart-dialog').close();
+  restart();
+});
 $('log-download').href = api('logs/download');
 
 // The page arrived with the latest lines; show them at the bottom and follow from there.

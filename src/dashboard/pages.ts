@@ -20,13 +20,17 @@ ${body}
 `;
 }
 
-/** Log lines as the page shows them; the script renders later lines the same way (see lineElement in app.js). */
-export function logLinesHtml(lines: Array<{ stream: string; time: string; text: string }>): string {
+/**
+ * Log lines as the page shows them; the script renders later lines the same way (see lineElement in app.js). The
+ * colour is the level the line states (level-*), never its stream: PostgreSQL and Redis write every line to stderr.
+ */
+export function logLinesHtml(lines: Array<{ stream: string; time: string; text: string; level?: string }>): string {
   return lines
-    .map(
-      (line) =>
-        `<div class="line ${line.stream === 'stderr' ? 'stderr' : 'stdout'}" title="${escape(line.time)}"><span class="time">${escape(line.time.slice(11, 23))}</span><span class="stream ${line.stream === 'stderr' ? 'stderr' : 'stdout'}">${line.stream === 'stderr' ? 'stderr' : 'stdout'}</span><span class="text">${escape(line.text)}</span></div>`,
-    )
+    .map((line) => {
+      const stream = line.stream === 'stderr' ? 'stderr' : 'stdout';
+      const level = line.level ? ` level-${escape(line.level)}` : '';
+      return `<div class="line ${stream}${level}" title="${escape(line.time)}"><span class="time">${escape(line.time.slice(11, 23))}</span><span class="stream">${stream}</span><span class="text">${escape(line.text)}</span></div>`;
+    })
     .join('');
 }
 
@@ -54,10 +58,10 @@ ${rows
   .map(
     (row) => `<tr>
 <td><a href="${escape(link(row.id))}">${escape(row.name ?? row.id)}</a>${row.name ? `<div class="muted small">${escape(row.id)}</div>` : ''}</td>
-<td>${escape(row.offering)}</td><td>${escape(row.plan)}</td>
+<td data-label="Offering">${escape(row.offering)}</td><td data-label="Plan">${escape(row.plan)}</td>
 <td><span class="state state-${escape(row.state)}">${escape(row.state)}</span></td>
-<td class="mono">${escape(row.endpoint ?? '—')}</td>
-<td title="${escape(row.createdAt)}">${age(row.createdAt)}</td>
+<td class="mono endpoint">${escape(row.endpoint ?? '—')}</td>
+<td data-label="Age" title="${escape(row.createdAt)}">${age(row.createdAt)}</td>
 </tr>`,
   )
   .join('\n')}

@@ -5,6 +5,7 @@ import type { HealthRecord, InstanceRecord } from '../store/records.js';
 import { describeHealth } from '../broker/reconciler.js';
 import type { InstanceContainers } from '../broker/contracts.js';
 import type { RedisStore } from '../store/redis-store.js';
+import { logLevel, type LogLevel } from './log-level.js';
 
 export interface InstanceDetails {
   id: string;
@@ -18,6 +19,8 @@ export interface InstanceDetails {
   createdAt: string;
   endpoints: string[];
   bindings: number;
+  /** The live bindings, by the name the platform gave (its bind context's binding_name) where it gave one. No credentials. */
+  bindingList: Array<{ id: string; name?: string; createdAt: string }>;
   container?: {
     status: string;
     running: boolean;
@@ -38,7 +41,7 @@ export interface OverviewRow {
   name?: string;
   offering: string;
   plan: string;
-  /** The record's state; `down` for a ready instance whose container the broker found not running. */
+  /** The record's state; for a ready instance whose container is not running, `down` (the broker's finding), `missing` or the engine's status. */
   state: string;
   endpoint?: string;
   createdAt: string;
@@ -72,9 +75,16 @@ export class DashboardService {
 
   async overview(): Promise<OverviewRow[]> {
     const instances = await this.store.listInstances();
-    const health = new Map(
+    // What the engine runs, not only what the record says: a ready instance whose container exited is not green.
+    const engineState = new Map(
       await Promise.all(
-        instances.filter((instance) => instance.state === 'ready').map(async (instance) => [instance.id, await this.store.getHealth(instance.id)] as const),
+        instances
+          .filter((instance) => instance.state === 'ready')
+          .map(async (instance) => {
+            const [health, container] = await Promise.all([this.store.getHealth(instance.id), this.containers.inspect(instance).catch(() => undefined)]);
+            const state = health?.state === 'down' ? 'down' : !container ? 'missing' : container.running ? undefined : container.status;
+            return [instance.id, state] as const;
+          }),
       ),
     );
     return instances
@@ -86,7 +96,7 @@ export class DashboardService {
           name: instanceName(instance),
           offering: definition?.offering.name ?? instance.serviceId,
           plan: definition?.offering.plans.find((plan) => plan.id === instance.planId)?.name ?? instance.planId,
-          state: health.get(instance.id)?.state === 'down' ? 'down' : instance.state,
+          state: engineState.get(instance.id) ?? instance.state,
           endpoint: instance.hostPort ? `${this.config.advertisedHost}:${instance.hostPort}` : undefined,
           createdAt: instance.createdAt,
         };
@@ -120,6 +130,10 @@ export class DashboardService {
       createdAt: instance.createdAt,
       endpoints: ports.map((port) => `${instance.advertisedHost ?? this.config.advertisedHost}:${port}`),
       bindings: bindings.filter((binding) => binding.state === 'ready').length,
+      bindingList: bindings
+        .filter((binding) => binding.state === 'ready')
+        .sort((a, b) => a.createdAt.localeCompare(b.createdAt))
+        .map((binding) => ({ id: binding.id, name: contextName(binding.context, 'binding_name'), createdAt: binding.createdAt })),
       container: container && {
         status: container.status,
         running: container.running,
@@ -158,15 +172,15 @@ export class DashboardService {
     return { titles: list.titles, processes: list.processes.map((row) => row.map(redact)) };
   }
 
-  async logs(instance: DashboardInstance, tail: number): Promise<LogLine[] | undefined> {
+  async logs(instance: DashboardInstance, tail: number): Promise<LevelledLine[] | undefined> {
     const target = await this.containers.locate(instance).catch(() => undefined);
     if (!target || !(await target.engine.inspectContainer(target.container))) return undefined;
     const redact = await this.redactor(instance);
-    return (await target.engine.logs(target.container, tail)).map((line) => ({ ...line, text: redact(line.text) }));
+    return (await target.engine.logs(target.container, tail)).map((line) => levelled(line, redact));
   }
 
   /** Streams new lines, redacted, until the signal aborts; the secrets list is refreshed as bindings come and go. */
-  async follow(instance: DashboardInstance, sinceSeconds: number, onLine: (line: LogLine) => void, signal: AbortSignal): Promise<void> {
+  async follow(instance: DashboardInstance, sinceSeconds: number, onLine: (line: LevelledLine) => void, signal: AbortSignal): Promise<void> {
     let redact = await this.redactor(instance);
     const refresh = setInterval(() => {
       this.redactor(instance).then(
@@ -176,7 +190,7 @@ export class DashboardService {
     }, 2000);
     try {
       const target = await this.containers.locate(instance);
-      await target.engine.followLogs(target.container, sinceSeconds, (line) => onLine({ ...line, text: redact(line.text) }), signal);
+      await target.engine.followLogs(target.container, sinceSeconds, (line) => onLine(levelled(line, redact)), signal);
     } finally {
       clearInterval(refresh);
     }
@@ -201,13 +215,41 @@ export class DashboardService {
 }
 
 function instanceName(instance: DashboardInstance): string | undefined {
-  const name = instance.context.instance_name;
+  return contextName(instance.context, 'instance_name');
+}
+
+function contextName(context: Record<string, unknown> | undefined, field: 'instance_name' | 'binding_name'): string | undefined {
+  const name = context?.[field];
   return typeof name === 'string' && name ? name : undefined;
+}
+
+/** A log line as the page gets it: redacted, with the level the line states (see log-level.ts). */
+export type LevelledLine = LogLine & { level?: LogLevel };
+
+function levelled(line: LogLine, redact: (text: string) => string): LevelledLine {
+  const text = redact(line.text);
+  const level = logLevel(text);
+  return level ? { ...line, text, level } : { ...line, text };
+}
+
+/** " with code 137 (killed: SIGKILL)": the exit code, and what the usual ones mean. */
+function exitCode(container: { exitCode?: number; oomKilled?: boolean }): string {
+  if (container.exitCode === undefined) return '';
+  const meaning = container.oomKilled
+    ? 'killed for going over its memory limit'
+    : ({ 0: 'it ended on its own', 137: 'killed: SIGKILL', 143: 'stopped: SIGTERM' } as Record<number, string>)[container.exitCode];
+  return ` with code ${container.exitCode}${meaning ? ` (${meaning})` : ''}`;
+}
+
+/** " at 2026-11-30 03:12:09 UTC", when the engine knows. */
+function endedAt(container: { finishedAt?: string }): string {
+  const at = container.finishedAt;
+  return at && !at.startsWith('0001') ? ` at ${at.slice(0, 19).replace('T', ' ')} UTC` : '';
 }
 
 function explain(
   instance: DashboardInstance,
-  container: { running: boolean; status: string; exitCode?: number; error?: string } | undefined,
+  container: { running: boolean; status: string; exitCode?: number; oomKilled?: boolean; finishedAt?: string; error?: string } | undefined,
   health: HealthRecord | undefined,
   reconcileSeconds: number,
 ): string | undefined {
@@ -233,12 +275,13 @@ function explain(
       : 'The container of this instance is missing from the Docker engine.';
   }
   if (!container.running) {
-    const state = `The container is ${container.status}${container.exitCode !== undefined ? ` (exit code ${container.exitCode})` : ''}.`;
-    if (container.status === 'restarting') return `${state} Docker restarts it; the logs below show why it ended.`;
     if (container.status === 'unreachable') return `The instance cannot be reached: ${container.error ?? 'its node is down'}.`;
-    return ready && reconcileSeconds > 0
-      ? `${state} The broker starts it again within moments; the logs below show why it ended.`
-      : `${state} The logs below show why it ended.`;
+    const state = `The container ${container.status === 'exited' ? 'exited' : `is ${container.status}`}${exitCode(container)}${endedAt(container)}.`;
+    if (container.status === 'restarting') return `${state} Docker restarts it; the logs below show why it ended.`;
+    if (!ready) return `${state} The logs below show why it ended.`;
+    return reconcileSeconds > 0
+      ? `${state} The broker starts it again within moments (or use Restart); the logs below show why it ended.`
+      : `${state} Start it again with Restart above (or osb-docker restart); the logs below show why it ended.`;
   }
   return undefined;
 }

@@ -11,6 +11,8 @@ import type { DashboardLinks, Denial } from '../dashboard/links.js';
 import { DashboardSso } from '../dashboard/sso.js';
 import type { InstanceRecord } from '../store/records.js';
 import { logLinesHtml, overviewPage, problemPage } from '../dashboard/pages.js';
+import type { InstanceRestart } from '../broker/restart.js';
+import { actionAllowed, armActions } from './dashboard-actions.js';
 
 export interface DashboardOptions {
   service: DashboardService;
@@ -30,6 +32,8 @@ export interface DashboardOptions {
   brokerAuth: Middleware;
   /** The backups panel; without it the panel says the broker keeps no backups. */
   backups?: DashboardBackups;
+  /** The Restart button; without it the page hides it. */
+  restarts?: Pick<InstanceRestart, 'request'>;
   /** The Engine card (the offering's stats and links); without it the card says the broker reads none. */
   engine?: DashboardEngine;
 }
@@ -144,8 +148,16 @@ export function dashboardRoutes(options: DashboardOptions): Router {
     authorised(async (ctx, instance) => {
       // The latest lines come with the page: on screen at first paint, and the script follows on from them.
       const lines = (await service.logs(instance, PAGE_LINES).catch(() => undefined)) ?? [];
+      const csrf = armActions(ctx, tokens, ctx.cookies.get(COOKIE) ?? '', {
+        path: options.links.pagePath(instance.id),
+        secure: options.secureCookies,
+        maxAgeSeconds: options.sessionTtlSeconds,
+      });
       ctx.type = 'text/html; charset=utf-8';
-      ctx.body = instancePage.replace('__LOGS__', logLinesHtml(lines));
+      ctx.body = instancePage
+        .replace('__CSRF__', csrf)
+        .replace('__RESTART__', options.restarts ? '' : 'hidden')
+        .replace('__LOGS__', logLinesHtml(lines));
     }),
   );
 
@@ -240,6 +252,19 @@ export function dashboardRoutes(options: DashboardOptions): Router {
       if (!options.backups) return problem(ctx, 404, 'No backups', 'This broker serves no backups.');
       ctx.status = 202;
       ctx.body = await options.backups.start(instance);
+    }),
+  );
+
+  router.post(
+    '/instances/:id/api/restart',
+    sameOrigin,
+    authorised(async (ctx, instance) => {
+      if (!options.restarts) return problem(ctx, 404, 'No restarts', 'This broker does not restart instances.');
+      if (!actionAllowed(ctx, tokens, ctx.cookies.get(COOKIE))) {
+        return problem(ctx, 403, 'Forbidden', "The request does not carry this page's session token. Reload the page and try again.");
+      }
+      ctx.status = 202;
+      ctx.body = await options.restarts.request(instance.id);
     }),
   );
 
