@@ -1,0 +1,82 @@
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import { PACKAGE_ROOT } from '../src/config.js';
+import { startTestBroker, type TestBroker } from './helpers/env.js';
+
+/**
+ * osb-docker connect with each offering's own client against the real broker and engine: redis-cli as installed
+ * here, and MariaDB's client, which is not installed here, from the offering's image through the local docker. The
+ * offerings without a shell say so. Every session's temporary binding is gone afterwards.
+ */
+const CLI = path.join(PACKAGE_ROOT, 'dist/src/cli/osb-docker.js');
+
+let env: TestBroker;
+test.before(async () => {
+  env = await startTestBroker(62);
+});
+test.after.always(async () => {
+  await env?.stop();
+});
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function cli(args: string[], stdin = ''): Promise<Run> {
+  const base = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('OSB_BROKER_') && name !== 'BROKER_STATE_DIR'));
+  const child = spawn(process.execPath, [CLI, ...args], {
+    cwd: PACKAGE_ROOT,
+    env: { ...base, OSB_BROKER_URL: env.broker.url, OSB_BROKER_USERNAME: env.config.username, OSB_BROKER_PASSWORD: env.config.password },
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (chunk) => (stdout += chunk));
+  child.stderr.on('data', (chunk) => (stderr += chunk));
+  child.stdin.end(stdin);
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+const show = (result: Run) => `exit ${result.code}\nstdout: ${result.stdout}\nstderr: ${result.stderr}`;
+const bindingCount = async () =>
+  ((await env.client.request('GET', '/broker/v1/instances')).body.instances as Array<{ bindings: unknown[] }>).reduce(
+    (sum, instance) => sum + instance.bindings.length,
+    0,
+  );
+
+test('redis-cli from this machine and mariadb from the offering image, each with a binding of its own for the session', async (t) => {
+  const created = await Promise.all([cli(['create', 'redis', 'small', 'cache']), cli(['create', 'mariadb', 'small', 'orders'])]);
+  for (const result of created) t.is(result.code, 0, show(result));
+
+  const redis = await cli(['connect', 'cache'], 'SET greeting hello\nGET greeting\nACL WHOAMI\n');
+  t.is(redis.code, 0, show(redis));
+  t.deepEqual(redis.stdout.trim().split('\n').slice(0, 2), ['OK', 'hello']);
+  // The session's own user, not the administrator.
+  t.regex(redis.stdout.trim().split('\n')[2]!, /^u[0-9a-z]+$/);
+
+  // mariadb is not installed here: it runs from osb-broker/mariadb with the local docker.
+  const mariadb = await cli(['connect', 'orders'], 'SELECT 6 * 7 AS answer, CURRENT_USER() LIKE "u%" AS own_user;\n');
+  t.is(mariadb.code, 0, show(mariadb));
+  t.deepEqual(mariadb.stdout.trim().split('\n'), ['answer\town_user', '42\t1']);
+  t.is(await bindingCount(), 0);
+
+  // A failing statement: the client's exit code, and still no binding left.
+  const failed = await cli(['connect', 'orders'], 'SELECT no_such_column;\n');
+  t.is(failed.code, 1, show(failed));
+  t.regex(failed.stderr, /Unknown column 'no_such_column'/);
+  t.is(await bindingCount(), 0);
+});
+
+test('offerings without a shell say so and what to use instead, and bind nothing', async (t) => {
+  const created = await cli(['create', 'memcached', 'small', 'sessions']);
+  t.is(created.code, 0, show(created));
+  const result = await cli(['connect', 'sessions']);
+  t.is(result.code, 1);
+  t.regex(result.stderr, /^osb-docker: memcached has no shell to connect to: Memcached has no shell: .*memjs/);
+  t.is(await bindingCount(), 0);
+});
