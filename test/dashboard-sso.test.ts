@@ -3,11 +3,13 @@ import { randomBytes } from 'node:crypto';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
+import { spawnBroker, tempStateDir } from './helpers/spawn-broker.js';
 import { startCloudControllerStandIn, startUaaStandIn, type DashboardClient, type StandIn } from './helpers/uaa-stand-in.js';
 
 // Dashboard single sign-on as on Cloud Foundry, in Chromium: the broker sends a visitor to the platform's login
 // (oidc-provider standing in for UAA), and opens the dashboard when Cloud Controller (a stand-in answering from a
-// table) says the user may manage the instance. Ports: the broker 46792, the UAA stand-in 46790, Cloud Controller 46791.
+// table) says the user may manage the instance. Ports: the broker 46792 (a replica process 46793), the UAA stand-in
+// 46790, Cloud Controller 46791.
 const MEMCACHED = { service: '97fa3eaf-8e67-4001-af44-0f4f8921ff48', small: '21fe54ca-7324-41da-a2a5-1050ef67e0dc' };
 const PUBLIC_URL = 'http://127.0.0.1:46792';
 const ISSUER = 'http://127.0.0.1:46790';
@@ -101,7 +103,7 @@ test.serial('a user who may manage the instance signs in through UAA and lands o
   const page = await context.newPage();
   await signIn(page, 'alice');
   t.is(page.url(), `${PUBLIC_URL}/dashboard/instances/${cfInstance.id}`);
-  t.true(await page.getByText('cloudfoundry-cache').first().isVisible());
+  await t.notThrowsAsync(page.getByText('cloudfoundry-cache').first().waitFor({ timeout: 10_000 }), "the instance's page");
   const details = await page.evaluate(async (url) => (await fetch(url)).status, `/dashboard/instances/${cfInstance.id}/api/details`);
   t.is(details, 200, "the page's own calls run on the session");
   t.deepEqual(cloudController.asked.at(-1), { user: 'alice', instance: cfInstance.id }, "Cloud Controller was asked with alice's token");
@@ -191,6 +193,44 @@ test.serial('a Kubernetes instance is never sent to UAA: its lifelong link opens
   });
   const link = ((await rotated.json()) as { dashboard_url: string }).dashboard_url;
   t.is((await fetch(link, { redirect: 'manual' })).status, 303);
+});
+
+test.serial('the replica that sent the browser to UAA is killed (kill -9): another one finishes the sign-in', async (t) => {
+  // A second broker process on the same Redis and key, behind the same public URL (as replicas behind a load balancer).
+  const state = tempStateDir();
+  const replica = await spawnBroker({
+    PORT: '46793',
+    BROKER_PUBLIC_URL: PUBLIC_URL,
+    REDIS_URL: env.redisUrl,
+    BROKER_ID: env.config.brokerId,
+    BROKER_PASSWORD: env.config.password,
+    BROKER_ENCRYPTION_KEY: env.config.encryptionKey.toString('hex'),
+    BROKER_STATE_DIR: state.dir,
+    BROKER_PORT_RANGE: '46740-46779',
+    BROKER_RECONCILE_SECONDS: '0',
+    BROKER_SSO_CLIENT_ID: 'osb-dash',
+    BROKER_SSO_CLIENT_SECRET: CLIENT_SECRET,
+    BROKER_SSO_UAA_URL: ISSUER,
+    BROKER_CLOUD_CONTROLLER_URL: 'http://127.0.0.1:46791',
+  });
+  try {
+    const context = await newContext();
+    const page = await context.newPage();
+    await page.goto(`${replica.url}/dashboard/instances/${cfInstance.id}`);
+    t.true(page.url().startsWith(`${ISSUER}/`), 'the replica sent the browser to the provider');
+    t.true((await context.cookies()).some((cookie) => cookie.name.startsWith('osb_sso_')));
+    t.deepEqual(await replica.kill('SIGKILL'), { code: null, signal: 'SIGKILL' });
+    await page.locator('input[name="login"]').fill('alice');
+    await page.locator('input[name="password"]').fill('any password');
+    await page.getByRole('button', { name: 'Sign-in' }).click();
+    await page.getByRole('button', { name: 'Continue' }).click();
+    await page.waitForURL(`${PUBLIC_URL}/dashboard/instances/${cfInstance.id}`);
+    await t.notThrowsAsync(page.getByText('cloudfoundry-cache').first().waitFor({ timeout: 10_000 }), 'the other process took the way back');
+    await context.close();
+  } finally {
+    await replica.kill('SIGKILL');
+    state.remove();
+  }
 });
 
 test.serial('Cloud Controller unreachable: the sign-in ends on a clear page and opens nothing', async (t) => {
