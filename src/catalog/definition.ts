@@ -5,6 +5,8 @@ export interface Limits {
   memoryMb: number;
   cpus: number;
   pids: number;
+  /** Soft limit of the data volume: usage over it is reported, never enforced (Docker's local volumes have no quota). */
+  diskMb?: number;
 }
 
 /** How the broker runs one engine's containers; read from the `container` block of service.json. */

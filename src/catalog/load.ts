@@ -43,6 +43,7 @@ interface PlanLimits {
   memory_mb: number;
   cpus: number;
   pids: number;
+  disk_mb?: number;
 }
 
 /** Reads every folder of the catalog directory that holds a service.json. Stops at the first bad field, naming it. */
@@ -162,7 +163,8 @@ function loadDefinition(folder: string, imagePrefix: string): ServiceDefinition 
   const offering = buildOffering(root.offering, maintenanceInfo, parameterSchema, bindingParameterSchema);
   const limits = new Map<string, Limits>();
   for (const plan of root.offering.plans) {
-    limits.set(plan.id, { memoryMb: plan.limits.memory_mb, cpus: plan.limits.cpus, pids: plan.limits.pids });
+    const diskMb = plan.limits.disk_mb;
+    limits.set(plan.id, { memoryMb: plan.limits.memory_mb, cpus: plan.limits.cpus, pids: plan.limits.pids, ...(diskMb ? { diskMb } : {}) });
   }
 
   const syslogDrainUrl = root.syslog_drain_url;
@@ -274,6 +276,9 @@ function buildOffering(
     ...raw,
     plans: raw.plans.map((plan): Plan => {
       const sent = Object.fromEntries(Object.entries(plan).filter(([key]) => !PLAN_FIELDS_NOT_SENT.includes(key)));
+      // The one limit platforms see: what a plan's volume is meant to hold, for people choosing a plan.
+      const diskMb = plan.limits.disk_mb;
+      if (diskMb) sent.metadata = { ...(plan.metadata as Record<string, unknown> | undefined), disk_mb: diskMb };
       return {
         ...sent,
         id: plan.id,
