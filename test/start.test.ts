@@ -1,10 +1,11 @@
 import test from 'ava';
-import { execFile } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { execFile, spawn } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { PACKAGE_ROOT } from '../src/config.js';
+import { waitFor } from '../src/wait.js';
 
 /**
  * `npm start` compiles only when the sources changed (scripts/build.sh --if-stale). Run on a small project of its
@@ -110,6 +111,21 @@ test('npm start compiles only when a source, tsconfig or the lock file changed',
   const broken = await build(dir, '--if-stale');
   t.not(broken.code, 0, 'a type error fails the start');
   t.like(await build(dir, '--check'), { stdout: 'stale' }, 'still stale after a failed compile');
+
+  // A compile killed halfway (kill -9, a closed terminal) leaves dist/ half written: it must never pass for fresh,
+  // not even once the sources are back to what the last good compile saw.
+  writeFileSync(file('src/greeting.ts'), original);
+  t.is((await build(dir, '--if-stale')).code, 0);
+  writeFileSync(file('src/greeting.ts'), "export const greeting: string = 'interrupted';\n");
+  const compiling = spawn('bash', [file('scripts/build.sh'), '--if-stale'], { cwd: dir, detached: true, stdio: 'ignore' });
+  const ended = new Promise((resolve) => compiling.once('exit', resolve));
+  await waitFor(() => (existsSync(file('dist/.build-fingerprint')) ? undefined : true), { intervalMs: 5, timeoutMs: 30_000 });
+  process.kill(-compiling.pid!, 'SIGKILL');
+  await ended;
+  writeFileSync(file('src/greeting.ts'), original);
+  t.like(await build(dir, '--check'), { code: 1, stdout: 'stale' }, 'an interrupted compile is never fresh');
+  t.is((await build(dir, '--if-stale')).code, 0);
+  t.like(await build(dir, '--check'), { stdout: 'fresh' });
 });
 
 test('the check of the real sources reads them quickly and compiles nothing', async (t) => {
