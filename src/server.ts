@@ -50,6 +50,8 @@ export interface RunningBroker {
   metrics: BrokerMetrics;
   /** Scheduled backups and the pass over deleted instances' backups. */
   backupSchedules: BackupScheduler;
+  /** The engine stats collection (its periodic pass) and the dashboard's readings. */
+  engineStats: EngineStats;
   /** The instances' TLS certificates (renewal pass, renew on demand); undefined without TLS offerings. */
   tls?: InstanceTls;
   /** Base URL of the BROKER_METRICS_LISTEN listener, when one is configured. */
@@ -230,6 +232,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
     reconciler,
     metrics,
     backupSchedules,
+    engineStats,
     tls,
     metricsUrl: metricsAddress && `http://${metricsAddress}`,
     async close() {

@@ -14,6 +14,7 @@ import { chromium, type Browser } from 'playwright-core';
 import { LABEL } from '../src/docker/types.js';
 import { engine, PG, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
+import { freePort, killAllBrokers, spawnBroker, tempStateDir } from './helpers/spawn-broker.js';
 import { waitUntil } from './helpers/wait.js';
 
 const REDIS = { service: '2cd75c09-eebe-4945-8f8a-2ce77a2f0f36', small: '92776b7b-46d1-4950-91fb-9b675ca53968' };
@@ -73,6 +74,7 @@ test.before(async () => {
   console.log(`seven instances provisioned and bound in ${Date.now() - started} ms`);
 });
 test.after.always(async () => {
+  await killAllBrokers();
   await browser?.close();
   await env?.stop();
 });
@@ -315,4 +317,51 @@ test.serial('a stopped container: the card says why, /metrics has up 0 and no nu
     await engine.startContainer(container);
   }
   await cardUntil(instance, 'numbers again', (r) => r.reason === undefined && value(r, 'keys') === 10, 60_000);
+});
+
+test.serial('another replica collects once this one stops; kill -9 of that replica makes its readings stale, and /metrics drops them', async (t) => {
+  const instance = instances.redis;
+  const labels = `instance_id="${instance.id}",offering="redis",plan="small"`;
+  const storedAt = async () => {
+    const redis = new Redis(env.redisUrl);
+    try {
+      const raw = await redis.hget(`osb:${env.config.brokerId}:engine-stats`, instance.id);
+      return raw === null ? undefined : Date.parse((JSON.parse(raw) as { at: string }).at);
+    } finally {
+      redis.disconnect();
+    }
+  };
+  await env.broker.engineStats.stop();
+  const stopped = Date.now();
+  const state = tempStateDir();
+  const replica = await spawnBroker({
+    PORT: String(await freePort()),
+    BROKER_PASSWORD: env.config.password,
+    BROKER_ENCRYPTION_KEY: env.config.encryptionKey.toString('hex'),
+    REDIS_URL: env.redisUrl,
+    BROKER_ID: env.config.brokerId,
+    BROKER_PORT_RANGE: `${41000 + 59 * 100}-${41000 + 59 * 100 + 99}`,
+    BROKER_STATE_DIR: state.dir,
+    BROKER_ENGINE_STATS_SECONDS: '3',
+    BROKER_RECONCILE_SECONDS: '0',
+    LOG_LEVEL: 'info',
+  });
+  try {
+    await waitUntil('a reading collected by the other replica', async () => ((await storedAt()) ?? 0) > stopped + 500);
+    const line = `osb_instance_engine_stat{${labels},stat="keys"} 10`;
+    const replicaMetrics = (await replica.client.request('GET', '/metrics', undefined, { version: null })).body as string;
+    t.true(replicaMetrics.includes(line), 'the replica reports the numbers');
+    t.true((await metricsText()).includes(line), 'this process reports the same numbers from the store');
+
+    await replica.kill('SIGKILL');
+    // Nobody collects now: three intervals after the last reading, /metrics leaves it out rather than repeat it.
+    await waitUntil('the stale reading left out', async () => !(await metricsText()).includes(`osb_instance_engine_stats_up{${labels}}`), 20_000, 500);
+    t.truthy(await storedAt(), 'the reading is still stored: /metrics left it out for its age');
+    t.false((await metricsText()).includes(`osb_instance_engine_stat{${labels}`));
+  } finally {
+    await replica.kill('SIGKILL');
+    state.remove();
+    env.broker.engineStats.start();
+  }
+  await waitUntil('numbers again once this process collects', async () => (await metricsText()).includes(`osb_instance_engine_stats_up{${labels}} 1`));
 });
