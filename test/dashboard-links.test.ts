@@ -74,6 +74,7 @@ test.serial('the dashboard_url is lifelong: the same from provision, fetch and l
   const page = await get(pathOf(url), cookie);
   t.is(page.status, 200);
   t.is((await get(`${pathOf(url)}/api/details`, cookie)).status, 200);
+  t.false(env.logs.join('\n').includes(tokenOf(url)), 'the link secret is never logged (access lines carry the path only)');
 });
 
 test.serial('a rotation answers a new link; the old link and the sessions it opened stop working at once', async (t) => {
@@ -126,7 +127,6 @@ test.serial('an instance from before lifelong links keeps its expiring link, and
 });
 
 test.serial('Redis paused: the dashboard answers 503, and the same link works once Redis is back; another replica accepts it too', async (t) => {
-  const { url } = live.older;
   const link = (await env.client.request('GET', `/v2/service_instances/${live.older.id}`)).body.dashboard_url as string;
   execFileSync('docker', ['pause', env.redisContainer]);
   paused = true;
@@ -140,7 +140,6 @@ test.serial('Redis paused: the dashboard answers 503, and the same link works on
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
   t.is(after.status, 303);
-  t.truthy(url);
 
   // A second process on the same Redis and key (a replica, or the broker after a restart) knows the link, and a rotation on one is seen by the other.
   let replica: RunningBroker | undefined;
