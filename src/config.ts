@@ -68,6 +68,12 @@ export interface Config {
   tlsCertSeconds: number;
   /** How often one replica looks for certificates due for renewal. */
   tlsRenewCheckSeconds: number;
+  /** How often one replica samples every running instance's CPU, memory, network and block I/O; 0: off. */
+  usageSampleSeconds: number;
+  /** How often it measures each instance's data volume (du in the container, which costs more). */
+  usageDiskSeconds: number;
+  /** How far back the samples go (the dashboard's charts). */
+  usageKeepSeconds: number;
 }
 
 /** Cloud Foundry dashboard SSO: each offering's dashboard client is `<clientId>-<offering name>` (Cloud Controller wants them unique). */
@@ -247,6 +253,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     tlsCa: tlsCa(env),
     tlsCertSeconds: int(env, 'BROKER_TLS_CERT_SECONDS', 90 * 86400, 60, 825 * 86400),
     tlsRenewCheckSeconds: int(env, 'BROKER_TLS_RENEW_CHECK_SECONDS', 3600, 1, 86400),
+    usageSampleSeconds: int(env, 'BROKER_USAGE_SAMPLE_SECONDS', 10, 0, 3600),
+    usageDiskSeconds: int(env, 'BROKER_USAGE_DISK_SECONDS', 60, 1, 86400),
+    usageKeepSeconds: int(env, 'BROKER_USAGE_KEEP_SECONDS', 3600, 60, 7 * 86400),
   };
 }
 

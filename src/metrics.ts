@@ -10,6 +10,9 @@ export type BackupLastSuccessSource = () => Promise<ReadonlyMap<string, number>>
 /** Per instance id, the last engine stats reading a collection pass stored (any replica's). */
 export type EngineStatsSource = () => Promise<ReadonlyMap<string, EngineStatsRecord>>;
 
+/** Per instance id, the bytes its data volume took when last measured; instances not measured yet are absent. */
+export type DiskUsageSource = (instanceIds: string[]) => Promise<ReadonlyMap<string, number>>;
+
 /** Per instance id, the health a reconciler last recorded for it (`ok`, `down`, `repaired`, ...). */
 export type InstanceHealthSource = () => Promise<ReadonlyMap<string, string>> | ReadonlyMap<string, string>;
 
@@ -155,6 +158,8 @@ export class BrokerMetrics implements OperationObserver, BackupObserver {
   readonly registry = new Registry();
   /** Settable after start, once a reconciler that keeps health records exists. */
   instancesByHealth?: InstanceHealthSource;
+  /** Settable after start: the data volumes as the usage sampler last measured them. */
+  diskUsage?: DiskUsageSource;
   /** Settable after start: the store's last successful backup per instance. */
   backupLastSuccess?: BackupLastSuccessSource;
   /** Settable after start: the stored engine stats readings. */
@@ -250,6 +255,42 @@ export class BrokerMetrics implements OperationObserver, BackupObserver {
         for (const instance of instances) {
           const recorded = health.get(instance.id);
           if (recorded !== undefined) this.inc({ ...names(instance), health: recorded });
+        }
+      },
+    });
+    // The plan's disk_mb is a soft limit: these two side by side are what an alert on a filling volume compares.
+    const diskLimitBytes = (instance: InstanceRecord) =>
+      (sources.definitions.find((definition) => definition.offering.id === instance.serviceId)?.limits.get(instance.planId)?.diskMb ?? 0) * 1024 * 1024;
+    const readDisk = async (instances: InstanceRecord[]) => {
+      const source = this.diskUsage;
+      return source ? within(() => source(instances.map((instance) => instance.id)), sources.checks.timeoutMs).catch(() => undefined) : undefined;
+    };
+    new Gauge({
+      name: 'osb_instance_disk_used_bytes',
+      help: "Bytes an instance's data volume takes, as last measured (du in its container every BROKER_USAGE_DISK_SECONDS); absent before the first measure.",
+      labelNames: ['instance_id', 'offering', 'plan'],
+      registers,
+      async collect() {
+        const { instances } = await scrape();
+        this.reset();
+        const used = instances && (await readDisk(instances));
+        for (const instance of instances ?? []) {
+          const bytes = used?.get(instance.id);
+          if (bytes !== undefined) this.set({ instance_id: instance.id, ...names(instance) }, bytes);
+        }
+      },
+    });
+    new Gauge({
+      name: 'osb_instance_disk_limit_bytes',
+      help: "The plan's disk_mb of an instance in bytes: a soft limit, reported and never enforced (Docker's local volumes have no quota); absent when the plan sets none.",
+      labelNames: ['instance_id', 'offering', 'plan'],
+      registers,
+      async collect() {
+        const { instances } = await scrape();
+        this.reset();
+        for (const instance of instances ?? []) {
+          const bytes = diskLimitBytes(instance);
+          if (bytes > 0) this.set({ instance_id: instance.id, ...names(instance) }, bytes);
         }
       },
     });

@@ -18,6 +18,8 @@ import { Offerings } from './broker/offerings.js';
 import { createBackupStore, loadBackupConfig, type BackupConfig } from './backups/index.js';
 import { Reconciler } from './broker/reconciler.js';
 import { InstanceTls } from './broker/tls.js';
+import { UsageSampler } from './broker/usage-sampler.js';
+import { withDiskUsage } from './broker/listing-disk.js';
 import { startEmbeddedRedis } from './embedded-redis.js';
 import { RedisStore } from './store/redis-store.js';
 import { Sealer } from './store/sealer.js';
@@ -130,6 +132,15 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
     deletedPassMs: (backupConfig.deletedPassSeconds ?? 3600) * 1000,
   });
   metrics.backupLastSuccess = () => store.backupLastSuccesses();
+  metrics.diskUsage = async (ids) => new Map([...(await store.usage.latestDisk(ids))].map(([id, sample]) => [id, sample.usedBytes]));
+  const usage = new UsageSampler({
+    store,
+    containers: runtime,
+    offerings: new Offerings(definitions),
+    log,
+    owner: `${hostname()}/${process.pid}/usage`,
+    settings: config,
+  });
   const engineStats = new EngineStats({
     store,
     containers: runtime,
@@ -164,7 +175,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
       password: config.password,
       bodyLimitBytes: config.bodyLimitBytes,
       log,
-      listing: () => broker.listing(),
+      listing: async () => withDiskUsage(await broker.listing(), (ids) => store.usage.latestDisk(ids), definitions),
       backups,
       backupSchedules,
       restores: broker.restores,
@@ -223,6 +234,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   backupSchedules.start();
   engineStats.start();
   tls?.startRenewals();
+  usage.start();
   return {
     server,
     url: `http://${config.listenHost}:${port}`,
@@ -243,6 +255,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
       await backupSchedules.stop();
       await engineStats.stop();
       await tls?.stop();
+      await usage.stop();
       await broker.handBack();
       // Keep-alive connections between requests would hold the server open; those in a request may finish.
       const idle = setInterval(() => server.closeIdleConnections(), 100);

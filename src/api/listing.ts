@@ -52,6 +52,20 @@ export interface ListedInstance {
   dashboard_url: string;
   created_at: string;
   bindings: ListedBinding[];
+  /** The data volume as last measured (every BROKER_USAGE_DISK_SECONDS); absent before the first measure. */
+  disk?: ListedDisk;
+}
+
+/**
+ * Bytes an instance's data volume takes against its plan's disk_mb. A soft limit: Docker's local volumes have no
+ * quota, so `over` reports it and nothing stops the writes.
+ */
+export interface ListedDisk {
+  used_bytes: number;
+  /** Absent when the plan sets no disk_mb. */
+  limit_bytes?: number;
+  over: boolean;
+  measured_at: string;
 }
 
 export interface InstanceListing {

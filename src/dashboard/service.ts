@@ -5,6 +5,7 @@ import type { HealthRecord, InstanceRecord } from '../store/records.js';
 import { describeHealth } from '../broker/reconciler.js';
 import type { InstanceContainers } from '../broker/contracts.js';
 import type { RedisStore } from '../store/redis-store.js';
+import { usageHistory, type UsageHistory } from '../broker/usage-series.js';
 import { logLevel, type LogLevel } from './log-level.js';
 
 export interface InstanceDetails {
@@ -162,6 +163,13 @@ export class DashboardService {
   async usage(instance: DashboardInstance): Promise<ContainerUsage | undefined> {
     const target = await this.running(instance);
     return target ? target.engine.usage(target.container).catch(() => undefined) : undefined;
+  }
+
+  /** The kept hour of samples the broker took (one replica samples), with the data volume against the plan's disk_mb. */
+  async usageHistory(instance: DashboardInstance): Promise<UsageHistory> {
+    const [samples, disk] = await Promise.all([this.store.usage.samples(instance.id), this.store.usage.diskSamples(instance.id)]);
+    const diskMb = this.definitions.get(instance.serviceId)?.limits.get(instance.planId)?.diskMb;
+    return usageHistory(samples, disk, { sampleSeconds: this.config.usageSampleSeconds, keepSeconds: this.config.usageKeepSeconds, diskMb });
   }
 
   async top(instance: DashboardInstance): Promise<ProcessList | undefined> {

@@ -18,6 +18,7 @@ import {
   type ExecResult,
   type LogLine,
   type ProcessList,
+  type UsageCounters,
 } from './types.js';
 import { demuxLogs, parseLogLine } from './log-lines.js';
 import { parseContainerEvent } from './events.js';
@@ -279,6 +280,30 @@ export class DockerEngine {
       networkRxBytes: networks.reduce((sum, network) => sum + network.rx_bytes, 0),
       networkTxBytes: networks.reduce((sum, network) => sum + network.tx_bytes, 0),
       pids: stats.pids_stats?.current ?? 0,
+    };
+  }
+
+  /**
+   * CPU time, memory and the network and block I/O totals of a running container; undefined when it is not running.
+   * One-shot: the engine answers at its next stats tick instead of waiting for a second one to compute a CPU delta.
+   */
+  async usageCounters(name: string): Promise<UsageCounters | undefined> {
+    const stats = await this.docker.getContainer(name).stats({ stream: false, 'one-shot': true } as { stream: false });
+    if (!stats.pids_stats?.current) return undefined;
+    const memory = stats.memory_stats.stats as Record<string, number> | undefined;
+    // As in usage(): the page cache is not the container's own memory.
+    const cache = memory?.total_inactive_file ?? memory?.inactive_file ?? 0;
+    const networks = Object.values(stats.networks ?? {});
+    const io = (op: string) =>
+      (stats.blkio_stats?.io_service_bytes_recursive ?? []).filter((entry) => entry.op.toLowerCase() === op).reduce((sum, entry) => sum + entry.value, 0);
+    return {
+      cpuNanos: stats.cpu_stats.cpu_usage.total_usage,
+      memoryBytes: Math.max(0, (stats.memory_stats.usage ?? 0) - cache),
+      memoryLimitBytes: stats.memory_stats.limit ?? 0,
+      networkRxBytes: networks.reduce((sum, network) => sum + network.rx_bytes, 0),
+      networkTxBytes: networks.reduce((sum, network) => sum + network.tx_bytes, 0),
+      blockReadBytes: io('read'),
+      blockWriteBytes: io('write'),
     };
   }
 

@@ -78,6 +78,18 @@ export interface ContainerUsage {
   pids: number;
 }
 
+/** A running container's totals since it started, read in one quick call; rates come from two of them apart in time. */
+export interface UsageCounters {
+  /** CPU time used since the container started, in nanoseconds. */
+  cpuNanos: number;
+  memoryBytes: number;
+  memoryLimitBytes: number;
+  networkRxBytes: number;
+  networkTxBytes: number;
+  blockReadBytes: number;
+  blockWriteBytes: number;
+}
+
 export interface ExecResult {
   exitCode: number;
   stdout: string;

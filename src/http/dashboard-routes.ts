@@ -1,6 +1,7 @@
 import Router from '@koa/router';
 import type { Context, Middleware } from 'koa';
 import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import type { DashboardBackups } from '../dashboard/backups.js';
@@ -44,6 +45,12 @@ const ASSETS: Record<string, string> = {
   'engine-stats.js': 'text/javascript; charset=utf-8',
   'style.css': 'text/css; charset=utf-8',
 };
+/** The charts and their library (uPlot), served from its npm package: no CDN, the page's CSP allows 'self' only. */
+const CHART_ASSETS: Record<string, { type: string; from: (assetsDir: string) => string }> = {
+  'charts.js': { type: 'text/javascript; charset=utf-8', from: (assetsDir) => path.join(assetsDir, 'charts.js') },
+  'uplot.min.js': { type: 'text/javascript; charset=utf-8', from: () => createRequire(import.meta.url).resolve('uplot/dist/uPlot.iife.min.js') },
+  'uplot.min.css': { type: 'text/css; charset=utf-8', from: () => createRequire(import.meta.url).resolve('uplot/dist/uPlot.min.css') },
+};
 const MAX_TAIL = 10_000;
 /** As many as the tail selector's default. */
 const PAGE_LINES = 500;
@@ -65,11 +72,13 @@ export function dashboardRoutes(options: DashboardOptions): Router {
     await next();
   });
 
+  const chartAssets = new Map(Object.entries(CHART_ASSETS).map(([name, asset]) => [name, readFileSync(asset.from(options.assetsDir))]));
+
   router.get('/assets/:file', (ctx) => {
     const file = ctx.params.file!;
-    const body = assets.get(file);
+    const body = assets.get(file) ?? chartAssets.get(file);
     if (!body) return problem(ctx, 404, 'Not found', 'There is no such file.');
-    ctx.type = ASSETS[file]!;
+    ctx.type = ASSETS[file] ?? CHART_ASSETS[file]!.type;
     ctx.set('Cache-Control', 'public, max-age=300');
     ctx.body = body;
   });
@@ -181,6 +190,13 @@ export function dashboardRoutes(options: DashboardOptions): Router {
     '/instances/:id/api/usage',
     authorised(async (ctx, instance) => {
       ctx.body = { usage: (await service.usage(instance)) ?? null };
+    }),
+  );
+
+  router.get(
+    '/instances/:id/api/usage/history',
+    authorised(async (ctx, instance) => {
+      ctx.body = await service.usageHistory(instance);
     }),
   );
 

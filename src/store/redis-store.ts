@@ -14,6 +14,7 @@ import type {
 } from './records.js';
 import type { Sealer } from './sealer.js';
 import type { StoredCertificate } from '../tls/certificates.js';
+import { UsageHistoryStore } from './usage-history.js';
 import {
   CLAIM_LEASE,
   CLAIM_SCHEDULED_RUN,
@@ -66,7 +67,8 @@ class GuardedRedis extends Redis {
  * health:<instance> (what the engine really runs, removed with the instance), backup:<instance>:<backup>,
  * backups:<instance> (sorted set), backup-schedule:<instance> (hash: cron, last, failure), backups-deleted and
  * backup-last-success and engine-stats (hashes by instance id), tls-ca (the CA for instances' certificates), tls:<instance> (its
- * server certificate, key sealed);
+ * server certificate, key sealed), usage:<instance> and disk:<instance> (capped lists of recent usage samples, see
+ * usage-history.ts; removed with the instance);
  * all under "osb:<broker id>:".
  */
 export class RedisStore {
@@ -76,6 +78,8 @@ export class RedisStore {
   private lastError?: string;
   /** The URL without credentials, for messages. */
   private readonly where: string;
+  /** Each instance's recent usage samples, for the dashboard's charts, the listing's disk usage and the metrics. */
+  readonly usage: UsageHistoryStore;
 
   constructor(
     url: string,
@@ -116,6 +120,7 @@ export class RedisStore {
       options.onBack?.();
     });
     this.prefix = `osb:${brokerId}:`;
+    this.usage = new UsageHistoryStore(this.redis, (...parts) => this.key(...parts));
     this.where = url.replace(/\/\/[^@/]*@/, '//');
   }
 
@@ -182,6 +187,7 @@ export class RedisStore {
         .srem(this.key('instances'), record.id)
         .del(this.key('health', record.id))
         .del(this.key('tls', record.id))
+        .del(...this.usage.keysOf(record.id))
         .exec();
     } else {
       await this.redis.multi().set(key, this.write(key, record)).sadd(this.key('instances'), record.id).exec();

@@ -118,11 +118,11 @@ export async function brokerObjects(brokerId: string) {
 
 /**
  * The broker's keys in Redis that requests made: all of them but the leases of its own periodic work (the pass over
- * deleted instances' backups takes one at start) and the CA for TLS certificates (made at the first start), which no
- * request leaves behind.
+ * deleted instances' backups takes one at start; the usage sampler holds one while there are instances to sample) and
+ * the CA for TLS certificates (made at the first start), which no request leaves behind.
  */
 export async function keysFromRequests(url: string, brokerId: string): Promise<string[]> {
-  const housekeeping = new RegExp(`^osb:${brokerId}:(lease:backup-deleted-pass-|lease:tls-renewal-pass-|tls-ca$)`);
+  const housekeeping = new RegExp(`^osb:${brokerId}:(lease:backup-deleted-pass-|lease:tls-renewal-pass-|lease:usage-sampler$|tls-ca$)`);
   return (await redisKeys(url, `osb:${brokerId}:*`)).filter((key) => !housekeeping.test(key));
 }
 
