@@ -11,6 +11,9 @@ import { createConnection } from 'node:net';
 import mysql from 'mysql2/promise';
 import pg from 'pg';
 import { chromium, type Browser } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { PACKAGE_ROOT } from '../src/config.js';
 import { LABEL } from '../src/docker/types.js';
 import { engine, PG, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
@@ -42,6 +45,8 @@ interface Instance {
   apiBase?: string;
 }
 
+/** Where the Engine card's screenshot goes. */
+const OUTPUT = path.join(PACKAGE_ROOT, 'test-output');
 let env: TestBroker;
 let browser: Browser;
 const instances: Record<'pg' | 'redis' | 'rabbit' | 'mqtt' | 'mariadb' | 'memcached' | 'syslog', Instance> = {} as never;
@@ -222,6 +227,8 @@ test.serial('RabbitMQ: a queue with 5 ready messages, 2 unacknowledged; the card
     t.regex(await page.locator('#engine-links').innerText(), /Log in with a binding's username and password/);
     t.false((await page.content()).includes(instance.creds.password as string));
     t.deepEqual(errors, []);
+    mkdirSync(OUTPUT, { recursive: true });
+    await page.locator('#engine').screenshot({ path: path.join(OUTPUT, 'dashboard-engine-card.png') });
     await page.close();
   } finally {
     await connection.close();
