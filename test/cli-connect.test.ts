@@ -1,7 +1,9 @@
 import test from 'ava';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import mqtt from 'mqtt';
 import path from 'node:path';
 import { PACKAGE_ROOT } from '../src/config.js';
+import { waitFor } from '../src/wait.js';
 import { startTestBroker, type TestBroker } from './helpers/env.js';
 
 /**
@@ -25,7 +27,7 @@ interface Run {
   stderr: string;
 }
 
-function cli(args: string[], stdin = ''): Promise<Run> {
+function cli(args: string[], stdin = '', started?: (child: ChildProcess, output: () => string) => void): Promise<Run> {
   const base = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('OSB_BROKER_') && name !== 'BROKER_STATE_DIR'));
   const child = spawn(process.execPath, [CLI, ...args], {
     cwd: PACKAGE_ROOT,
@@ -35,7 +37,8 @@ function cli(args: string[], stdin = ''): Promise<Run> {
   let stderr = '';
   child.stdout.on('data', (chunk) => (stdout += chunk));
   child.stderr.on('data', (chunk) => (stderr += chunk));
-  child.stdin.end(stdin);
+  if (started) started(child, () => stdout);
+  else child.stdin.end(stdin);
   return new Promise((resolve, reject) => {
     child.once('error', reject);
     child.once('close', (code) => resolve({ code, stdout, stderr }));
@@ -43,11 +46,11 @@ function cli(args: string[], stdin = ''): Promise<Run> {
 }
 
 const show = (result: Run) => `exit ${result.code}\nstdout: ${result.stdout}\nstderr: ${result.stderr}`;
-const bindingCount = async () =>
-  ((await env.client.request('GET', '/broker/v1/instances')).body.instances as Array<{ bindings: unknown[] }>).reduce(
-    (sum, instance) => sum + instance.bindings.length,
-    0,
-  );
+/** Bindings of the named instances (the tests of this file run at once, each on instances of its own). */
+const bindingCount = async (...names: string[]) =>
+  ((await env.client.request('GET', '/broker/v1/instances')).body.instances as Array<{ name: string; bindings: unknown[] }>)
+    .filter((instance) => names.includes(instance.name))
+    .reduce((sum, instance) => sum + instance.bindings.length, 0);
 
 test('redis-cli from this machine and mariadb from the offering image, each with a binding of its own for the session', async (t) => {
   const created = await Promise.all([cli(['create', 'redis', 'small', 'cache']), cli(['create', 'mariadb', 'small', 'orders'])]);
@@ -63,13 +66,13 @@ test('redis-cli from this machine and mariadb from the offering image, each with
   const mariadb = await cli(['connect', 'orders'], 'SELECT 6 * 7 AS answer, CURRENT_USER() LIKE "u%" AS own_user;\n');
   t.is(mariadb.code, 0, show(mariadb));
   t.deepEqual(mariadb.stdout.trim().split('\n'), ['answer\town_user', '42\t1']);
-  t.is(await bindingCount(), 0);
+  t.is(await bindingCount('cache', 'orders'), 0);
 
   // A failing statement: the client's exit code, and still no binding left.
   const failed = await cli(['connect', 'orders'], 'SELECT no_such_column;\n');
   t.is(failed.code, 1, show(failed));
   t.regex(failed.stderr, /Unknown column 'no_such_column'/);
-  t.is(await bindingCount(), 0);
+  t.is(await bindingCount('orders'), 0);
 });
 
 test('offerings without a shell say so and what to use instead, and bind nothing', async (t) => {
@@ -78,5 +81,36 @@ test('offerings without a shell say so and what to use instead, and bind nothing
   const result = await cli(['connect', 'sessions']);
   t.is(result.code, 1);
   t.regex(result.stderr, /^osb-docker: memcached has no shell to connect to: Memcached has no shell: .*memjs/);
-  t.is(await bindingCount(), 0);
+  t.is(await bindingCount('sessions'), 0);
+});
+
+test('MQTT: connect watches every topic with mosquitto_sub from the offering image until it is ended', async (t) => {
+  t.is((await cli(['create', 'mqtt', 'small', 'events'])).code, 0);
+  const bound = await cli(['bind', 'events', '--show-credentials']);
+  const { uri } = JSON.parse(bound.stdout.slice(bound.stdout.indexOf('{'))).credentials;
+  let session: ChildProcess | undefined;
+  let seen = () => '';
+  const ended = cli(['connect', 'events'], '', (child, output) => {
+    session = child;
+    seen = output;
+  });
+  const publisher = await mqtt.connectAsync(uri, { clientId: `cli-connect-${Date.now()}`, reconnectPeriod: 0 });
+  try {
+    // Published until the session has subscribed and prints it: "topic payload".
+    await waitFor(
+      async () => {
+        await publisher.publishAsync('orders/created', 'order 42');
+        return seen().includes('orders/created order 42') ? true : undefined;
+      },
+      { intervalMs: 300, timeoutMs: 60_000 },
+    );
+  } finally {
+    await publisher.endAsync();
+    session?.kill('SIGTERM');
+  }
+  const result = await ended;
+  t.regex(result.stderr, /Connected to events with mosquitto_sub/);
+  t.regex(result.stdout, /^orders\/created order 42$/m);
+  // Only the publisher's own binding is left.
+  t.is(await bindingCount('events'), 1, show(result));
 });

@@ -182,6 +182,54 @@ export const COMMANDS: CommandSpec[] = [
       'before anything changes, so a wrong file leaves the instance as it was.',
     ].join('\n'),
   },
+  {
+    name: 'info',
+    synopsis: '<name> [--json]',
+    summary: 'show an instance as the engine runs it: state, endpoint, plan limits, bindings, last backup',
+    min: 1,
+    max: 1,
+    options: ['json'],
+    details: "The state is the container's own (running, or exited with its exit code; its health check), not only the record's.",
+  },
+  {
+    name: 'update',
+    synopsis: '<name> [--plan <plan>] [-c JSON|FILE]',
+    summary: 'change the plan or the parameters of an instance and wait',
+    min: 1,
+    max: 1,
+    options: ['plan', 'parameters'],
+    details: 'An OSB update (PATCH). A new plan gets its limits (memory, CPU, processes) on the running container.',
+  },
+  {
+    name: 'logs',
+    synopsis: '<name> [-f] [--tail N]',
+    summary: "print the instance's log (the last 100 lines), with its secrets masked",
+    min: 1,
+    max: 1,
+    options: ['follow', 'tail'],
+    details: 'Through the broker (GET /broker/v1/instances/:id/logs): passwords of the instance and its bindings read ••••••.',
+  },
+  {
+    name: 'connect',
+    synopsis: '<name> [--image]',
+    summary: "open the engine's own shell (psql, mariadb, redis-cli, mosquitto_sub) with a temporary binding",
+    min: 1,
+    max: 1,
+    options: ['image'],
+    details: [
+      "The client comes from this machine when it is installed, else from the offering's image (docker run --rm",
+      '--network host; --image always does that). The binding is made for the session and removed when it ends,',
+      "also on Ctrl-C or when the client fails. Standard input may be a pipe: echo 'select 1' | osb-docker connect db.",
+    ].join('\n'),
+  },
+  {
+    name: 'restart',
+    synopsis: '<name>',
+    summary: "restart the instance's service and wait until it accepts logins again",
+    min: 1,
+    max: 1,
+    options: [],
+  },
   { name: 'help', synopsis: '[<command>]', summary: "show this help, or a command's", min: 0, max: 1, options: [] },
 ];
 
@@ -211,6 +259,10 @@ const PARSE_OPTIONS = {
   'from-backup': { type: 'string' },
   'service-binding-root': { type: 'string' },
   'k8s-secret': { type: 'boolean' },
+  plan: { type: 'string' },
+  follow: { type: 'boolean', short: 'f' },
+  tail: { type: 'string' },
+  image: { type: 'boolean' },
 } as const;
 
 export interface Flags {
@@ -232,6 +284,10 @@ export interface Flags {
   fromBackup?: string;
   serviceBindingRoot?: string;
   k8sSecret: boolean;
+  plan?: string;
+  follow: boolean;
+  tail?: string;
+  image: boolean;
 }
 
 export interface CommandLine {
@@ -272,6 +328,10 @@ export function parseCommandLine(argv: string[]): CommandLine {
     fromBackup: values['from-backup'],
     serviceBindingRoot: values['service-binding-root'],
     k8sSecret: values['k8s-secret'] ?? false,
+    plan: values.plan,
+    follow: values.follow ?? false,
+    tail: values.tail,
+    image: values.image ?? false,
   };
   const [name, ...positionals] = all;
   if (name === undefined) return { positionals: [], flags };
@@ -315,6 +375,8 @@ export function parseCommandLine(argv: string[]): CommandLine {
     ['--backup', flags.backup],
     ['--from-backup', flags.fromBackup],
     ['--service-binding-root', flags.serviceBindingRoot],
+    ['--plan', flags.plan],
+    ['--tail', flags.tail],
   ] as const) {
     if (value !== undefined && value.trim() === '') throw new UsageError(`${option} needs a value`, usageOf(command));
   }
@@ -353,12 +415,17 @@ export function closest(word: string, candidates: string[]): string | undefined 
   return best?.candidate;
 }
 
-/** Levenshtein distance, one row at a time. */
+/** Edit distance where swapping two neighbouring letters ("shpo" for "shop") counts as one edit, as other typos do. */
 function editDistance(a: string, b: string): number {
+  let before: number[] = [];
   let previous = Array.from({ length: b.length + 1 }, (_, index) => index);
   for (let i = 1; i <= a.length; i++) {
     const row = [i];
-    for (let j = 1; j <= b.length; j++) row[j] = Math.min(previous[j]! + 1, row[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    for (let j = 1; j <= b.length; j++) {
+      row[j] = Math.min(previous[j]! + 1, row[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) row[j] = Math.min(row[j]!, before[j - 2]! + 1);
+    }
+    before = previous;
     previous = row;
   }
   return previous[b.length]!;
@@ -417,7 +484,10 @@ export function commandHelp(command: CommandSpec): string {
   const options = command.options.map(
     (option) =>
       ({
-        parameters: '-c JSON|FILE       provision parameters, e.g. -c \'{"database":"shop"}\'',
+        parameters:
+          command.name === 'update'
+            ? '-c JSON|FILE       parameters to change, e.g. -c \'{"require_tls":true}\''
+            : '-c JSON|FILE       provision parameters, e.g. -c \'{"database":"shop"}\'',
         org: '--org GUID         organization_guid sent to the broker (default "local")',
         space: '--space GUID       space_guid sent to the broker (default "local")',
         as:
@@ -438,6 +508,10 @@ export function commandHelp(command: CommandSpec): string {
         'from-backup': '--from-backup NAME[:ID]  start from a backup of NAME (default its latest)',
         'service-binding-root': '--service-binding-root DIR  write DIR/<binding name>/<entry> files (folders 0700, files 0600)',
         'k8s-secret': '--k8s-secret       print Kubernetes Secret manifests (YAML) of the same entries',
+        plan: '--plan PLAN        the plan to move to',
+        follow: '-f, --follow       keep printing new lines until the container stops (Ctrl-C ends it)',
+        tail: '--tail N           how many of the last lines (default 100; 0: none, with -f only new ones)',
+        image: "--image            run the client from the offering's image even when it is installed here",
       })[option],
   );
   return [

@@ -11,6 +11,8 @@ import { CliError } from './errors.js';
 export const DEFAULT_URL = 'http://127.0.0.1:8080';
 export const PLATFORM = 'osb-docker-cli';
 const REQUEST_TIMEOUT_MS = 60_000;
+const FIRST_POLL_MS = 250;
+const MAX_POLL_MS = 5_000;
 
 export interface BrokerSettings {
   url: string;
@@ -180,12 +182,21 @@ export class BrokerClient {
   }
 
   /**
-   * Polls a last_operation endpoint until the operation ends, honouring Retry-After. Each new description is
-   * handed to progress. A resource that is gone (404/410) is reported as such.
+   * Polls a last_operation endpoint until the operation ends. Each new description is handed to progress with the
+   * seconds since the wait began. The first polls come quickly (250 ms, half as long again each time, up to 5 s), so
+   * a short step is seen when it happens; the broker's Retry-After caps that back-off, and one longer than 5 s is
+   * honoured as it is. A resource that is gone (404/410) is reported as such.
    */
-  async waitFor(lastOperationPath: string, progress: (description: string) => void, timeoutSeconds = 3600): Promise<LastOperation> {
-    const deadline = Date.now() + timeoutSeconds * 1000;
+  async waitFor(
+    lastOperationPath: string,
+    progress: (description: string, elapsedSeconds: number) => void,
+    timeoutSeconds = 3600,
+    tick?: (elapsedSeconds: number) => void,
+  ): Promise<LastOperation> {
+    const started = Date.now();
+    const deadline = started + timeoutSeconds * 1000;
     let shown: string | undefined;
+    let interval = FIRST_POLL_MS;
     for (;;) {
       const reply = await this.request('GET', lastOperationPath);
       if (reply.status === 404 || reply.status === 410) return { state: 'gone' };
@@ -193,7 +204,7 @@ export class BrokerClient {
       const operation = reply.body as LastOperation;
       if (operation.description && operation.description !== shown) {
         shown = operation.description;
-        if (operation.state === 'in progress') progress(operation.description);
+        if (operation.state === 'in progress') progress(operation.description, (Date.now() - started) / 1000);
       }
       if (operation.state !== 'in progress') return operation;
       if (Date.now() > deadline) {
@@ -201,7 +212,18 @@ export class BrokerClient {
           `the operation is still in progress after ${timeoutSeconds} s (last: ${shown ?? 'no description'}); \`osb-docker list\` shows how it ends`,
         );
       }
-      await sleep(Math.min(Math.max((reply.retryAfterSeconds ?? 1) * 1000, 200), 30_000));
+      const asked = (reply.retryAfterSeconds ?? 0) * 1000;
+      const wait = asked > MAX_POLL_MS ? Math.min(asked, 30_000) : Math.min(interval, asked || MAX_POLL_MS);
+      interval = Math.min(interval * 1.5, MAX_POLL_MS);
+      if (!tick) {
+        await sleep(wait);
+        continue;
+      }
+      // A spinner's frame every 100 ms while waiting.
+      for (const end = Date.now() + wait; Date.now() < end;) {
+        tick((Date.now() - started) / 1000);
+        await sleep(Math.min(100, end - Date.now()));
+      }
     }
   }
 }

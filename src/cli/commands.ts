@@ -10,6 +10,11 @@ import { rotate } from './rotate.js';
 import { instancePath, list, resolve, type Io, type Run } from './run.js';
 import { CliError, UsageError } from './errors.js';
 import { formatTable } from './table.js';
+import { checkNewName, shellWord } from './names.js';
+import { findOffering, findPlan } from './lookup.js';
+import { followOperation, operationQuery } from './steps.js';
+import { DAY_TWO_RUNNERS } from './day-two.js';
+import { connect } from './connect.js';
 import { k8sSecrets, writeServiceBindingRoot } from './service-binding.js';
 import { buildVcapServices, defaultBindingName, exportLine, type BoundService } from './vcap.js';
 
@@ -31,6 +36,8 @@ export const COMMAND_RUNNERS: Record<string, (run: Run) => Promise<void>> = {
   clone,
   rotate,
   ...BACKUP_RUNNERS,
+  ...DAY_TWO_RUNNERS,
+  connect,
 };
 
 // catalog
@@ -49,34 +56,24 @@ async function catalogCommand({ client, flags, io }: Run): Promise<void> {
 
 // create
 
-function findOffering(offerings: ServiceOffering[], name: string): ServiceOffering {
-  const offering = offerings.find((candidate) => candidate.name === name) ?? offerings.find((candidate) => candidate.id === name);
-  if (!offering) throw new CliError(`unknown offering "${name}"; offerings: ${list(offerings.map((candidate) => candidate.name))}`);
-  return offering;
-}
-
-function findPlan(offering: ServiceOffering, name: string): Plan {
-  const plan = offering.plans.find((candidate) => candidate.name === name) ?? offering.plans.find((candidate) => candidate.id === name);
-  if (!plan) throw new CliError(`unknown plan "${name}" of ${offering.name}; plans: ${list(offering.plans.map((candidate) => candidate.name))}`);
-  return plan;
-}
-
 async function create({ client, args, flags, io, command }: Run): Promise<void> {
   const [offeringName, planName, name] = args as [string, string, string];
+  checkNewName(name, usageOf(command));
   let parameters = parseParameters(flags.parameters, usageOf(command));
   if (flags.fromBackup !== undefined) {
     if (parameters?.restore_from !== undefined) throw new UsageError('--from-backup and a restore_from in -c cannot be used together', usageOf(command));
     parameters = { ...parameters, restore_from: await restoreSource(client, flags.fromBackup) };
   }
-  const offering = findOffering(await client.catalog(), offeringName);
+  const offering = findOffering(await client.catalog(), offeringName, io);
   const plan = findPlan(offering, planName);
   await provision(client, io, { offering, plan, name, parameters, org: flags.org, space: flags.space });
 }
 
 // clone
 
-async function clone({ client, args, flags, io }: Run): Promise<void> {
+async function clone({ client, args, flags, io, command }: Run): Promise<void> {
   const [sourceName, name] = args as [string, string];
+  checkNewName(name, usageOf(command));
   const source = resolve(await client.instances(), sourceName);
   const offering = findOffering(await client.catalog(), source.service_id);
   const plan = findPlan(offering, source.plan_id);
@@ -98,7 +95,7 @@ async function provision(client: BrokerClient, io: Io, { offering, plan, name, p
   const taken = (await client.instances()).find((instance) => instance.name === name);
   if (taken) {
     throw new CliError(
-      `a service instance named "${name}" already exists (${taken.service_name} ${taken.plan_name}, ${taken.state}); pick another name or remove it with \`osb-docker delete ${name}\``,
+      `a service instance named "${name}" already exists (${taken.service_name} ${taken.plan_name}, ${taken.state}); pick another name or remove it with \`osb-docker delete ${shellWord(name)}\``,
     );
   }
   const id = randomUUID();
@@ -112,17 +109,13 @@ async function provision(client: BrokerClient, io: Io, { offering, plan, name, p
     ...(parameters ? { parameters } : {}),
   });
   if (![200, 201, 202].includes(reply.status)) throw new CliError(`the broker refused to create ${name}: ${describeBody(reply.body)}`);
+  const started = Date.now();
   if (reply.status === 202) {
-    const operation = typeof reply.body.operation === 'string' ? `?operation=${encodeURIComponent(reply.body.operation)}` : '';
-    const done = await client.waitFor(
-      `${instancePath(id)}/last_operation${operation}`,
-      (description) => io.err(`  ${description}`),
-      plan.maximum_polling_duration ?? 3600,
-    );
+    const done = await followOperation(client, io, `${instancePath(id)}/last_operation${operationQuery(reply.body)}`, plan.maximum_polling_duration ?? 3600);
     if (done.state !== 'succeeded') {
       throw new CliError(
         `creating ${name} failed: ${done.description ?? 'the instance disappeared'}\n` +
-          `The name stays taken until \`osb-docker delete ${name}\` removes what is left.`,
+          `The name stays taken until \`osb-docker delete ${shellWord(name)}\` removes what is left.`,
       );
     }
   }
@@ -130,7 +123,7 @@ async function provision(client: BrokerClient, io: Io, { offering, plan, name, p
   const dashboardUrl = (fetched.status === 200 && fetched.body.dashboard_url) || reply.body.dashboard_url;
   io.out(`Created ${name}: ${offering.name} ${plan.name} (instance ${id}).`);
   if (dashboardUrl) io.out(`Dashboard: ${dashboardUrl}`);
-  io.err(`Next: osb-docker bind ${name}`);
+  io.err(`Ready after ${((Date.now() - started) / 1000).toFixed(1)} s. Next: osb-docker bind ${shellWord(name)}`);
 }
 
 // list
@@ -141,12 +134,13 @@ async function listCommand({ client, flags, io }: Run): Promise<void> {
   if (instances.length === 0) return io.out('No service instances. Create one with: osb-docker create <offering> <plan> <name>');
   io.out(
     formatTable(
-      ['NAME', 'OFFERING', 'PLAN', 'STATE', 'BINDINGS', 'LAST OPERATION'],
+      ['NAME', 'OFFERING', 'PLAN', 'STATE', 'ENDPOINT', 'BINDINGS', 'LAST OPERATION'],
       instances.map((instance) => [
         instance.name ?? instance.id,
         instance.service_name,
         instance.plan_name,
         stateColumn(instance),
+        instance.endpoint ?? '-',
         instance.bindings.map((binding) => (binding.state === 'ready' ? bindingLabel(binding) : `${bindingLabel(binding)} (${binding.state})`)).join(', ') ||
           '-',
         instance.last_operation
@@ -160,11 +154,17 @@ async function listCommand({ client, flags, io }: Run): Promise<void> {
   if (down.length) io.out(['', ...down.map((instance) => `${instance.name ?? instance.id} is ${instance.health!.summary}`)].join('\n'));
 }
 
-/** The record's state, unless the engine says otherwise: "down since …" for a ready instance that is not running. */
+/**
+ * The record's state, unless the engine says otherwise: "down since …" for a ready instance the broker found not
+ * running, and the container's own state (e.g. "exited (code 137)") when the listing read it not running.
+ */
 function stateColumn(instance: ListedInstance): string {
   const health = instance.health;
-  if (instance.state !== 'ready' || !health) return instance.state;
-  if (health.state === 'down') return `down since ${health.since}`;
+  if (instance.state !== 'ready') return instance.state;
+  if (health?.state === 'down') return `down since ${health.since}`;
+  const container = instance.container;
+  if (container && container.state !== 'running') return `${container.state}${container.exit_code !== undefined ? ` (code ${container.exit_code})` : ''}`;
+  if (!health) return instance.state;
   if (health.state === 'repaired' && health.repaired_at) return `ready (repaired ${health.repaired_at})`;
   return instance.state;
 }
@@ -211,7 +211,7 @@ async function bind({ client, args, flags, io }: Run): Promise<void> {
   const endpoints = (result.endpoints ?? []).map((endpoint) => `${endpoint.host}:${endpoint.ports.join(',')}`);
   if (endpoints.length) io.out(`Endpoint: ${endpoints.join(' ')}`);
   io.out(`Credential fields: ${list(Object.keys(result.credentials ?? {}))}${result.syslog_drain_url ? '; syslog_drain_url' : ''}`);
-  io.err(`Use them with: eval "$(osb-docker env ${name})"  (or bind --show-credentials to print them)`);
+  io.err(`Use them with: eval "$(osb-docker env ${shellWord(name)})"  (or bind --show-credentials to print them)`);
 }
 
 // unbind and delete
@@ -315,7 +315,7 @@ async function env({ client, args, flags, io }: Run): Promise<void> {
     if (ready.length === 0) {
       const others = instance.bindings.map((binding) => `${bindingLabel(binding)} is ${binding.state}`);
       throw new CliError(
-        `${name} has no ${others.length ? 'ready ' : ''}binding${others.length ? ` (${others.join(', ')})` : ''}; create one with \`osb-docker bind ${name}\``,
+        `${name} has no ${others.length ? 'ready ' : ''}binding${others.length ? ` (${others.join(', ')})` : ''}; create one with \`osb-docker bind ${shellWord(name)}\``,
       );
     }
     const offering = offerings.find((candidate) => candidate.id === instance.service_id);

@@ -3,6 +3,7 @@ import type { ListedInstance } from '../api/listing.js';
 import type { CommandSpec, Flags } from './args.js';
 import type { BrokerClient } from './client.js';
 import { CliError } from './errors.js';
+import { didYouMean } from './names.js';
 import type { ProgressSink } from './transfer.js';
 
 /** What a command gets: the broker, its arguments and options, and the terminal. */
@@ -41,7 +42,7 @@ export function resolve(instances: ListedInstance[], name: string): ListedInstan
   const names = instances.map((instance) => instance.name ?? instance.id);
   throw new CliError(
     names.length
-      ? `no service instance named "${name}"; instances: ${list(names)}`
+      ? `no service instance named "${name}"${didYouMean(name, names)}; instances: ${list(names)}`
       : `no service instance named "${name}"; there are none yet (osb-docker create <offering> <plan> <name>)`,
   );
 }
