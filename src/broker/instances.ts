@@ -98,7 +98,7 @@ export class InstanceLifecycle {
         createdAt: retry?.createdAt ?? now(),
         updatedAt: now(),
         lastOperationId: operation.id,
-        secrets: retry?.secrets ?? { adminPassword: newPassword() },
+        secrets: withDashboardLink(retry?.secrets ?? { adminPassword: newPassword() }),
         restoreFrom,
         cloneOf,
         backupSchedule,
