@@ -1,6 +1,10 @@
 import test from 'ava';
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { promisify } from 'node:util';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { PACKAGE_ROOT } from '../src/config.js';
 import { startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
 import { spawnBroker, tempStateDir } from './helpers/spawn-broker.js';
@@ -96,6 +100,11 @@ test.serial("the catalog carries each offering's dashboard client; its secret ap
   const overview = await (await fetch(`${PUBLIC_URL}/dashboard`, { headers: { authorization: env.client.basic } })).text();
   t.false(overview.includes(CLIENT_SECRET));
   t.false(env.logs.join('\n').includes(CLIENT_SECRET), 'never logged');
+  const cli = await promisify(execFile)(process.execPath, [path.join(PACKAGE_ROOT, 'dist/src/cli/osb-docker.js'), 'catalog', '--json'], {
+    env: { ...process.env, OSB_BROKER_URL: PUBLIC_URL, OSB_BROKER_USERNAME: env.config.username, OSB_BROKER_PASSWORD: env.config.password },
+  });
+  t.regex(cli.stdout, /"dashboard_client"/);
+  t.false(cli.stdout.includes(CLIENT_SECRET), "osb-docker catalog --json prints the client's id, not its secret");
 });
 
 test.serial('a user who may manage the instance signs in through UAA and lands on its dashboard', async (t) => {

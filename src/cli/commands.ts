@@ -44,7 +44,11 @@ export const COMMAND_RUNNERS: Record<string, (run: Run) => Promise<void>> = {
 
 async function catalogCommand({ client, flags, io }: Run): Promise<void> {
   const offerings = await client.catalog();
-  if (flags.json) return io.out(JSON.stringify(offerings, null, 2));
+  // With dashboard SSO the catalog carries the clients' secret for the platform (OSB's dashboard_client); a terminal gets no copy.
+  const shown = offerings.map((offering) =>
+    offering.dashboard_client ? { ...offering, dashboard_client: { ...offering.dashboard_client, secret: '(hidden)' } } : offering,
+  );
+  if (flags.json) return io.out(JSON.stringify(shown, null, 2));
   io.out(
     formatTable(
       ['OFFERING', 'PLANS', 'DESCRIPTION', 'TAGS'],
