@@ -182,9 +182,16 @@ export class DashboardService {
 
   async logs(instance: DashboardInstance, tail: number): Promise<LevelledLine[] | undefined> {
     const target = await this.containers.locate(instance).catch(() => undefined);
-    if (!target || !(await target.engine.inspectContainer(target.container))) return undefined;
-    const redact = await this.redactor(instance);
-    return (await target.engine.logs(target.container, tail)).map((line) => levelled(line, redact));
+    if (!target) return undefined;
+    // One round trip's time, not three: the engine reads the tail (from the end of the log file) meanwhile.
+    const [container, redact, lines] = await Promise.all([
+      target.engine.inspectContainer(target.container),
+      this.redactor(instance),
+      target.engine.logs(target.container, tail).catch((error: unknown) => error as Error),
+    ]);
+    if (!container) return undefined;
+    if (lines instanceof Error) throw lines;
+    return lines.map((line) => levelled(line, redact));
   }
 
   /** Streams new lines, redacted, until the signal aborts; the secrets list is refreshed as bindings come and go. */
