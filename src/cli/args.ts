@@ -44,7 +44,7 @@ export const COMMANDS: CommandSpec[] = [
   {
     name: 'list',
     synopsis: '[--json]',
-    summary: 'list the instances with their bindings and last operation',
+    summary: 'list the instances: state as the engine sees it, endpoint, bindings and last operation',
     min: 0,
     max: 0,
     options: ['json'],

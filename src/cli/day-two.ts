@@ -132,7 +132,16 @@ async function info({ client, args, flags, io }: Run): Promise<void> {
     ['Container', details.container_name],
     ...(disk !== undefined ? [['Disk', describeDisk(disk)] as [string, string]] : []),
     ['Bindings', list(instance.bindings.map((binding) => `${binding.name ?? binding.id}${binding.state === 'ready' ? '' : ` (${binding.state})`}`))],
-    ['Last backup', backups === undefined ? 'this broker keeps no backups' : lastBackup ? describeBackup(lastBackup) : 'none yet'],
+    [
+      'Last backup',
+      backups === undefined
+        ? backupsReply.status === 404 && backupsReply.body.error !== 'NotFound'
+          ? 'this broker keeps no backups'
+          : `none (${describeBody(backupsReply.body)})`
+        : lastBackup
+          ? describeBackup(lastBackup)
+          : 'none yet',
+    ],
     [
       'Last operation',
       instance.last_operation ? `${instance.last_operation.type} ${instance.last_operation.state}: ${instance.last_operation.description}` : '-',
