@@ -164,7 +164,7 @@ test('a stopped container shows its state and an explanation instead of an error
   const details = (await (await get(`${pathOf(second)}/api/details`, { cookie })).json()) as any;
   t.false(details.container.running);
   t.is(details.container.status, 'exited');
-  t.regex(details.explanation, /The container is exited/);
+  t.regex(details.explanation, /The container exited with code \d+ .* at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC/);
   const top = (await (await get(`${pathOf(second)}/api/top`, { cookie })).json()) as any;
   t.deepEqual(top.processes, []);
   t.regex(top.explanation, /not running/);
