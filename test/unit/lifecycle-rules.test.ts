@@ -24,7 +24,7 @@ function newBroker(store: MemoryStore, runtime: ScriptedRuntime): DockerBroker {
     runtime,
     log: createLogger('silent'),
     portIsFree: async () => true,
-    dashboardUrl: (id) => `http://broker/dashboard/${id}`,
+    dashboardUrl: (instance) => `http://broker/dashboard/${instance.id}`,
     // Long enough for a loaded machine (the suite runs engine tests alongside); short enough for the take-over tests.
     leases: { leaseMs: 1_500, sweepMs: 50 },
   });

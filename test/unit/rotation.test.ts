@@ -36,7 +36,7 @@ async function setUp(t: ExecutionContext, catalogFastPath = true) {
     runtime,
     log: createLogger('silent'),
     portIsFree: async () => true,
-    dashboardUrl: (id) => `http://broker/dashboard/${id}`,
+    dashboardUrl: (instance) => `http://broker/dashboard/${instance.id}`,
     leases: { leaseMs: 1_500, sweepMs: 50 },
   });
   const app = createApp(broker, {
