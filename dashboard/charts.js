@@ -25,7 +25,10 @@ const ticksOf = { percent: (value) => `${Number(value.toFixed(1))} %`, bytes: (v
 /** Times on the axis: hours and minutes, with seconds while the charts span less than ten minutes. */
 const timeTicks = (_u, ticks) => {
   const seconds = ticks.length > 1 && ticks.at(-1) - ticks[0] < 600;
-  return ticks.map((tick) => new Date(tick * 1000).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', ...(seconds ? { second: '2-digit' } : {}) }));
+  // 24-hour times: "04:46:30 AM" is too wide for five charts side by side and for a phone.
+  return ticks.map((tick) =>
+    new Date(tick * 1000).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hourCycle: 'h23', ...(seconds ? { second: '2-digit' } : {}) }),
+  );
 };
 
 /** Each chart: its series (name, colour variable, value format) and how to read them from the history. */
@@ -71,7 +74,7 @@ function options(chart, width) {
     cursor: { drag: { x: false, y: false } },
     // From zero, and never so low that an idle instance's noise fills the chart (ticks of a fraction of a byte).
     scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, Math.max(chart.floor, (max ?? 0) * 1.1)] } },
-    axes: [{ ...axis, size: 30, values: timeTicks }, { ...axis, size: 50, values: (_u, ticks) => ticks.map(chart.ticks) }],
+    axes: [{ ...axis, size: 30, space: 70, values: timeTicks }, { ...axis, size: 50, values: (_u, ticks) => ticks.map(chart.ticks) }],
     series: [
       { value: (_u, seconds) => (seconds ? new Date(seconds * 1000).toLocaleTimeString() : '—') },
       ...chart.series.map(([label, variable], index) => ({
