@@ -162,7 +162,8 @@ test('container and volume removed behind the broker: reported down with "volume
   t.regex(details.explanation, /^Down since \S+: data volume missing .*The broker does not repair this on its own\.$/);
   t.notRegex(details.explanation, /Docker restarts it/);
 
-  // In a browser: the status pill says down and is red, as is the state in the details card, with the reason.
+  // In a browser: the status pill says what the engine has (no container: missing) and is red, as is the state in
+  // the details card, with the reason.
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
     args: ['--headless', '--no-sandbox', '--disable-gpu'],
@@ -173,10 +174,10 @@ test('container and volume removed behind the broker: reported down with "volume
     page.on('pageerror', (error) => errors.push(error.message));
     await page.goto(fetched.body.dashboard_url);
     const pill = page.locator('#state');
-    await page.locator('#state', { hasText: /^down$/ }).waitFor();
+    await page.locator('#state', { hasText: /^missing$/ }).waitFor();
     const stateRow = page.locator('#details dt', { hasText: /^State$/ }).locator('xpath=following-sibling::dd[1]');
     const color = (element: any) => (globalThis as any).getComputedStyle(element).color as string;
-    t.is(await pill.getAttribute('class'), 'state state-down');
+    t.is(await pill.getAttribute('class'), 'state bad');
     t.is(await stateRow.getAttribute('class'), 'bad');
     t.regex(await stateRow.innerText(), /^ready · down since \S+: data volume missing/);
     t.regex(await pill.evaluate(color), /^rgb\((179, 38, 30|255, 123, 114)\)$/, 'the red of --bad, light or dark');

@@ -199,7 +199,7 @@ test('Redis through the CLI: rotate keeps both ACL users until the old binding i
   t.is(await redisGet(newest!, 'greeting'), 'hello');
   await t.throwsAsync(redisGet(fresh, 'greeting'), { message: /WRONGPASS|invalid username-password/ });
   const listed = await cli(['list']);
-  t.regex(listed.stdout, new RegExp(`${name}\\s+redis\\s+small\\s+ready\\s+cache\\s`));
+  t.regex(listed.stdout, new RegExp(`${name}\\s+redis\\s+small\\s+ready\\s+\\S+:\\d+\\s+cache\\s`));
 
   const deleted = await cli(['delete', name]);
   t.is(deleted.code, 0, show(deleted));

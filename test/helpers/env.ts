@@ -122,7 +122,7 @@ export async function brokerObjects(brokerId: string) {
  * the CA for TLS certificates (made at the first start), which no request leaves behind.
  */
 export async function keysFromRequests(url: string, brokerId: string): Promise<string[]> {
-  const housekeeping = new RegExp(`^osb:${brokerId}:(lease:backup-deleted-pass-|lease:tls-renewal-pass-|lease:usage-sampler$|tls-ca$)`);
+  const housekeeping = new RegExp(`^osb:${brokerId}:(lease:backup-deleted-pass-|lease:tls-renewal-pass-|lease:engine-stats-|lease:usage-sampler$|tls-ca$)`);
   return (await redisKeys(url, `osb:${brokerId}:*`)).filter((key) => !housekeeping.test(key));
 }
 
