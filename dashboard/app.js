@@ -283,7 +283,7 @@ async function backUpNow() {
     const response = await fetch(api('backups'), {
       method: 'POST',
       credentials: 'same-origin',
-      headers: { 'Content-Type': 'application/json' },
+      headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrfToken },
       body: '{}',
     });
     const answer = await response.json().catch(() => ({}));

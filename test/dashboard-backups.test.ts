@@ -108,8 +108,13 @@ test.serial('the backups panel: list, back up now, download; cross-site actions 
   t.regex(((await crossSite.json()) as { description: string }).description, /from the dashboard page itself/);
   const noOrigin = await fetch(apiUrl, { method: 'POST', headers: { Cookie: cookie } });
   t.is(noOrigin.status, 403);
-  // The same request from the page's origin is accepted: the check is the origin, not something else.
-  const sameSite = await fetch(apiUrl, { method: 'POST', headers: { Cookie: cookie, Origin: new URL(page.url()).origin } });
+  // From the page's origin but without the page's session token (a request forged with the cookies): refused too.
+  const noToken = await fetch(apiUrl, { method: 'POST', headers: { Cookie: cookie, Origin: new URL(page.url()).origin } });
+  t.is(noToken.status, 403);
+  t.regex(((await noToken.json()) as { description: string }).description, /session token/);
+  // The page's own request, with its token, is accepted: the checks are the origin and the token, not something else.
+  const token = (await page.locator('meta[name="csrf-token"]').getAttribute('content')) ?? '';
+  const sameSite = await fetch(apiUrl, { method: 'POST', headers: { Cookie: cookie, Origin: new URL(page.url()).origin, 'X-CSRF-Token': token } });
   t.is(sameSite.status, 202);
   await waitUntil(
     'the third backup to end',

@@ -110,8 +110,11 @@ export function dashboardRoutes(options: DashboardOptions): Router {
     (handler: (ctx: Context, instance: DashboardInstance) => Promise<void> | void): Middleware =>
     async (ctx) => {
       const id = (ctx.params as Record<string, string>).id ?? '';
-      const record = await options.record(id);
       const link = typeof ctx.query.token === 'string' ? ctx.query.token : undefined;
+      // The page's API called with no credential at all is refused before the state store is asked: nothing to check,
+      // and a store outage does not turn that 401 into a 503.
+      if (link === undefined && ctx.cookies.get(COOKIE) === undefined && ctx.path.includes('/api/')) return denied(ctx, 'missing', undefined, options.sso);
+      const record = await options.record(id);
       if (link !== undefined) {
         const check = options.links.checkLink(link, id, record);
         if (!check.ok) return denied(ctx, check.reason, record, options.sso);
@@ -266,6 +269,7 @@ export function dashboardRoutes(options: DashboardOptions): Router {
     sameOrigin,
     authorised(async (ctx, instance) => {
       if (!options.backups) return problem(ctx, 404, 'No backups', 'This broker serves no backups.');
+      if (!actionAllowed(ctx, tokens, ctx.cookies.get(COOKIE))) return forbiddenAction(ctx);
       ctx.status = 202;
       ctx.body = await options.backups.start(instance);
     }),
@@ -276,9 +280,7 @@ export function dashboardRoutes(options: DashboardOptions): Router {
     sameOrigin,
     authorised(async (ctx, instance) => {
       if (!options.restarts) return problem(ctx, 404, 'No restarts', 'This broker does not restart instances.');
-      if (!actionAllowed(ctx, tokens, ctx.cookies.get(COOKIE))) {
-        return problem(ctx, 403, 'Forbidden', "The request does not carry this page's session token. Reload the page and try again.");
-      }
+      if (!actionAllowed(ctx, tokens, ctx.cookies.get(COOKIE))) return forbiddenAction(ctx);
       ctx.status = 202;
       ctx.body = await options.restarts.request(instance.id);
     }),
@@ -298,6 +300,11 @@ export function dashboardRoutes(options: DashboardOptions): Router {
   );
 
   return router;
+}
+
+/** An action without this page's session token (a form or script of another site riding on the cookie). */
+function forbiddenAction(ctx: Context): void {
+  problem(ctx, 403, 'Forbidden', "The request does not carry this page's session token. Reload the page and try again.");
 }
 
 /**
