@@ -97,9 +97,18 @@ try {
   await phonePage.locator('#top').scrollIntoViewIfNeeded();
   await phonePage.screenshot({ path: path.join(DOCS, 'dashboard-instance-phone-processes.png') });
 
+  // The overview an operator opens at /dashboard with the broker's credentials: state, endpoint and disk per instance.
+  const operator = await browser.newContext({
+    viewport: { width: 1366, height: 400 },
+    extraHTTPHeaders: { Authorization: broker.platformHeaders.Authorization! },
+  });
+  const overview = await operator.newPage();
+  await overview.goto(`${broker.url}/dashboard`);
+  await overview.screenshot({ path: path.join(DOCS, 'dashboard-overview.png'), fullPage: true });
+
   await browser.close();
   console.log(
-    `wrote ${['dashboard-instance.png', 'dashboard-instance-dark.png', 'dashboard-instance-phone.png', 'dashboard-instance-phone-processes.png'].map((file) => `docs/${file}`).join(', ')}`,
+    `wrote ${['dashboard-instance.png', 'dashboard-instance-dark.png', 'dashboard-instance-phone.png', 'dashboard-instance-phone-processes.png', 'dashboard-overview.png'].map((file) => `docs/${file}`).join(', ')}`,
   );
 } finally {
   await broker.stop();
