@@ -1,9 +1,8 @@
 import test from 'ava';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import mqtt from 'mqtt';
-import path from 'node:path';
-import { PACKAGE_ROOT } from '../src/config.js';
 import { waitFor } from '../src/wait.js';
+import { brokerEnv, CLI, runCommand, type Run, type RunOptions } from './helpers/cli.js';
 import { startTestBroker, type TestBroker } from './helpers/env.js';
 
 /**
@@ -11,7 +10,6 @@ import { startTestBroker, type TestBroker } from './helpers/env.js';
  * here, and MariaDB's client, which is not installed here, from the offering's image through the local docker. The
  * offerings without a shell say so. Every session's temporary binding is gone afterwards.
  */
-const CLI = path.join(PACKAGE_ROOT, 'dist/src/cli/osb-docker.js');
 
 let env: TestBroker;
 test.before(async () => {
@@ -21,30 +19,8 @@ test.after.always(async () => {
   await env?.stop();
 });
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(args: string[], stdin = '', started?: (child: ChildProcess, output: () => string) => void): Promise<Run> {
-  const base = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('OSB_BROKER_') && name !== 'BROKER_STATE_DIR'));
-  const child = spawn(process.execPath, [CLI, ...args], {
-    cwd: PACKAGE_ROOT,
-    env: { ...base, OSB_BROKER_URL: env.broker.url, OSB_BROKER_USERNAME: env.config.username, OSB_BROKER_PASSWORD: env.config.password },
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (chunk) => (stdout += chunk));
-  child.stderr.on('data', (chunk) => (stderr += chunk));
-  if (started) started(child, () => stdout);
-  else child.stdin.end(stdin);
-  return new Promise((resolve, reject) => {
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
+const cli = (args: string[], stdin = '', started?: RunOptions['started']): Promise<Run> =>
+  runCommand(process.execPath, [CLI, ...args], { env: brokerEnv(env), stdin, started });
 const show = (result: Run) => `exit ${result.code}\nstdout: ${result.stdout}\nstderr: ${result.stderr}`;
 /** Bindings of the named instances (the tests of this file run at once, each on instances of its own). */
 const bindingCount = async (...names: string[]) =>

@@ -1,10 +1,10 @@
 import test from 'ava';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import path from 'node:path';
 import { PACKAGE_ROOT } from '../src/config.js';
 import { LABEL } from '../src/docker/types.js';
 import { waitFor } from '../src/wait.js';
 import { pgQuery } from './helpers/engine-watch.js';
+import { brokerEnv, CLI, type Run } from './helpers/cli.js';
 import { brokerObjects, startTestBroker, type TestBroker } from './helpers/env.js';
 
 /**
@@ -12,7 +12,6 @@ import { brokerObjects, startTestBroker, type TestBroker } from './helpers/env.j
  * list's endpoint and real state, did-you-mean, name rules, and the container's name and label. The reconciler is
  * off, so a killed container stays down until `restart` brings it back.
  */
-const CLI = path.join(PACKAGE_ROOT, 'dist/src/cli/osb-docker.js');
 
 let env: TestBroker;
 test.before(async () => {
@@ -22,21 +21,10 @@ test.after.always(async () => {
   await env?.stop();
 });
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function brokerEnv(): NodeJS.ProcessEnv {
-  const base = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('OSB_BROKER_') && name !== 'BROKER_STATE_DIR'));
-  return { ...base, OSB_BROKER_URL: env.broker.url, OSB_BROKER_USERNAME: env.config.username, OSB_BROKER_PASSWORD: env.config.password };
-}
-
 function start(args: string[], stdin?: string): { child: ChildProcess; done: Promise<Run>; output: () => string; stderr: () => string } {
   const child = spawn(process.execPath, [CLI, ...args], {
     cwd: PACKAGE_ROOT,
-    env: brokerEnv(),
+    env: brokerEnv(env),
     stdio: [stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
   });
   let stdout = '';

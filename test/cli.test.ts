@@ -1,17 +1,14 @@
 import test from 'ava';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
-import { PACKAGE_ROOT } from '../src/config.js';
 import { LABEL } from '../src/docker/types.js';
 import { pgQuery } from './helpers/engine-watch.js';
+import { brokerEnv, CLI, runCommand, userEnv, type Run } from './helpers/cli.js';
 import { engine, startTestBroker, type TestBroker } from './helpers/env.js';
-
-const CLI = path.join(PACKAGE_ROOT, 'dist/src/cli/osb-docker.js');
 
 let env: TestBroker;
 test.before(async () => {
@@ -21,37 +18,8 @@ test.after.always(async () => {
   await env?.stop();
 });
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** The environment a user would have: nothing of ours except what each test sets. */
-function baseEnv(): NodeJS.ProcessEnv {
-  return Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('OSB_BROKER_') && name !== 'BROKER_STATE_DIR'));
-}
-
-function brokerEnv(): NodeJS.ProcessEnv {
-  return { ...baseEnv(), OSB_BROKER_URL: env.broker.url, OSB_BROKER_USERNAME: env.config.username, OSB_BROKER_PASSWORD: env.config.password };
-}
-
-function run(command: string, args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { cwd: options.cwd ?? PACKAGE_ROOT, env: options.env ?? brokerEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk) => {
-      stdout += chunk;
-    });
-    child.stderr.on('data', (chunk) => {
-      stderr += chunk;
-    });
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
+const run = (command: string, args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string } = {}) =>
+  runCommand(command, args, { env: options.env ?? brokerEnv(env), cwd: options.cwd });
 const cli = (args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string } = {}) => run(process.execPath, [CLI, ...args], options);
 const show = (result: Run) => `exit ${result.code}\nstdout: ${result.stdout}\nstderr: ${result.stderr}`;
 
@@ -236,7 +204,7 @@ test('unknown offerings and plans list the valid ones', async (t) => {
 });
 
 test('missing or wrong arguments print the usage line and exit 2, without calling the broker', async (t) => {
-  const unreachable = { ...baseEnv(), OSB_BROKER_URL: 'http://127.0.0.1:9' };
+  const unreachable = { ...userEnv(), OSB_BROKER_URL: 'http://127.0.0.1:9' };
   const cases: Array<[string[], string]> = [
     [
       ['create', 'postgresql', 'small'],
@@ -270,16 +238,16 @@ test('an unreachable broker: the message says where the CLI looked', async (t) =
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as AddressInfo).port;
   await new Promise((resolve) => server.close(resolve));
-  const result = await cli(['list'], { env: { ...brokerEnv(), OSB_BROKER_URL: `http://127.0.0.1:${port}` } });
+  const result = await cli(['list'], { env: { ...brokerEnv(env), OSB_BROKER_URL: `http://127.0.0.1:${port}` } });
   t.is(result.code, 1);
   t.is(result.stderr, `osb-docker: cannot reach the broker at http://127.0.0.1:${port} (ECONNREFUSED); start it with \`npm start\` or set OSB_BROKER_URL\n`);
-  const flag = await cli(['catalog', '--url', `http://127.0.0.1:${port}/`], { env: baseEnv() });
+  const flag = await cli(['catalog', '--url', `http://127.0.0.1:${port}/`], { env: userEnv() });
   t.is(flag.code, 1);
   t.regex(flag.stderr, new RegExp(`cannot reach the broker at http://127\\.0\\.0\\.1:${port} \\(`));
 });
 
 test('refused credentials: the message says so and where the password came from', async (t) => {
-  const wrong = await cli(['list'], { env: { ...brokerEnv(), OSB_BROKER_PASSWORD: 'not-the-password' } });
+  const wrong = await cli(['list'], { env: { ...brokerEnv(env), OSB_BROKER_PASSWORD: 'not-the-password' } });
   t.is(wrong.code, 1);
   t.regex(
     wrong.stderr,
@@ -292,7 +260,7 @@ test('refused credentials: the message says so and where the password came from'
   // Without OSB_BROKER_PASSWORD, the password a local broker saved is read from .broker-state/secrets.json ...
   const folder = mkdtempSync(path.join(tmpdir(), 'osb-cli-'));
   t.teardown(() => rmSync(folder, { recursive: true, force: true }));
-  const noPassword = { ...baseEnv(), OSB_BROKER_URL: env.broker.url };
+  const noPassword = { ...userEnv(), OSB_BROKER_URL: env.broker.url };
   const none = await cli(['list'], { env: noPassword, cwd: folder });
   t.is(none.code, 1);
   t.true(
@@ -343,7 +311,7 @@ test("a failed provision shows the broker's description; requests carry the plat
   try {
     const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
     const result = await cli(['create', 'thing', 'one', 'my-thing', '-c', '{"size":3}', '--org', 'o-1'], {
-      env: { ...baseEnv(), OSB_BROKER_URL: url, OSB_BROKER_PASSWORD: 'pw' },
+      env: { ...userEnv(), OSB_BROKER_URL: url, OSB_BROKER_PASSWORD: 'pw' },
     });
     t.is(result.code, 1, show(result));
     t.regex(

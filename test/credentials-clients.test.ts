@@ -5,18 +5,15 @@
  * the servicebinding.io projection read by a Node app with kube-service-bindings; the Kubernetes Secrets.
  */
 import test from 'ava';
-import { spawn } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis, type RedisOptions } from 'ioredis';
 import memjs from 'memjs';
 import { parseAllDocuments } from 'yaml';
-import { PACKAGE_ROOT } from '../src/config.js';
 import { LABEL } from '../src/docker/types.js';
+import { brokerEnv, CLI, runCommand, type Run } from './helpers/cli.js';
 import { engine, startTestBroker, type TestBroker } from './helpers/env.js';
-
-const CLI = path.join(PACKAGE_ROOT, 'dist/src/cli/osb-docker.js');
 
 let env: TestBroker;
 test.before(async () => {
@@ -26,25 +23,7 @@ test.after.always(async () => {
   await env?.stop();
 });
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function run(command: string, args: string[], extraEnv: NodeJS.ProcessEnv = {}): Promise<Run> {
-  const base = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('OSB_BROKER_') && name !== 'SERVICE_BINDING_ROOT'));
-  const childEnv = { ...base, OSB_BROKER_URL: env.broker.url, OSB_BROKER_USERNAME: env.config.username, OSB_BROKER_PASSWORD: env.config.password, ...extraEnv };
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { cwd: PACKAGE_ROOT, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk) => (stdout += chunk));
-    child.stderr.on('data', (chunk) => (stderr += chunk));
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const run = (command: string, args: string[], extraEnv: NodeJS.ProcessEnv = {}): Promise<Run> => runCommand(command, args, { env: brokerEnv(env, extraEnv) });
 
 const cli = (...args: string[]) => run(process.execPath, [CLI, ...args]);
 const show = (result: Run) => `exit ${result.code}\nstdout: ${result.stdout}\nstderr: ${result.stderr}`;
