@@ -4,10 +4,10 @@
 import test from 'ava';
 import { randomBytes, type X509Certificate } from 'node:crypto';
 import { request as httpsRequest } from 'node:https';
-import { connect as tlsConnect } from 'node:tls';
 import amqp from 'amqplib';
 import mqtt, { type IClientOptions } from 'mqtt';
 import { createCa } from '../src/tls/certificates.js';
+import { servedCertificate } from './helpers/tls.js';
 import { startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
 import { waitFor } from '../src/wait.js';
@@ -60,18 +60,6 @@ async function requireTls(instanceId: string, service: { service: string; small:
 
 async function fetchCreds(instanceId: string, bindingId: string): Promise<Creds> {
   return (await env.client.request('GET', `/v2/service_instances/${instanceId}/service_bindings/${bindingId}`)).body.credentials as Creds;
-}
-
-/** The certificate served on a TLS port, verified against `ca` for `host` (the IP address checked against its names). */
-async function served(host: string, port: number, ca: string, servername?: string): Promise<X509Certificate> {
-  const socket = tlsConnect({ host, port, ca, ...(servername ? { servername } : {}) });
-  try {
-    return await new Promise<X509Certificate>((resolve, reject) =>
-      socket.once('secureConnect', () => resolve(socket.getPeerX509Certificate()!)).once('error', reject),
-    );
-  } finally {
-    socket.destroy();
-  }
 }
 
 /** The user name the management API answers GET /whoami with, over HTTPS verified against `ca`. */
@@ -145,7 +133,7 @@ test.serial('MQTT: mqtts with the binding CA and the name checked, another CA re
   const other = await createCa('other', new Date());
   await t.throwsAsync(mqttRoundTrip(String(creds.mqtts_uri), { ca: other.cert, rejectUnauthorized: true }), { message: UNTRUSTED });
   // The certificate names the advertised host only: asked for another name, the same chain fails the name check.
-  await t.throwsAsync(served(creds.host, creds.tls_port, ca, 'elsewhere.example'), { message: /altnames/ });
+  await t.throwsAsync(servedCertificate(creds.host, creds.tls_port, ca, { servername: 'elsewhere.example' }), { message: /altnames/ });
   t.deepEqual(await mqttRoundTrip(creds.uri), { message: 'over tls', encrypted: false });
 
   t.is(await requireTls(id, MQTT), 'succeeded');
@@ -155,7 +143,12 @@ test.serial('MQTT: mqtts with the binding CA and the name checked, another CA re
   t.is(fetched.port, creds.tls_port);
   t.deepEqual(await mqttRoundTrip(fetched.uri, verified), { message: 'over tls', encrypted: true });
   plainAgain.push({ name: 'MQTT', turnOff: () => requireTls(id, MQTT, false), plain: () => mqttRoundTrip(creds.uri) });
-  renewals.push({ name: 'MQTT', creds, before: await served(creds.host, creds.tls_port, ca), roundTrip: () => mqttRoundTrip(fetched.uri, verified) });
+  renewals.push({
+    name: 'MQTT',
+    creds,
+    before: await servedCertificate(creds.host, creds.tls_port, ca),
+    roundTrip: () => mqttRoundTrip(fetched.uri, verified),
+  });
 });
 
 test.serial('RabbitMQ: amqps with the binding CA and the name checked, another CA refused, plain until require_tls closes it', async (t) => {
@@ -171,7 +164,7 @@ test.serial('RabbitMQ: amqps with the binding CA and the name checked, another C
   t.deepEqual(await amqpRoundTrip(String(creds.amqps_uri), { ca: [ca] }), { message: 'over tls', encrypted: true });
   const other = await createCa('other', new Date());
   await t.throwsAsync(amqpRoundTrip(String(creds.amqps_uri), { ca: [other.cert] }), { message: UNTRUSTED });
-  await t.throwsAsync(served(creds.host, creds.tls_port, ca, 'elsewhere.example'), { message: /altnames/ });
+  await t.throwsAsync(servedCertificate(creds.host, creds.tls_port, ca, { servername: 'elsewhere.example' }), { message: /altnames/ });
   t.deepEqual(await amqpRoundTrip(creds.uri), { message: 'over tls', encrypted: false });
   // The management API over HTTPS, with the same certificate.
   t.is(await whoami(String(creds.https_api_uri), ca), String(creds.username));
@@ -185,7 +178,12 @@ test.serial('RabbitMQ: amqps with the binding CA and the name checked, another C
   t.is(fetched.http_api_uri, creds.https_api_uri);
   t.deepEqual(await amqpRoundTrip(fetched.uri, { ca: [ca] }), { message: 'over tls', encrypted: true });
   plainAgain.push({ name: 'RabbitMQ', turnOff: () => requireTls(id, RABBITMQ, false), plain: () => amqpRoundTrip(creds.uri) });
-  renewals.push({ name: 'RabbitMQ', creds, before: await served(creds.host, creds.tls_port, ca), roundTrip: () => amqpRoundTrip(fetched.uri, { ca: [ca] }) });
+  renewals.push({
+    name: 'RabbitMQ',
+    creds,
+    before: await servedCertificate(creds.host, creds.tls_port, ca),
+    roundTrip: () => amqpRoundTrip(fetched.uri, { ca: [ca] }),
+  });
 });
 
 test.serial('a certificate at two thirds of its life is renewed and served; clients still verify it', async (t) => {
@@ -194,7 +192,7 @@ test.serial('a certificate at two thirds of its life is renewed and served; clie
     const ca = creds.ca_certificate;
     const renewed = await waitFor(
       async () => {
-        const now = await served(creds.host, creds.tls_port, ca);
+        const now = await servedCertificate(creds.host, creds.tls_port, ca);
         return now.serialNumber !== before.serialNumber ? now : undefined;
       },
       { intervalMs: 1000, timeoutMs: CERT_SECONDS * 1000 },

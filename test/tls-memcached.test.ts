@@ -6,14 +6,13 @@
 // restarts memcached on the new certificate; a killed container comes back still TLS only.
 import test from 'ava';
 import { execFile, execFileSync } from 'node:child_process';
-import type { X509Certificate } from 'node:crypto';
 import { connect as netConnect } from 'node:net';
 import path from 'node:path';
-import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
 import memjs from 'memjs';
 import { PACKAGE_ROOT } from '../src/config.js';
 import { createCa } from '../src/tls/certificates.js';
 import { waitFor } from '../src/wait.js';
+import { servedCertificate } from './helpers/tls.js';
 import { brokerObjects, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
 
@@ -66,18 +65,6 @@ async function memjsRoundTrip(creds: Creds, key: string, value: string): Promise
     return (await client.get(key)).value?.toString();
   } finally {
     client.close();
-  }
-}
-
-/** The certificate served on the TLS port, trusting `ca` for `host` (Node checks the chain and the name). */
-async function served(host: string, port: number, ca: string, options: ConnectionOptions = {}): Promise<X509Certificate> {
-  const socket = tlsConnect({ host, port, ca, servername: /^[\d.]+$/.test(host) ? undefined : host, ...options });
-  try {
-    return await new Promise<X509Certificate>((resolve, reject) =>
-      socket.once('secureConnect', () => resolve(socket.getPeerX509Certificate()!)).once('error', reject),
-    );
-  } finally {
-    socket.destroy();
   }
 }
 
@@ -146,11 +133,11 @@ test.serial('a set and get over verified TLS with the binding; memjs on the plai
   const other = await createCa('other', new Date());
   t.deepEqual(await overTls(creds.tls_servers, creds, other.cert, [['set', 'refused', 'x']]), [false]);
   // The served certificate: the binding's CA and the advertised host verify it; another name does not; no TLS 1.1.
-  t.truthy(await served(host, creds.tls_port, ca));
-  await t.throwsAsync(served(host, creds.tls_port, ca, { servername: 'elsewhere.invalid' }), {
+  t.truthy(await servedCertificate(host, creds.tls_port, ca));
+  await t.throwsAsync(servedCertificate(host, creds.tls_port, ca, { servername: 'elsewhere.invalid' }), {
     message: /does not match|altnames/i,
   });
-  await t.throwsAsync(served(host, creds.tls_port, ca, { minVersion: 'TLSv1.1', maxVersion: 'TLSv1.1' }));
+  await t.throwsAsync(servedCertificate(host, creds.tls_port, ca, { minVersion: 'TLSv1.1', maxVersion: 'TLSv1.1' }));
 
   await update(id, true);
   // Closed: the connection ends unanswered (memjs would wait for ever on it: it fails a request only on its own time-out).
@@ -173,10 +160,10 @@ test.serial('a set and get over verified TLS with the binding; memjs on the plai
 test.serial('a certificate at two thirds of its life is renewed: memcached restarts on it and clients verify it', async (t) => {
   if (!instance) return t.fail('the first test did not finish');
   const { creds } = instance;
-  const before = await served(creds.host, creds.tls_port, creds.ca_certificate);
+  const before = await servedCertificate(creds.host, creds.tls_port, creds.ca_certificate);
   const renewed = await waitFor(
     async () => {
-      const now = await served(creds.host, creds.tls_port, creds.ca_certificate).catch(() => undefined);
+      const now = await servedCertificate(creds.host, creds.tls_port, creds.ca_certificate).catch(() => undefined);
       return now && now.serialNumber !== before.serialNumber ? now : undefined;
     },
     { intervalMs: 1000, timeoutMs: CERT_SECONDS * 1000 },

@@ -4,11 +4,10 @@
 // by the reconciler still serving TLS only, and the plain port back once require_tls is turned off.
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { connect as netConnect } from 'node:net';
-import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
-import type { X509Certificate } from 'node:crypto';
+import type { ConnectionOptions } from 'node:tls';
 import { Redis } from 'ioredis';
 import { createCa } from '../src/tls/certificates.js';
+import { redisPlainAnswer, servedCertificate } from './helpers/tls.js';
 import { startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
 import { waitFor } from '../src/wait.js';
@@ -55,31 +54,6 @@ async function whoami(uri: string, tls?: ConnectionOptions): Promise<{ user: unk
   }
 }
 
-/** The certificate served on the TLS port, trusting `ca` for `host` (Node checks the chain and the name). */
-async function served(host: string, port: number, ca: string): Promise<X509Certificate> {
-  const socket = tlsConnect({ host, port, ca, servername: /^[\d.]+$/.test(host) ? undefined : host });
-  try {
-    return await new Promise<X509Certificate>((resolve, reject) =>
-      socket.once('secureConnect', () => resolve(socket.getPeerX509Certificate()!)).once('error', reject),
-    );
-  } finally {
-    socket.destroy();
-  }
-}
-
-/** What the plain port answers to an unauthenticated PING: Redis' NOAUTH error, or '' when the connection just closes. */
-async function plainAnswer(host: string, port: number): Promise<string> {
-  const socket = netConnect({ host, port });
-  let answer = '';
-  socket.on('data', (data: Buffer) => {
-    answer += data.toString('latin1');
-    if (answer.includes('\r\n')) socket.end();
-  });
-  socket.write('PING\r\n');
-  await new Promise<void>((resolve) => socket.once('close', () => resolve()).once('error', () => resolve()));
-  return answer.trim();
-}
-
 let instance: { id: string; creds: Creds } | undefined;
 
 test.serial('ioredis over rediss:// verifies the binding CA and the host name; plain works until require_tls closes it', async (t) => {
@@ -100,7 +74,7 @@ test.serial('ioredis over rediss:// verifies the binding CA and the host name; p
 
   t.deepEqual(await whoami(creds.rediss_uri, { ca }), { user: creds.username, encrypted: true });
   t.deepEqual(await whoami(creds.uri), { user: creds.username, encrypted: false });
-  t.regex(await plainAnswer(creds.host, creds.port), /^-NOAUTH/);
+  t.regex(await redisPlainAnswer(creds.host, creds.port), /^-NOAUTH/);
   // Another CA: the server's certificate is refused. Another name: the host name check refuses it too.
   const other = await createCa('other', new Date());
   await t.throwsAsync(whoami(creds.rediss_uri, { ca: other.cert }), { message: /self.signed|unable to verify|certificate/i });
@@ -116,7 +90,7 @@ test.serial('ioredis over rediss:// verifies the binding CA and the host name; p
   t.is(update.status, 202, JSON.stringify(update.body));
   t.is((await env.client.waitForInstance(id)).body.state, 'succeeded');
   // The plain port is closed: nothing answers behind the published port, the connection just ends.
-  t.is(await plainAnswer(creds.host, creds.port), '');
+  t.is(await redisPlainAnswer(creds.host, creds.port), '');
   await t.throwsAsync(whoami(creds.uri));
   const fetched = (await env.client.request('GET', `/v2/service_instances/${id}/service_bindings/${bindingId}`)).body.credentials as Creds;
   t.is(fetched.uri, creds.rediss_uri, 'under require_tls the uri is the rediss:// one');
@@ -128,10 +102,10 @@ test.serial('ioredis over rediss:// verifies the binding CA and the host name; p
 test.serial('a certificate at two thirds of its life is renewed, served on the TLS port, and clients still verify it', async (t) => {
   if (!instance) return t.fail('the first test did not finish');
   const { creds } = instance;
-  const before = await served(creds.host, creds.tls_port, creds.ca_certificate);
+  const before = await servedCertificate(creds.host, creds.tls_port, creds.ca_certificate);
   const renewed = await waitFor(
     async () => {
-      const now = await served(creds.host, creds.tls_port, creds.ca_certificate);
+      const now = await servedCertificate(creds.host, creds.tls_port, creds.ca_certificate);
       return now.serialNumber !== before.serialNumber ? now : undefined;
     },
     { intervalMs: 1000, timeoutMs: CERT_SECONDS * 1000 },
@@ -164,7 +138,7 @@ test.serial('a killed container is brought back by the reconciler, serving TLS a
     timeoutMs: 60_000,
   });
   t.deepEqual(session, { user: creds.username, encrypted: true });
-  t.is(await plainAnswer(creds.host, creds.port), '', 'require_tls holds after the restart');
+  t.is(await redisPlainAnswer(creds.host, creds.port), '', 'require_tls holds after the restart');
 
   // Turned off, the plain port opens again on the running server.
   const update = await env.client.request('PATCH', `/v2/service_instances/${id}?accepts_incomplete=true`, {

@@ -7,9 +7,7 @@
 // no secret behind.
 import test from 'ava';
 import type Docker from 'dockerode';
-import { connect as netConnect } from 'node:net';
-import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
-import type { X509Certificate } from 'node:crypto';
+import type { ConnectionOptions } from 'node:tls';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { loadCatalog } from '../../src/catalog/load.js';
@@ -17,6 +15,7 @@ import { imageTag } from '../../src/catalog/definition.js';
 import { PACKAGE_ROOT } from '../../src/config.js';
 import { createCa } from '../../src/tls/certificates.js';
 import { waitFor } from '../../src/wait.js';
+import { redisPlainAnswer, servedCertificate } from '../helpers/tls.js';
 import { startTestRedis, uniqueId } from '../helpers/env.js';
 import { provisionBody } from '../helpers/osb-client.js';
 import { freePort, hexKey, killAllBrokers, spawnBroker, tempStateDir, type SpawnedBroker } from '../helpers/spawn-broker.js';
@@ -95,31 +94,6 @@ async function whoami(uri: string, tls?: ConnectionOptions): Promise<{ user: unk
   }
 }
 
-/** The certificate served on the TLS port, trusting `ca` for the address `host` (Node checks chain and IP SAN). */
-async function served(host: string, port: number, ca: string): Promise<X509Certificate> {
-  const socket = tlsConnect({ host, port, ca });
-  try {
-    return await new Promise<X509Certificate>((resolve, reject) =>
-      socket.once('secureConnect', () => resolve(socket.getPeerX509Certificate()!)).once('error', reject),
-    );
-  } finally {
-    socket.destroy();
-  }
-}
-
-/** What the plain port answers to an unauthenticated PING: Redis' NOAUTH error, or '' when the connection just closes. */
-async function plainAnswer(host: string, port: number): Promise<string> {
-  const socket = netConnect({ host, port });
-  let answer = '';
-  socket.on('data', (data: Buffer) => {
-    answer += data.toString('latin1');
-    if (answer.includes('\r\n')) socket.end();
-  });
-  socket.write('PING\r\n');
-  await new Promise<void>((resolve) => socket.once('close', () => resolve()).once('error', () => resolve()));
-  return answer.trim();
-}
-
 /** The instance's secrets as the manager lists them (names, labels, and how the service mounts them). */
 async function secretsOf(id: string): Promise<Array<{ name: string; labels: Record<string, string> }>> {
   const secrets = (await cluster.manager.listSecrets({ filters: { label: [`${INSTANCE_LABEL}=${id}`] } })) as unknown as Array<{
@@ -160,10 +134,13 @@ test.serial('an instance on a worker serves TLS from Swarm secrets; clients veri
 
   // Chain and name verified: the certificate names the worker's address.
   t.deepEqual(await whoami(creds.rediss_uri, { ca: creds.ca_certificate }), { user: creds.username, encrypted: true });
-  t.regex((await served(creds.host, creds.tls_port, creds.ca_certificate)).subjectAltName ?? '', new RegExp(`IP Address:${worker.ip.replace(/\./g, '\\.')}`));
+  t.regex(
+    (await servedCertificate(creds.host, creds.tls_port, creds.ca_certificate)).subjectAltName ?? '',
+    new RegExp(`IP Address:${worker.ip.replace(/\./g, '\\.')}`),
+  );
   const other = await createCa('other', new Date());
   await t.throwsAsync(whoami(creds.rediss_uri, { ca: other.cert }), { message: /self.signed|unable to verify|certificate/i });
-  t.regex(await plainAnswer(creds.host, creds.port), /^-NOAUTH/, 'plain works by default');
+  t.regex(await redisPlainAnswer(creds.host, creds.port), /^-NOAUTH/, 'plain works by default');
 
   // Three secrets, mounted by the service at tls.dir; nothing of them in the service's labels, env or command.
   const secrets = await secretsOf(id);
@@ -186,17 +163,17 @@ test.serial('an instance on a worker serves TLS from Swarm secrets; clients veri
   });
   t.is(update.status, 202, JSON.stringify(update.body));
   t.is((await broker.client.waitForInstance(id, update.body.operation)).body.state, 'succeeded');
-  t.is(await plainAnswer(creds.host, creds.port), '', 'the plain port is closed');
+  t.is(await redisPlainAnswer(creds.host, creds.port), '', 'the plain port is closed');
   const fetched = (await broker.client.request('GET', `/v2/service_instances/${id}/service_bindings/app`)).body.credentials as Creds;
   t.is(fetched.uri, creds.rediss_uri, 'under require_tls the uri is the rediss:// one');
   t.deepEqual(await whoami(fetched.uri, { ca: creds.ca_certificate }), { user: creds.username, encrypted: true });
 
   // Fault: the task's container killed on the worker. Swarm starts a new one by itself, without the broker, and it
   // mounts the same secrets: the same certificate, still TLS only.
-  const before = await served(creds.host, creds.tls_port, creds.ca_certificate);
+  const before = await servedCertificate(creds.host, creds.tls_port, creds.ca_certificate);
   const killed = await taskContainer(worker.engine, id);
   await worker.engine.getContainer(killed!).kill();
-  const back = await waitFor(async () => served(creds.host, creds.tls_port, creds.ca_certificate).catch(() => undefined), {
+  const back = await waitFor(async () => servedCertificate(creds.host, creds.tls_port, creds.ca_certificate).catch(() => undefined), {
     intervalMs: 250,
     timeoutMs: 60_000,
   });
@@ -206,7 +183,7 @@ test.serial('an instance on a worker serves TLS from Swarm secrets; clients veri
     user: creds.username,
     encrypted: true,
   });
-  t.is(await plainAnswer(creds.host, creds.port), '', 'require_tls holds in the new task');
+  t.is(await redisPlainAnswer(creds.host, creds.port), '', 'require_tls holds in the new task');
   instance = { id, creds: fetched };
 });
 
@@ -215,7 +192,7 @@ test.serial('a renewal replaces the task with new secrets; killed mid-way (kill 
   if (!instance) return t.fail('the first test did not finish');
   const { id, creds } = instance;
   const worker = cluster.nodes[1]!;
-  const before = await served(creds.host, creds.tls_port, creds.ca_certificate);
+  const before = await servedCertificate(creds.host, creds.tls_port, creds.ca_certificate);
   const secretsBefore = (await secretsOf(id)).map((secret) => secret.name);
   t.deepEqual(await mountedSecrets(id), secretsBefore);
   // At two thirds of the certificate's life the broker makes new secrets and updates the service; it is killed as soon
@@ -231,7 +208,7 @@ test.serial('a renewal replaces the task with new secrets; killed mid-way (kill 
   // Swarm replaces the task by itself: the new certificate is served and clients verify it.
   const renewed = await waitFor(
     async () => {
-      const now = await served(creds.host, creds.tls_port, creds.ca_certificate).catch(() => undefined);
+      const now = await servedCertificate(creds.host, creds.tls_port, creds.ca_certificate).catch(() => undefined);
       return now && now.serialNumber !== before.serialNumber ? now : undefined;
     },
     { intervalMs: 250, timeoutMs: 60_000 },
@@ -239,7 +216,7 @@ test.serial('a renewal replaces the task with new secrets; killed mid-way (kill 
   t.true(Date.parse(renewed.validTo) > Date.parse(before.validTo), `${renewed.validTo} after ${before.validTo}`);
   const session = await waitFor(async () => whoami(creds.uri, { ca: creds.ca_certificate }).catch(() => undefined), { intervalMs: 250, timeoutMs: 30_000 });
   t.deepEqual(session, { user: creds.username, encrypted: true });
-  t.is(await plainAnswer(creds.host, creds.port), '', 'require_tls holds after the renewal');
+  t.is(await redisPlainAnswer(creds.host, creds.port), '', 'require_tls holds after the renewal');
   const task = await taskContainer(worker.engine, id);
 
   // The next process finds the renewal unfinished: the task has the new files already, so it only removes the old ones.
@@ -254,7 +231,7 @@ test.serial('a renewal replaces the task with new secrets; killed mid-way (kill 
   t.deepEqual(remaining, await mountedSecrets(id));
   t.true(remaining.every((name) => !secretsBefore.includes(name)));
   t.is(await taskContainer(worker.engine, id), task, 'the task was not replaced again');
-  t.is((await served(creds.host, creds.tls_port, creds.ca_certificate)).serialNumber, renewed.serialNumber);
+  t.is((await servedCertificate(creds.host, creds.tls_port, creds.ca_certificate)).serialNumber, renewed.serialNumber);
 });
 
 test.serial('a deprovision removes the instance’s secrets; the key never reached the log', async (t) => {
