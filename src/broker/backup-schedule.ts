@@ -8,6 +8,7 @@ import type { BackupService } from './backups.js';
 import type { BackupObserver } from './contracts.js';
 import type { Offerings } from './offerings.js';
 import { reasonOf } from './operations.js';
+import { PeriodicPass } from './periodic-pass.js';
 
 /** What schedules and the deleted-instance pass need of the state store (the Redis store has it). */
 export interface ScheduleStore {
@@ -114,9 +115,11 @@ export class BackupScheduler {
   private plan = new Map<string, Planned>();
   private refreshAt = 0;
   private timer?: NodeJS.Timeout;
-  private passTimer?: NodeJS.Timeout;
   private ticking?: Promise<void>;
-  private passing?: Promise<void>;
+  private readonly deletedPasses = new PeriodicPass(
+    () => this.leasedDeletedPass(),
+    (error) => this.parts.log.warn({ reason: reasonOf(error) }, 'the pass over the backups of deleted instances failed; it runs again later'),
+  );
   private stopped = true;
   /** Expressions of records that no longer parse, logged once each. */
   private readonly unreadable = new Set<string>();
@@ -126,16 +129,14 @@ export class BackupScheduler {
   start(): void {
     this.stopped = false;
     this.timer = setTimeout(() => this.tick(), 0);
-    this.passTimer = setInterval(() => this.startPass(), this.parts.deletedPassMs);
-    this.startPass();
+    this.deletedPasses.start(this.parts.deletedPassMs, { now: true });
   }
 
   /** Stops planning runs; backups already started go on (BackupService.settle waits for them). */
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
-    clearInterval(this.passTimer);
-    await Promise.allSettled([this.ticking, this.passing]);
+    await Promise.allSettled([this.ticking, this.deletedPasses.stop()]);
   }
 
   /** The instance's schedule for the list answer: expression, where it comes from, next run, last success and failure. */
@@ -198,18 +199,13 @@ export class BackupScheduler {
     return removed;
   }
 
-  private startPass(): void {
-    if (this.stopped || this.passing) return;
+  private async leasedDeletedPass(): Promise<void> {
     const { store, owner, deletedPassMs, log } = this.parts;
+    // One replica per period: the lease of this period's window goes to the first that asks.
     const window = Math.floor(Date.now() / deletedPassMs);
-    this.passing = (async () => {
-      // One replica per period: the lease of this period's window goes to the first that asks.
-      if (!(await store.claimLease(`backup-deleted-pass-${window}`, owner, 2 * deletedPassMs))) return;
-      const removed = await this.deletedPass();
-      log.debug({ removed }, 'pass over the backups of deleted instances done');
-    })()
-      .catch((error: unknown) => log.warn({ reason: reasonOf(error) }, 'the pass over the backups of deleted instances failed; it runs again later'))
-      .finally(() => (this.passing = undefined));
+    if (!(await store.claimLease(`backup-deleted-pass-${window}`, owner, 2 * deletedPassMs))) return;
+    const removed = await this.deletedPass();
+    log.debug({ removed }, 'pass over the backups of deleted instances done');
   }
 
   private tick(): void {

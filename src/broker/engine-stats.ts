@@ -4,6 +4,7 @@ import type { Logger } from '../log.js';
 import type { EngineStatsRecord, InstanceRecord } from '../store/records.js';
 import type { InstanceContainers } from './contracts.js';
 import { reasonOf } from './operations.js';
+import { PeriodicPass } from './periodic-pass.js';
 import { InstanceScripts } from './scripts.js';
 
 /** A stats script gets this long: it is a few cheap queries, and a page and a collection pass wait for it. */
@@ -46,8 +47,10 @@ export class EngineStats {
   private readonly scripts = new InstanceScripts({ scriptTimeoutSeconds: STATS_TIMEOUT_SECONDS });
   private readonly definitions: Map<string, ServiceDefinition>;
   private readonly shared = new Map<string, { at: number; reading: Promise<EngineStatsReading> }>();
-  private timer?: NodeJS.Timeout;
-  private passing?: Promise<void>;
+  private readonly periodic = new PeriodicPass(
+    () => this.pass(),
+    (error) => this.parts.log.warn({ reason: reasonOf(error) }, 'engine stats collection failed'),
+  );
 
   constructor(private readonly parts: EngineStatsParts) {
     this.definitions = new Map(parts.definitions.map((definition) => [definition.offering.id, definition]));
@@ -99,26 +102,11 @@ export class EngineStats {
   }
 
   start(): void {
-    if (this.parts.intervalMs <= 0 || this.timer) return;
-    this.startPass();
-    this.timer = setInterval(() => this.startPass(), this.parts.intervalMs);
-    this.timer.unref();
+    this.periodic.start(this.parts.intervalMs, { now: true });
   }
 
-  async stop(): Promise<void> {
-    clearInterval(this.timer);
-    this.timer = undefined;
-    await this.passing;
-  }
-
-  private startPass(): void {
-    if (this.passing) return;
-    this.passing = this.pass()
-      .then(() => undefined)
-      .catch((error: unknown) => this.parts.log.warn({ reason: reasonOf(error) }, 'engine stats collection failed'))
-      .finally(() => {
-        this.passing = undefined;
-      });
+  stop(): Promise<void> {
+    return this.periodic.stop();
   }
 
   /**

@@ -5,6 +5,7 @@ import type { InstanceRecord } from '../store/records.js';
 import { checkCa, createCa, issuedBy, issueServerCertificate, needsRenewal, type KeyPair, type StoredCertificate } from '../tls/certificates.js';
 import type { Offerings } from './offerings.js';
 import { reasonOf } from './operations.js';
+import { PeriodicPass } from './periodic-pass.js';
 import type { ContainerTarget } from './scripts.js';
 
 /** What TLS keeps in the state store: one CA for every replica, one server certificate per instance (keys sealed). */
@@ -76,8 +77,7 @@ export const TLS_FILES = { ca: 'ca.pem', cert: 'cert.pem', key: 'key.pem' } as c
  */
 export class InstanceTls {
   private ca?: KeyPair;
-  private timer?: NodeJS.Timeout;
-  private passing?: Promise<void>;
+  private renewals?: PeriodicPass;
   private readonly stopping = new AbortController();
 
   constructor(
@@ -229,27 +229,21 @@ export class InstanceTls {
   /** Starts the periodic renewal pass (every BROKER_TLS_RENEW_CHECK_SECONDS, once across replicas). */
   startRenewals(): void {
     const periodMs = this.parts.config.tlsRenewCheckSeconds * 1000;
-    this.timer = setInterval(() => this.startPass(periodMs), periodMs);
+    this.renewals ??= new PeriodicPass(
+      () => this.renewalPass(periodMs),
+      (error) => this.parts.log.warn({ reason: reasonOf(error) }, 'the TLS renewal pass failed; it runs again later'),
+    );
+    this.renewals.start(periodMs);
   }
 
   async stop(): Promise<void> {
-    clearInterval(this.timer);
     this.stopping.abort(new Error('the broker is stopping'));
-    await this.passing;
+    await this.renewals?.stop();
   }
 
   private authority(): KeyPair {
     if (!this.ca) throw new Error('the broker CA is not loaded yet');
     return this.ca;
-  }
-
-  private startPass(periodMs: number): void {
-    if (this.passing || this.stopping.signal.aborted) return;
-    const { log } = this.parts;
-    this.passing = this.renewalPass(periodMs)
-      .then(() => undefined)
-      .catch((error: unknown) => log.warn({ reason: reasonOf(error) }, 'the TLS renewal pass failed; it runs again later'))
-      .finally(() => (this.passing = undefined));
   }
 
   /**

@@ -6,6 +6,7 @@ import type { DiskSample, UsageSample } from '../store/usage-history.js';
 import type { InstanceContainers } from './contracts.js';
 import type { Offerings } from './offerings.js';
 import { reasonOf } from './operations.js';
+import { PeriodicPass } from './periodic-pass.js';
 
 /** What sampling needs of the state store (the Redis store has it). */
 export interface UsageSamplerStore {
@@ -43,9 +44,10 @@ export function keptCount(keepSeconds: number, everySeconds: number): number {
  * lapses. One instance's failure never stops the others; a store or engine that is away is logged once, not per sample.
  */
 export class UsageSampler {
-  private timer?: NodeJS.Timeout;
-  private passing?: Promise<void>;
-  private stopped = false;
+  private readonly periodic = new PeriodicPass(
+    () => this.pass(),
+    (error) => this.parts.log.warn({ reason: reasonOf(error) }, 'a usage sampling pass failed; the next one tries again'),
+  );
   /** When each instance's volume was last measured by this process. */
   private readonly diskMeasuredAt = new Map<string, number>();
   /** Instances whose failure is logged, until they are sampled again. */
@@ -66,23 +68,11 @@ export class UsageSampler {
   ) {}
 
   start(): void {
-    const seconds = this.parts.settings.usageSampleSeconds;
-    if (seconds <= 0) return;
-    this.timer = setInterval(() => this.startPass(), seconds * 1000);
-    this.startPass();
+    this.periodic.start(this.parts.settings.usageSampleSeconds * 1000, { now: true });
   }
 
-  async stop(): Promise<void> {
-    this.stopped = true;
-    clearInterval(this.timer);
-    await this.passing;
-  }
-
-  private startPass(): void {
-    if (this.passing || this.stopped) return;
-    this.passing = this.pass()
-      .catch((error: unknown) => this.parts.log.warn({ reason: reasonOf(error) }, 'a usage sampling pass failed; the next one tries again'))
-      .finally(() => (this.passing = undefined));
+  stop(): Promise<void> {
+    return this.periodic.stop();
   }
 
   /** One pass over every ready instance, when this process holds (or takes) the sampler's lease. */
