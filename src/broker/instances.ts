@@ -127,14 +127,19 @@ export class InstanceLifecycle {
     const progress = (description: string) => runner.progress(operation, description);
     try {
       if (placement) instance = await placeInstance(store, placement, offerings, definition, instance, operation);
+      // Ports another process took under us: not chosen again by this provision, even if they look free by then (the
+      // broker may see another network namespace than the engine's, or the taker holds the port between probes).
+      const takenByOthers = new Set<number>();
+      const freeForUs: typeof portIsFree = async (port, target) => !takenByOthers.has(port) && (await portIsFree(port, target));
       for (let attempt = 1; ; attempt++) {
-        instance = await reserveHostPorts(store, config, portIsFree, definition, instance, operation);
+        instance = await reserveHostPorts(store, config, freeForUs, definition, instance, operation);
         try {
           await runtime.start(definition, instance, signal, progress);
           break;
         } catch (error) {
           // Something outside the broker took the port between our check and the start: take another one.
           if (!(error instanceof PortTakenError) || attempt >= 3) throw error;
+          for (const port of [instance.hostPort, ...Object.values(instance.extraHostPorts ?? {})]) if (port !== undefined) takenByOthers.add(port);
           await runtime.destroy(instance);
           await store.releasePortsOf(instanceId);
           log.warn({ instanceId, port: instance.hostPort, extraPorts: instance.extraHostPorts }, 'host port taken by another process; choosing others');

@@ -1,6 +1,7 @@
 import test from 'ava';
 import type { Server } from 'node:http';
 import { DockerBroker } from '../../src/broker/broker.js';
+import { PortTakenError } from '../../src/broker/contracts.js';
 import { loadCatalog } from '../../src/catalog/load.js';
 import { PACKAGE_ROOT } from '../../src/config.js';
 import { createApp } from '../../src/http/app.js';
@@ -332,4 +333,21 @@ test('a write that fails after an operation was recorded ends that operation as 
   t.is(bindOperations[0]!.state, 'failed');
   t.is(store.bindings.size, 0);
   t.is((await client.bind('q', 'b1', { service_id: PG.service, plan_id: PG.small })).status, 201, 'asking again works');
+});
+
+test('a host port the engine says is taken, though the probe finds it free, is not chosen again by that provision', async (t) => {
+  const { runtime, client, store } = await setUp(t);
+  // The broker's probe says every port is free (as from another network namespace); the engine refuses 50000.
+  const start = runtime.start.bind(runtime);
+  runtime.start = async (definition, instance, signal, progress) => {
+    if (instance.hostPort === 50000) throw new PortTakenError('listen tcp4 0.0.0.0:50000: bind: address already in use');
+    return start(definition, instance, signal, progress);
+  };
+  const accepted = await client.provision('squatted', provisionBody(PG.service, PG.small));
+  t.is(accepted.status, 202);
+  const done = await client.waitForInstance('squatted', accepted.body.operation);
+  t.is(done.body.state, 'succeeded', JSON.stringify(done.body));
+  const port = store.instances.get('squatted')?.hostPort;
+  t.not(port, undefined);
+  t.not(port, 50000);
 });
