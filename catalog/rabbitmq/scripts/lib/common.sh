@@ -154,7 +154,12 @@ apply_require_tls() {
   [[ "$(plain_listener_address)" != "$current" ]] || return 0
   local acceptors='application:get_env(rabbit, num_tcp_acceptors, 10)' from to out
   if [[ "$current" == all ]]; then from=5672; to='{"127.0.0.1", 5672}'; else from='{"127.0.0.1", 5672}'; to=5672; fi
-  out="$(rabbitmqctl -q eval "ok = rabbit_networking:stop_tcp_listener($from), rabbit_networking:start_tcp_listener($to, $acceptors)." 2>&1)" \
+  # The stopped listener's socket may not be closed yet when the new one binds the same port (eaddrinuse): the start
+  # is tried again for a few seconds rather than leaving the node without a plain listener.
+  local start="fun Start(0) -> rabbit_networking:start_tcp_listener($to, $acceptors);
+    Start(N) -> try rabbit_networking:start_tcp_listener($to, $acceptors) of ok -> ok; _ -> timer:sleep(250), Start(N - 1)
+                catch _:_ -> timer:sleep(250), Start(N - 1) end end"
+  out="$(rabbitmqctl -q eval "ok = rabbit_networking:stop_tcp_listener($from), ($start)(20)." 2>&1)" \
     || die "could not move the plain AMQP listener: ${out:0:200}"
   [[ "$out" == ok ]] || die "unexpected answer when moving the plain AMQP listener: ${out:0:200}"
 }
