@@ -38,6 +38,9 @@ const element = (tag, className, text) => {
 
 // Details and usage
 
+/** How an operation in progress on a ready instance reads; others read "<type> in progress". */
+const RUNNING_LABEL = { restart: 'restarting', 'tls-renewal': 'renewing TLS' };
+
 /**
  * The pill: what the container really does (running or healthy green; starting, restarting or an operation amber;
  * exited, dead, missing or unhealthy red), never the record's "ready" alone.
@@ -45,7 +48,7 @@ const element = (tag, className, text) => {
 function statusOf(details) {
   const container = details.container;
   const operation = details.lastOperation;
-  if (operation?.state === 'in progress') return [operation.type === 'restart' ? 'restarting' : details.state === 'ready' ? `${operation.type} in progress` : details.state, 'warn'];
+  if (operation?.state === 'in progress') return [details.state === 'ready' ? RUNNING_LABEL[operation.type] ?? `${operation.type} in progress` : details.state, 'warn'];
   if (details.state === 'failed') return ['failed', 'bad'];
   if (!container) return [details.state === 'ready' ? 'missing' : details.state, 'bad'];
   if (container.running && container.status !== 'paused') {
@@ -344,7 +347,8 @@ function showOperation(operation) {
   const running = operation?.state === 'in progress';
   $('restart').disabled = running;
   if (running) {
-    showNotice(`${operation.type === 'restart' ? 'Restarting' : `${operation.type[0].toUpperCase()}${operation.type.slice(1)} in progress`}: ${operation.description}`, '');
+    const label = RUNNING_LABEL[operation.type] ?? `${operation.type} in progress`;
+    showNotice(`${label[0].toUpperCase()}${label.slice(1)}: ${operation.description}`, '');
     if (!restarting.watching) {
       restarting.watching = true;
       pollOperation();

@@ -27,7 +27,7 @@ export interface MetricsSources {
   instancesByHealth?: InstanceHealthSource;
 }
 
-const OPERATION_TYPES: OperationType[] = ['provision', 'update', 'deprovision', 'bind', 'unbind', 'restore', 'restart'];
+const OPERATION_TYPES: OperationType[] = ['provision', 'update', 'deprovision', 'bind', 'unbind', 'restore', 'restart', 'tls-renewal'];
 const OUTCOMES: OperationOutcome[] = ['succeeded', 'failed'];
 const BACKUP_ORIGINS: BackupOrigin[] = ['manual', 'scheduled', 'import'];
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);

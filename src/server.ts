@@ -233,7 +233,8 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   if (config.reconcileSeconds > 0) reconciler.start();
   backupSchedules.start();
   engineStats.start();
-  tls?.startRenewals();
+  const renewals = broker.tlsRenewals;
+  tls?.startRenewals(renewals && ((instance) => renewals.renew(instance.id)));
   usage.start();
   return {
     server,

@@ -54,7 +54,7 @@ async function requireTls(instanceId: string, service: { service: string; small:
     parameters: { require_tls: value },
   });
   if (update.status !== 202) throw new Error(`update answered ${update.status}: ${JSON.stringify(update.body)}`);
-  const done = await env.client.waitForInstance(instanceId);
+  const done = await env.client.waitForInstance(instanceId, update.body.operation);
   return done.body.state === 'succeeded' ? 'succeeded' : `${done.body.state}: ${done.body.description}`;
 }
 

@@ -91,7 +91,7 @@ async function update(id: string, requireTls: boolean): Promise<void> {
     parameters: { require_tls: requireTls },
   });
   if (accepted.status !== 202) throw new Error(`update refused: ${JSON.stringify(accepted.body)}`);
-  const done = await env.client.waitForInstance(id);
+  const done = await env.client.waitForInstance(id, accepted.body.operation);
   if (done.body.state !== 'succeeded') throw new Error(`update failed: ${JSON.stringify(done.body)}`);
 }
 

@@ -88,7 +88,7 @@ test.serial('ioredis over rediss:// verifies the binding CA and the host name; p
     parameters: { require_tls: true },
   });
   t.is(update.status, 202, JSON.stringify(update.body));
-  t.is((await env.client.waitForInstance(id)).body.state, 'succeeded');
+  t.is((await env.client.waitForInstance(id, update.body.operation)).body.state, 'succeeded');
   // The plain port is closed: nothing answers behind the published port, the connection just ends.
   t.is(await redisPlainAnswer(creds.host, creds.port), '');
   await t.throwsAsync(whoami(creds.uri));
@@ -147,6 +147,6 @@ test.serial('a killed container is brought back by the reconciler, serving TLS a
     parameters: { require_tls: false },
   });
   t.is(update.status, 202, JSON.stringify(update.body));
-  t.is((await env.client.waitForInstance(id)).body.state, 'succeeded');
+  t.is((await env.client.waitForInstance(id, update.body.operation)).body.state, 'succeeded');
   t.deepEqual(await whoami(creds.uri), { user: creds.username, encrypted: false });
 });

@@ -112,7 +112,7 @@ test.serial('PostgreSQL: verify-full with the binding CA, a wrong CA fails, plai
     parameters: { require_tls: true },
   });
   t.is(update.status, 202, JSON.stringify(update.body));
-  t.is((await env.client.waitForInstance(id)).body.state, 'succeeded');
+  t.is((await env.client.waitForInstance(id, update.body.operation)).body.state, 'succeeded');
   await t.throwsAsync(pgQuery(creds, false, 'SELECT 1'), { message: /no pg_hba\.conf entry.*no encryption/ });
   t.deepEqual(await pgQuery(creds, { ca: String(creds.ca_certificate) }, 'SELECT 1 AS one'), [{ one: 1 }, { encrypted: true }]);
   const fetched = (await env.client.request('GET', `/v2/service_instances/${id}/service_bindings/${await bindId(id)}`)).body.credentials as Creds;

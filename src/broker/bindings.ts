@@ -16,7 +16,7 @@ import type {
 import type { BindingRecord, InstanceRecord, OperationRecord } from '../store/records.js';
 import { credentialsTemplate, renderCredentials, renderValue, tlsValues } from './credentials.js';
 import { checkId, newPassword, newUsername } from './ids.js';
-import { afterFirstWrite, locked, operationFor, toLastOperation, type LifecycleParts } from './lifecycle-parts.js';
+import { afterFirstWrite, busyWith, locked, operationFor, toLastOperation, type LifecycleParts } from './lifecycle-parts.js';
 import { mustHandBack, now, reasonOf } from './operations.js';
 import { optionalObject } from './request-fields.js';
 import { appGuidOf, changedTerms, checkPlanRotates, checkUnchanged, predecessorIdOf, predecessorTerms, type BindingTerms } from './rotation.js';
@@ -72,7 +72,7 @@ export class BindingLifecycle {
       }
       const { terms, inheritedContext } = ordinary ?? (await this.successorTerms(definition, instanceId, predecessorId!, request));
       const instanceOperation = await store.getOperation(instance.lastOperationId);
-      if (instanceOperation?.state === 'in progress') throw concurrencyError();
+      if (instanceOperation?.state === 'in progress') throw busyWith(instanceOperation);
       if (instance.state !== 'ready') {
         throw unprocessable('InstanceNotUsable', `Service instance ${instanceId} is ${instance.state}; it cannot be bound.`);
       }
@@ -214,7 +214,7 @@ export class BindingLifecycle {
       }
       if (binding.state === 'creating') throw concurrencyError('This service binding is being created.');
       const instanceOperation = await store.getOperation(instance.lastOperationId);
-      if (instanceOperation?.state === 'in progress') throw concurrencyError();
+      if (instanceOperation?.state === 'in progress') throw busyWith(instanceOperation);
       const operation = runner.create('unbind', instanceId, 'Unbinding requested.', bindingId);
       await runner.record(operation);
       await afterFirstWrite(runner, operation, () => store.putBinding({ ...binding, state: 'deleting', lastOperationId: operation.id }));

@@ -27,6 +27,7 @@ import { InPlaceRestore } from './in-place-restore.js';
 import { rotateDashboardLink, type LinkedInstance } from './dashboard-link.js';
 import { InstanceLifecycle } from './instances.js';
 import { InstanceRestart } from './restart.js';
+import { TlsRenewals, type CertificateRenewer } from './tls-renewal.js';
 import { listInstances, type LiveState } from './listing.js';
 import { Offerings } from './offerings.js';
 import { OperationRunner, type RunnerSettings, type Work } from './operations.js';
@@ -47,8 +48,8 @@ export interface BrokerParts {
   placement?: Placement;
   /** Backups: on demand through the broker API, and restore_from at provision. */
   backups?: BackupService;
-  /** The broker's CA for the credentials of TLS offerings (ca_certificate); without it they carry none. */
-  tls?: { caCertificate(): string };
+  /** The broker's CA for the credentials of TLS offerings (ca_certificate), and their renewal; without it they carry none. */
+  tls?: { caCertificate(): string } & Partial<CertificateRenewer>;
 }
 
 /** The ServiceBroker the HTTP adapter serves: OSB semantics on top of the store (state) and the runtime (containers). */
@@ -60,6 +61,8 @@ export class DockerBroker implements ServiceBroker {
   readonly restores?: InPlaceRestore;
   /** Restarts on request (POST /broker/v1/instances/:id/restart, and the dashboard's button). */
   readonly restarts: InstanceRestart;
+  /** Certificate renewals, as instance operations; only with TLS delivery. */
+  readonly tlsRenewals?: TlsRenewals;
   private readonly store: StateStore;
   /** For the listing: where clients reach published ports (unless an instance's record says), and the engine's state. */
   private readonly live: LiveState;
@@ -79,6 +82,7 @@ export class DockerBroker implements ServiceBroker {
     this.bindings = new BindingLifecycle(parts);
     if (backups) this.restores = new InPlaceRestore({ ...parts, backups });
     this.restarts = new InstanceRestart(parts);
+    if (tls?.renew) this.tlsRenewals = new TlsRenewals({ ...parts, renewer: { renew: tls.renew.bind(tls) } });
     this.runner.continueWith((operation) => this.workFor(operation));
   }
 
@@ -148,6 +152,8 @@ export class DockerBroker implements ServiceBroker {
       restore: (signal) =>
         this.restores ? this.restores.run(operation, signal) : this.runner.finish(operation, 'failed', 'Restore failed: this broker has no backups.'),
       restart: (signal) => this.restarts.run(operation, signal),
+      'tls-renewal': (signal) =>
+        this.tlsRenewals ? this.tlsRenewals.run(operation, signal) : this.runner.finish(operation, 'failed', 'TLS renewal failed: this broker has no TLS.'),
     };
     return work[operation.type];
   }

@@ -17,7 +17,7 @@ import { PortTakenError } from './contracts.js';
 import { reserveHostPorts, reserveNewExtraPorts } from './host-ports.js';
 import { placeInstance } from './place-instance.js';
 import { checkId, instanceResourceNames, newPassword } from './ids.js';
-import { afterFirstWrite, locked, operationFor, toLastOperation, type LifecycleParts } from './lifecycle-parts.js';
+import { afterFirstWrite, busyWith, locked, operationFor, toLastOperation, type LifecycleParts } from './lifecycle-parts.js';
 import { mustHandBack, now, reasonOf } from './operations.js';
 import { maintenanceVersion, optionalObject, requireString } from './request-fields.js';
 import { sameJson } from './same.js';
@@ -254,7 +254,7 @@ export class InstanceLifecycle {
           if (!asyncAllowed) throw asyncRequired();
           return { async: true, operation: lastOperation.id, dashboardUrl: this.parts.dashboardUrl(instance) };
         }
-        throw concurrencyError();
+        throw busyWith(lastOperation);
       }
       if (instance.state !== 'ready') {
         throw unprocessable('InstanceNotUsable', `Service instance ${instanceId} is ${instance.state}; deprovision it and provision again.`);

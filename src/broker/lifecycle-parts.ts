@@ -9,6 +9,7 @@ import type { Offerings } from './offerings.js';
 import type { BackupService } from './backups.js';
 import type { LinkedInstance } from './dashboard-link.js';
 import { reasonOf, type OperationRunner } from './operations.js';
+import { waitFor } from '../wait.js';
 
 /** What the instance and binding lifecycles are built from. */
 export interface LifecycleParts {
@@ -30,8 +31,48 @@ export interface LifecycleParts {
   tls?: { caCertificate(): string };
 }
 
-/** Runs a request's read-check-write under the instance lock; a lock held too long is the spec's ConcurrencyError. */
+/** How long a request waits for a TLS renewal of its instance to end before it answers ConcurrencyError. */
+const RENEWAL_WAIT_MS = 30_000;
+
+/** Thrown by `locked` work that found a TLS renewal of its instance running, before it wrote anything. */
+class RenewalRunning extends Error {
+  constructor(readonly operationId: string) {
+    super('a TLS renewal of this service instance is in progress');
+  }
+}
+
+/**
+ * What a request that finds another operation running on its instance throws: ConcurrencyError, except for a TLS
+ * renewal, which nobody asked for and which ends in a moment (seconds on Swarm), so `locked` waits for it.
+ */
+export function busyWith(operation: OperationRecord): Error {
+  return operation.type === 'tls-renewal' ? new RenewalRunning(operation.id) : concurrencyError();
+}
+
+/**
+ * Runs a request's read-check-write under the instance lock; a lock held too long is the spec's ConcurrencyError. Work
+ * that found a TLS renewal running (`busyWith`) runs once more after the renewal's end, outside the lock meanwhile.
+ */
 export async function locked<T>(store: StateStore, instanceId: string, work: () => Promise<T>): Promise<T> {
+  try {
+    return await lockedOnce(store, instanceId, work);
+  } catch (error) {
+    if (!(error instanceof RenewalRunning)) throw error;
+    const ended = await waitFor(async () => ((await store.getOperation(error.operationId))?.state === 'in progress' ? undefined : true), {
+      intervalMs: 100,
+      timeoutMs: RENEWAL_WAIT_MS,
+    }).catch(() => false);
+    if (!ended) throw concurrencyError('A TLS certificate renewal of this service instance is in progress.');
+  }
+  try {
+    return await lockedOnce(store, instanceId, work);
+  } catch (error) {
+    if (error instanceof RenewalRunning) throw concurrencyError('A TLS certificate renewal of this service instance is in progress.');
+    throw error;
+  }
+}
+
+async function lockedOnce<T>(store: StateStore, instanceId: string, work: () => Promise<T>): Promise<T> {
   try {
     return await store.withLock(instanceId, work);
   } catch (error) {

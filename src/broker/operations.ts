@@ -26,6 +26,9 @@ export function mustHandBack(error: unknown, signal: AbortSignal): boolean {
 export const now = () => new Date().toISOString();
 export const reasonOf = (error: unknown) => (error instanceof Error ? error.message : String(error));
 
+/** Instance operations that stop once another one (a deprovision) took their instance over. */
+const TAKEN_OVER_BY_DEPROVISION = new Set<OperationType>(['provision', 'update', 'restart', 'tls-renewal']);
+
 /** Work on one resource: the instance, or one binding of it. */
 const keyOf = (operation: OperationRecord) => (operation.bindingId ? `${operation.instanceId}/${operation.bindingId}` : operation.instanceId);
 
@@ -80,6 +83,11 @@ export class OperationRunner {
   /** Runs a recorded operation in the background; failures it does not handle itself are logged, never thrown. */
   launch(operation: OperationRecord, work: Work): void {
     void this.execute(operation, work, false);
+  }
+
+  /** Runs a recorded operation as background work (handed back at shutdown) and returns once it has ended here. */
+  runInBackground(operation: OperationRecord, work: Work): Promise<void> {
+    return this.execute(operation, work, false);
   }
 
   /** Runs a recorded operation within the request that started it (synchronous bind and unbind). */
@@ -256,7 +264,7 @@ export class OperationRunner {
         controller.abort(new HandBack('another process holds this operation now'));
         return;
       }
-      if (operation.type === 'provision' || operation.type === 'update') {
+      if (TAKEN_OVER_BY_DEPROVISION.has(operation.type)) {
         const instance = await this.store.getInstance(operation.instanceId);
         if (instance && instance.lastOperationId !== operation.id) controller.abort(new Cancelled('a deprovision took over this instance'));
       }

@@ -2,7 +2,7 @@ import { concurrencyError, conflict, notFound, unprocessable } from '../osb/erro
 import type { OperationRecord } from '../store/records.js';
 import { restartsInstances } from './contracts.js';
 import { checkId } from './ids.js';
-import { afterFirstWrite, locked, type LifecycleParts } from './lifecycle-parts.js';
+import { afterFirstWrite, busyWith, locked, type LifecycleParts } from './lifecycle-parts.js';
 import { mustHandBack, now, reasonOf } from './operations.js';
 
 /**
@@ -23,7 +23,7 @@ export class InstanceRestart {
       if (!instance || instance.state === 'deleted') throw notFound(`Service instance ${instanceId} does not exist.`);
       if (!restartsInstances(runtime)) throw unprocessable('RestartUnsupported', 'This broker cannot restart instances on its container runtime.');
       const lastOperation = await store.getOperation(instance.lastOperationId);
-      if (lastOperation?.state === 'in progress') throw concurrencyError();
+      if (lastOperation?.state === 'in progress') throw busyWith(lastOperation);
       if (instance.state !== 'ready') {
         throw unprocessable('InstanceNotUsable', `Service instance ${instanceId} is ${instance.state}; only a ready instance can be restarted.`);
       }

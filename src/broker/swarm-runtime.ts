@@ -217,11 +217,24 @@ export class SwarmRuntime
     if (!node) return;
     try {
       const engine = this.engineOf(node);
-      // Swarm stops the task's container itself, but only after its grace period; the service is gone, so no wait.
-      for (const container of await engine.listContainers({ [LABEL.instance]: instance.id, [LABEL.broker]: this.config.brokerId })) {
-        await engine.removeContainer(container.id);
-      }
-      await engine.removeVolume(instance.volumeName);
+      let inUse: unknown;
+      await waitFor(
+        async () => {
+          // Swarm stops the task's container itself, but only after its grace period; the service is gone, so no wait.
+          // A task whose start the node's agent had begun may still appear after the removal: each round removes it.
+          for (const container of await engine.listContainers({ [LABEL.instance]: instance.id, [LABEL.broker]: this.config.brokerId })) {
+            await engine.removeContainer(container.id);
+          }
+          try {
+            await engine.removeVolume(instance.volumeName);
+            return true;
+          } catch (error) {
+            inUse = error;
+            return undefined;
+          }
+        },
+        { intervalMs: 1_000, timeoutMs: 30_000, onTimeout: () => inUse as Error },
+      );
     } catch (error) {
       throw new Error(`the data volume on node ${node.hostname} could not be removed (${(error as Error).message}); try again when the node is back`, {
         cause: error,

@@ -226,11 +226,14 @@ export class InstanceTls {
     return stored;
   }
 
-  /** Starts the periodic renewal pass (every BROKER_TLS_RENEW_CHECK_SECONDS, once across replicas). */
-  startRenewals(): void {
+  /**
+   * Starts the periodic renewal pass (every BROKER_TLS_RENEW_CHECK_SECONDS, once across replicas). `renewOne` runs each
+   * renewal as an instance operation (src/broker/tls-renewal.ts), so it never meets a deprovision or an update.
+   */
+  startRenewals(renewOne?: RenewOne): void {
     const periodMs = this.parts.config.tlsRenewCheckSeconds * 1000;
     this.renewals ??= new PeriodicPass(
-      () => this.renewalPass(periodMs),
+      () => this.renewalPass(periodMs, new Date(), renewOne),
       (error) => this.parts.log.warn({ reason: reasonOf(error) }, 'the TLS renewal pass failed; it runs again later'),
     );
     this.renewals.start(periodMs);
@@ -248,9 +251,10 @@ export class InstanceTls {
 
   /**
    * Renews every due certificate of a ready instance. The lease of this period goes to the first replica that finds
-   * work, so a certificate is renewed once; a replica with nothing due leaves no trace in the store.
+   * work, so a certificate is renewed once; a replica with nothing due leaves no trace in the store. Without
+   * `renewOne`, the renewals run here directly (nothing else works on the instances: tests of this pass alone).
    */
-  async renewalPass(periodMs: number, now = new Date()): Promise<number> {
+  async renewalPass(periodMs: number, now = new Date(), renewOne?: RenewOne): Promise<number> {
     const { store, offerings, owner, log } = this.parts;
     const due: InstanceRecord[] = [];
     for (const instance of await store.listInstances()) {
@@ -263,8 +267,7 @@ export class InstanceTls {
     let renewed = 0;
     for (const instance of due) {
       try {
-        await this.renew(instance, { now });
-        renewed++;
+        if (renewOne ? await renewOne(instance) : await this.renew(instance, { now })) renewed++;
       } catch (error) {
         // The new certificate is stored; a container down now reads it at its next start, or the next pass retries.
         log.warn({ instanceId: instance.id, reason: reasonOf(error) }, 'could not renew the instance’s TLS certificate');
@@ -273,6 +276,9 @@ export class InstanceTls {
     return renewed;
   }
 }
+
+/** Renews one instance's certificate; false when it did not happen (the instance was busy, or the renewal failed). */
+export type RenewOne = (instance: InstanceRecord) => Promise<boolean>;
 
 /** The record once its certificate is in the container. */
 function delivered(stored: StoredCertificate): StoredCertificate {

@@ -2,7 +2,7 @@ import type { OperationState } from '../osb/types.js';
 
 export type InstanceState = 'provisioning' | 'ready' | 'failed' | 'deprovisioning' | 'deleted';
 export type BindingState = 'creating' | 'ready' | 'failed' | 'deleting' | 'deleted';
-export type OperationType = 'provision' | 'update' | 'deprovision' | 'bind' | 'unbind' | 'restore' | 'restart';
+export type OperationType = 'provision' | 'update' | 'deprovision' | 'bind' | 'unbind' | 'restore' | 'restart' | 'tls-renewal';
 
 export interface InstanceRecord {
   id: string;

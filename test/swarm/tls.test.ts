@@ -3,8 +3,9 @@
 // key as Swarm secrets, ioredis verifies chain and name (the worker's address) over rediss://, another CA is refused,
 // require_tls closes the plain port there, a task Swarm restarts on its own keeps serving the same certificate, a
 // short-lived certificate is renewed by a new task with new secrets, a broker killed (kill -9) mid-renewal has the
-// next process finish it (the old secrets removed, the task not replaced again), and a deprovision leaves
-// no secret behind.
+// next process finish it (the old secrets removed, the task not replaced again), and a renewal runs as an instance
+// operation: a bind meanwhile waits for its end, a deprovision during it stops it and leaves no secret, container or
+// volume.
 import test from 'ava';
 import type Docker from 'dockerode';
 import type { ConnectionOptions } from 'node:tls';
@@ -234,15 +235,53 @@ test.serial('a renewal replaces the task with new secrets; killed mid-way (kill 
   t.is((await servedCertificate(creds.host, creds.tls_port, creds.ca_certificate)).serialNumber, renewed.serialNumber);
 });
 
-test.serial('a deprovision removes the instance’s secrets; the key never reached the log', async (t) => {
-  t.timeout(120_000);
+/** Waits for the instance's next certificate renewal (every 60 s here) and returns while it runs. */
+async function renewalRunning(id: string): Promise<{ state: string; description: string }> {
+  const running = await waitFor(
+    async () => {
+      const last = await broker.client.lastOperation(id);
+      return last.body.state === 'in progress' && /TLS/.test(String(last.body.description)) ? last : undefined;
+    },
+    { intervalMs: 100, timeoutMs: CERT_SECONDS * 1000 },
+  );
+  return running.body as { state: string; description: string };
+}
+
+test.serial('a renewal is an instance operation: a bind that comes meanwhile waits for its end, then succeeds', async (t) => {
+  t.timeout(180_000);
   if (!instance) return t.fail('the first test did not finish');
   const { id } = instance;
-  const unbound = await broker.client.unbind(id, 'app', REDIS.service, REDIS.plan);
-  t.is(unbound.status, 200, JSON.stringify(unbound.body));
+  t.deepEqual(await renewalRunning(id), { state: 'in progress', description: 'Renewing the TLS certificate.' });
+  const bind = await broker.client.bind(id, 'late', { service_id: REDIS.service, plan_id: REDIS.plan });
+  t.is(bind.status, 201, JSON.stringify(bind.body));
+  const renewal = await broker.client.lastOperation(id);
+  t.is(renewal.body.state, 'succeeded', `the renewal had ended when the bind was answered: ${JSON.stringify(renewal.body)}`);
+  t.regex(String(renewal.body.description), /^Renewed the TLS certificate; it is valid until /);
+  const creds = bind.body.credentials as Creds;
+  const session = await waitFor(async () => whoami(creds.uri, { ca: creds.ca_certificate }).catch(() => undefined), { intervalMs: 250, timeoutMs: 30_000 });
+  t.deepEqual(session, { user: creds.username, encrypted: true });
+});
+
+test.serial('a deprovision during a renewal stops it, and leaves no secret, container or volume; the key never reached the log', async (t) => {
+  t.timeout(180_000);
+  if (!instance) return t.fail('the first test did not finish');
+  const { id } = instance;
+  const worker = cluster.nodes[1]!;
+  for (const bindingId of ['app', 'late']) {
+    const unbound = await broker.client.unbind(id, bindingId, REDIS.service, REDIS.plan);
+    t.is(unbound.status, 200, JSON.stringify(unbound.body));
+  }
+  // The service is being updated to a new task when the deprovision comes.
+  await renewalRunning(id);
   const gone = await broker.client.deprovision(id, REDIS.service, REDIS.plan);
   t.is(gone.status, 202, JSON.stringify(gone.body));
-  t.is((await broker.client.waitForInstance(id, gone.body.operation)).body.state, 'succeeded');
+  const ended = await broker.client.waitForInstance(id, gone.body.operation);
+  t.is(ended.body.state, 'succeeded', JSON.stringify(ended.body));
   t.deepEqual(await secretsOf(id), []);
+  t.deepEqual(await mountedSecrets(id), [], 'no service left');
+  const containers = await worker.engine.listContainers({ all: true, filters: { label: [`${INSTANCE_LABEL}=${id}`] } });
+  t.deepEqual(containers, [], 'no container left on the worker');
+  const volumes = await worker.engine.listVolumes({ filters: { label: [`${INSTANCE_LABEL}=${id}`] } });
+  t.deepEqual(volumes.Volumes ?? [], [], 'no volume left on the worker');
   t.false([...earlierOutput, ...broker.stdout, ...broker.stderr].some((line) => line.includes('PRIVATE KEY')));
 });

@@ -17,8 +17,24 @@ import path from 'node:path';
 const PG = { service: 'd0fc228f-54d1-4bed-8dd0-38c7a33c4500', small: 'fdc3b78d-156f-4bac-aba4-242250cc5840', medium: '95ea88b7-404d-4f29-bb9b-7c69ceb825bb' };
 const definitions = loadCatalog(path.join(PACKAGE_ROOT, 'catalog'), 'osb-broker/');
 
-function newBroker(store: MemoryStore, runtime: ScriptedRuntime): DockerBroker {
+/** A certificate renewal held until `release` (or aborted), standing in for InstanceTls.renew. */
+class HeldRenewal {
+  calls = 0;
+  release!: () => void;
+  private held = new Promise<void>((resolve) => (this.release = resolve));
+  readonly tls = {
+    caCertificate: () => 'CA',
+    renew: async (_instance: unknown, { signal }: { signal: AbortSignal }) => {
+      this.calls++;
+      await Promise.race([this.held, new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason as Error)))]);
+      return undefined;
+    },
+  };
+}
+
+function newBroker(store: MemoryStore, runtime: ScriptedRuntime, renewal?: HeldRenewal): DockerBroker {
   return new DockerBroker({
+    ...(renewal ? { tls: renewal.tls } : {}),
     config: { brokerId: 'rules', portRange: { first: 50000, last: 50009 }, advertisedHost: 'db.example' },
     definitions,
     store,
@@ -31,10 +47,10 @@ function newBroker(store: MemoryStore, runtime: ScriptedRuntime): DockerBroker {
   });
 }
 
-async function setUp(t: { teardown(fn: () => Promise<void>): void }) {
+async function setUp(t: { teardown(fn: () => Promise<void>): void }, renewal?: HeldRenewal) {
   const store = new MemoryStore();
   const runtime = new ScriptedRuntime();
-  const broker = newBroker(store, runtime);
+  const broker = newBroker(store, runtime, renewal);
   const app = createApp(broker, { username: 'u', password: 'p', bodyLimitBytes: 65536, log: createLogger('silent') });
   const server = await new Promise<Server>((resolve) => {
     const listening = app.listen(0, '127.0.0.1', () => resolve(listening));
@@ -84,6 +100,43 @@ test('an update while provisioning is a ConcurrencyError; a second update while 
   const other = await client.request('PATCH', '/v2/service_instances/b?accepts_incomplete=true', { service_id: PG.service, plan_id: PG.small });
   t.is(other.status, 422);
   t.is((await client.waitForInstance('b', update.body.operation)).body.state, 'succeeded');
+});
+
+test('a TLS renewal is an instance operation: an update meanwhile waits for its end, then goes ahead', async (t) => {
+  const renewal = new HeldRenewal();
+  const { broker, client } = await setUp(t, renewal);
+  await client.provision('r', provisionBody(PG.service, PG.small));
+  await client.waitForInstance('r');
+  const renewed = broker.tlsRenewals!.renew('r');
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  t.deepEqual((await client.lastOperation('r')).body, { state: 'in progress', description: 'Renewing the TLS certificate.' });
+  let answered = false;
+  const update = client.request('PATCH', '/v2/service_instances/r?accepts_incomplete=true', { service_id: PG.service, plan_id: PG.medium }).finally(() => {
+    answered = true;
+  });
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  t.false(answered, 'the update waits while the renewal runs');
+  t.is(await broker.tlsRenewals!.renew('r'), false, 'a busy instance is renewed by the next pass');
+  renewal.release();
+  t.true(await renewed);
+  t.regex(String((await client.lastOperation('r')).body.description), /^Renewed the TLS certificate/);
+  const updated = await update;
+  t.is(updated.status, 202, JSON.stringify(updated.body));
+  t.is((await client.waitForInstance('r', updated.body.operation)).body.state, 'succeeded');
+  t.is(renewal.calls, 1);
+});
+
+test('a deprovision during a TLS renewal stops it and deletes the instance', async (t) => {
+  const renewal = new HeldRenewal();
+  const { broker, client } = await setUp(t, renewal);
+  await client.provision('s', provisionBody(PG.service, PG.small));
+  await client.waitForInstance('s');
+  const renewed = broker.tlsRenewals!.renew('s');
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  const deprovision = await client.deprovision('s', PG.service, PG.small);
+  t.is(deprovision.status, 202);
+  t.is((await client.waitForInstance('s', deprovision.body.operation)).body.state, 'succeeded');
+  t.false(await renewed, 'the renewal was stopped');
 });
 
 test('a deprovision during provisioning cancels it, removes what it made and frees its ports', async (t) => {
