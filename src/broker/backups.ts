@@ -16,7 +16,7 @@ import { BrokerError, badRequest, conflict, notFound, unavailable, unprocessable
 import type { BackupOrigin, BackupRecord, InstanceRecord } from '../store/records.js';
 import type { BackupObserver, DumpRuntime, StateStore } from './contracts.js';
 import type { Offerings } from './offerings.js';
-import { now, reasonOf } from './operations.js';
+import { now, reasonOf, RENEWAL_WAIT_MS, untilEnded } from './operations.js';
 
 /** Where backup records live: the state store. */
 export interface BackupRecords {
@@ -87,7 +87,10 @@ export class BackupService {
     if (instance.state !== 'ready') throw conflict(`The instance is ${instance.state}; only a ready instance can be backed up.`);
     // An update or an in-place restore replaces the container (and its volume) under the backup script.
     const operation = await store.getOperation(instance.lastOperationId);
-    if (operation?.state === 'in progress') throw conflict(`The instance is busy (${operation.type} in progress); back it up once that has ended.`);
+    // A TLS renewal ends in a moment: a backup (a scheduled one above all) waits for it rather than failing.
+    const renewalEnded = operation?.type === 'tls-renewal' && (await untilEnded(store, operation.id, RENEWAL_WAIT_MS));
+    if (operation?.state === 'in progress' && !renewalEnded)
+      throw conflict(`The instance is busy (${operation.type} in progress); back it up once that has ended.`);
     const running = await this.runningBackup(instanceId);
     if (running) throw conflict(`Backup ${running} of this instance is still in progress.`);
     const backup = newRecord(instance, origin, this.parts.owner);

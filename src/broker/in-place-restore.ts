@@ -3,7 +3,7 @@ import type { InPlaceRestorePlan, InstanceRecord, OperationRecord } from '../sto
 import type { BackupService } from './backups.js';
 import { swapsVolumes, type InstanceRuntime, type VolumeSwapRuntime } from './contracts.js';
 import { checkId } from './ids.js';
-import { afterFirstWrite, locked, type LifecycleParts } from './lifecycle-parts.js';
+import { afterFirstWrite, busyWith, locked, type LifecycleParts } from './lifecycle-parts.js';
 import { mustHandBack, now, reasonOf } from './operations.js';
 
 /** What POST /broker/v1/instances/:id/restore takes: a backup id or "latest", of this instance unless `instance` names another. */
@@ -49,7 +49,7 @@ export class InPlaceRestore {
         );
       }
       const lastOperation = await store.getOperation(instance.lastOperationId);
-      if (lastOperation?.state === 'in progress') throw concurrencyError();
+      if (lastOperation?.state === 'in progress') throw busyWith(lastOperation);
       if (instance.state !== 'ready') {
         throw unprocessable('InstanceNotUsable', `Service instance ${instanceId} is ${instance.state}; only a ready instance can be restored into.`);
       }

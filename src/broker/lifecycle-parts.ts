@@ -8,8 +8,7 @@ import type { InstanceRuntime, Placement, PortProbe, StateStore } from './contra
 import type { Offerings } from './offerings.js';
 import type { BackupService } from './backups.js';
 import type { LinkedInstance } from './dashboard-link.js';
-import { reasonOf, type OperationRunner } from './operations.js';
-import { waitFor } from '../wait.js';
+import { reasonOf, RENEWAL_WAIT_MS, untilEnded, type OperationRunner } from './operations.js';
 
 /** What the instance and binding lifecycles are built from. */
 export interface LifecycleParts {
@@ -30,9 +29,6 @@ export interface LifecycleParts {
   /** The broker's CA, for the credentials of TLS offerings; without it (no TLS delivery), they carry none. */
   tls?: { caCertificate(): string };
 }
-
-/** How long a request waits for a TLS renewal of its instance to end before it answers ConcurrencyError. */
-const RENEWAL_WAIT_MS = 30_000;
 
 /** Thrown by `locked` work that found a TLS renewal of its instance running, before it wrote anything. */
 class RenewalRunning extends Error {
@@ -58,11 +54,8 @@ export async function locked<T>(store: StateStore, instanceId: string, work: () 
     return await lockedOnce(store, instanceId, work);
   } catch (error) {
     if (!(error instanceof RenewalRunning)) throw error;
-    const ended = await waitFor(async () => ((await store.getOperation(error.operationId))?.state === 'in progress' ? undefined : true), {
-      intervalMs: 100,
-      timeoutMs: RENEWAL_WAIT_MS,
-    }).catch(() => false);
-    if (!ended) throw concurrencyError('A TLS certificate renewal of this service instance is in progress.');
+    if (!(await untilEnded(store, error.operationId, RENEWAL_WAIT_MS)))
+      throw concurrencyError('A TLS certificate renewal of this service instance is in progress.');
   }
   try {
     return await lockedOnce(store, instanceId, work);

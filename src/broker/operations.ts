@@ -26,6 +26,16 @@ export function mustHandBack(error: unknown, signal: AbortSignal): boolean {
 export const now = () => new Date().toISOString();
 export const reasonOf = (error: unknown) => (error instanceof Error ? error.message : String(error));
 
+/** How long work that found a TLS renewal of its instance running waits for it before it gives up. */
+export const RENEWAL_WAIT_MS = 30_000;
+
+/** Waits (bounded) until the operation is no longer in progress; false when it still is. */
+export async function untilEnded(store: Pick<StateStore, 'getOperation'>, operationId: string, timeoutMs: number): Promise<boolean> {
+  return waitFor(async () => ((await store.getOperation(operationId))?.state === 'in progress' ? undefined : true), { intervalMs: 100, timeoutMs }).catch(
+    () => false,
+  );
+}
+
 /** Instance operations that stop once another one (a deprovision) took their instance over. */
 const TAKEN_OVER_BY_DEPROVISION = new Set<OperationType>(['provision', 'update', 'restart', 'tls-renewal']);
 
