@@ -79,11 +79,15 @@ export class ImageBuilder {
 
 const RECIPE_LABEL = 'io.osb-broker.recipe';
 
-/** sha256 over every file of the build folder (paths, modes and contents). */
+/**
+ * sha256 over every file of the build folder (paths, modes and contents) but the offering's `service.json`: the broker
+ * reads that catalog entry, no image holds it, so editing a description or a shell never rebuilds an image.
+ */
 export function recipeHash(dir: string): string {
   const hash = createHash('sha256');
   const walk = (current: string) => {
     for (const entry of readdirSync(current).sort()) {
+      if (current === dir && entry === 'service.json') continue;
       const full = path.join(current, entry);
       const stat = statSync(full);
       if (stat.isDirectory()) walk(full);
