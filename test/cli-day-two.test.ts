@@ -86,10 +86,11 @@ test.serial('create, list, connect, logs, update, info, a killed container, rest
   t.false(inspected.includes(credentials.password), 'no secret in the container metadata');
 
   // connect: psql with stdin piped, through a temporary binding that is gone afterwards.
-  const selected = await cli(['connect', 'shop'], 'select 40 + 2 as answer;\n');
+  const selected = await cli(['connect', 'shop'], 'select 40 + 2 as answer;\n\\conninfo\n');
   t.is(selected.code, 0, show(selected));
   t.regex(selected.stdout, /^\s+42$/m);
-  t.regex(selected.stderr, /Connected to shop with psql, PostgreSQL's interactive terminal as u[0-9a-z]+/);
+  t.regex(selected.stdout, /SSL connection \(protocol: TLSv1\.[23]/);
+  t.regex(selected.stderr, /Connected to shop with psql, PostgreSQL's interactive terminal over verified TLS as u[0-9a-z]+/);
   t.deepEqual(
     (await listed())[0].bindings.map((binding: { name: string }) => binding.name),
     ['shop-binding'],

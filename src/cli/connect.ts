@@ -24,7 +24,27 @@ export interface ShellSpec {
   /** Files (mode 600) for clients that read secrets from a file of their own; {files} is the folder they are in. */
   files?: Record<string, string>;
   unavailable?: string;
+  /**
+   * The same over TLS, verifying the server's certificate against the binding's ca_certificate: used whenever the
+   * binding carries one (so also where require_tls closed the plain port). Its command replaces the plain one; its
+   * env and files are added.
+   */
+  tls?: Pick<ShellSpec, 'command' | 'env' | 'files'>;
 }
+
+/** The shell to run with these credentials: the TLS one where the binding carries a CA. */
+export function shellFor(shell: ShellSpec, credentials: Credentials): Pick<ShellSpec, 'command' | 'env' | 'files'> & { tls: boolean } {
+  if (!shell.tls || typeof credentials.ca_certificate !== 'string') return { ...shell, tls: false };
+  return {
+    command: shell.tls.command ?? shell.command,
+    env: { ...shell.env, ...shell.tls.env },
+    files: { ...shell.files, ...shell.tls.files },
+    tls: true,
+  };
+}
+
+/** The signals that end a session; its binding is removed before the CLI exits. */
+const SESSION_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
 /** Where the environment file is mounted in the client's container when it runs from the offering's image. */
 const MOUNT = '/run/osb-connect';
@@ -48,25 +68,28 @@ export async function connect({ client, args, flags, io }: Run): Promise<void> {
   }
 
   const binding = { id: randomUUID(), name: `${name}-connect-${randomBytes(3).toString('hex')}`, state: 'ready', created_at: '' };
-  // From here on an interrupt ends the session, never the cleanup: the binding is removed whatever happens.
+  // From here on an interrupt (Ctrl-C, or a SIGTERM or SIGHUP as when the terminal goes) ends the session, never the
+  // cleanup: the binding is removed whatever happens. While the client runs, `run` passes the signal on to it.
   let interrupted = false;
   const onInterrupt = () => {
     interrupted = true;
   };
-  process.on('SIGINT', onInterrupt);
+  for (const signal of SESSION_SIGNALS) process.on(signal, onInterrupt);
   const folder = mkdtempSync(path.join(tmpdir(), 'osb-connect-'));
   let code: number;
   try {
     const credentials = await temporaryBinding(client, io, instance, binding);
     if (interrupted) throw new CliError('interrupted; the temporary binding is removed');
+    const chosen = shellFor(shell, credentials);
     io.err(
-      `Connected to ${name} with ${shell.about ?? program} as ${typeof credentials.username === 'string' ? credentials.username : 'a temporary user'}; the binding goes when the session ends.`,
+      `Connected to ${name} with ${shell.about ?? program}${chosen.tls ? ' over verified TLS' : ''} as ${typeof credentials.username === 'string' ? credentials.username : 'a temporary user'}; the binding goes when the session ends.`,
     );
     const values = { ...credentials, files: local ? folder : MOUNT };
-    const argv = shell.command.map((part) => fill(part, values));
-    const env = Object.fromEntries(Object.entries(shell.env ?? {}).map(([key, value]) => [key, fill(value, values)]));
-    for (const [file, content] of Object.entries(shell.files ?? {}))
+    const argv = (chosen.command ?? shell.command).map((part) => fill(part, values));
+    const env = Object.fromEntries(Object.entries(chosen.env ?? {}).map(([key, value]) => [key, fill(value, values)]));
+    for (const [file, content] of Object.entries(chosen.files ?? {}))
       writeFileSync(path.join(folder, path.basename(file)), fill(content, values), { mode: 0o600 });
+    if (interrupted) throw new CliError('interrupted; the temporary binding is removed');
     code = local ? await run(program, argv.slice(1), { ...process.env, ...env }) : await runInImage(image!, argv, env, folder);
   } finally {
     rmSync(folder, { recursive: true, force: true });
@@ -75,7 +98,7 @@ export async function connect({ client, args, flags, io }: Run): Promise<void> {
         `osb-docker: the temporary binding ${binding.name} of ${name} is left (${error.message}); remove it with \`osb-docker unbind ${shellWord(name)} --as ${binding.name}\``,
       ),
     );
-    process.off('SIGINT', onInterrupt);
+    for (const signal of SESSION_SIGNALS) process.off(signal, onInterrupt);
   }
   if (code !== 0) throw new CliError(`${program} ended with exit code ${code}`, code > 0 && code < 126 ? code : 1);
 }
