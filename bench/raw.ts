@@ -7,7 +7,7 @@ import { promisify } from 'node:util';
 import pg from 'pg';
 
 const run = promisify(execFile);
-export const IMAGE = 'osb-broker/postgresql:15.0.1';
+export const IMAGE = 'osb-broker/postgresql:15.0.2';
 const DATABASE = 'app';
 
 /** Runs `docker ...`; extra env reaches `docker exec -e NAME` (no value) so secrets stay off argv. */

@@ -73,7 +73,7 @@ test.serial('back up, deprovision, provision a new instance with restore_from: t
   t.is(backup.state, 'succeeded', backup.description);
   t.true(backup.size > 0 && backup.dump_size > 0);
   t.regex(backup.sha256, /^[0-9a-f]{64}$/);
-  t.is(backup.maintenance_version, '15.0.1');
+  t.is(backup.maintenance_version, '15.0.2');
 
   // The stored object is sealed: no plain text of the data in it.
   const files = readdirSync(path.join(dir, source));

@@ -42,7 +42,7 @@ test.before(async () => {
 test.after.always(async () => {
   await env?.stop();
   try {
-    execFileSync('docker', ['rmi', '--no-prune', `${prefix}postgresql:15.0.1`], { stdio: 'ignore' });
+    execFileSync('docker', ['rmi', '--no-prune', `${prefix}postgresql:15.0.2`], { stdio: 'ignore' });
   } catch {
     // Never built.
   }

@@ -14,7 +14,7 @@ test.before(async () => {
 test.after.always(async () => {
   await env?.stop();
   try {
-    execFileSync('docker', ['rmi', '--no-prune', `${prefix}postgresql:15.0.1`], { stdio: 'ignore' });
+    execFileSync('docker', ['rmi', '--no-prune', `${prefix}postgresql:15.0.2`], { stdio: 'ignore' });
   } catch {
     // Not built: nothing to remove.
   }
@@ -36,9 +36,9 @@ test('a missing image is built during provisioning, with a description that says
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
   t.true(
-    [...descriptions].some((description) => description.startsWith(`Building image ${prefix}postgresql:15.0.1`)),
+    [...descriptions].some((description) => description.startsWith(`Building image ${prefix}postgresql:15.0.2`)),
     [...descriptions].join(' | '),
   );
-  const labels = JSON.parse(execFileSync('docker', ['image', 'inspect', '--format', '{{json .Config.Labels}}', `${prefix}postgresql:15.0.1`]).toString());
+  const labels = JSON.parse(execFileSync('docker', ['image', 'inspect', '--format', '{{json .Config.Labels}}', `${prefix}postgresql:15.0.2`]).toString());
   t.regex(labels['io.osb-broker.recipe'], /^[0-9a-f]{16}$/);
 });

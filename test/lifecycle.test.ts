@@ -29,7 +29,7 @@ test('full PostgreSQL lifecycle through bound credentials', async (t) => {
   t.is(fetched.status, 200);
   t.is(fetched.body.plan_id, PG.small);
   t.is(fetched.body.parameters.database, 'orders');
-  t.deepEqual(fetched.body.maintenance_info, { version: '15.0.1' });
+  t.deepEqual(fetched.body.maintenance_info, { version: '15.0.2' });
 
   // The container carries its labels, limits and security options.
   const { containers, volumes } = await brokerObjects(config.brokerId);

@@ -28,7 +28,7 @@ test.before(async () => {
 test.after.always(async () => {
   await env?.stop();
   try {
-    execFileSync('docker', ['rmi', '--no-prune', `${prefix}postgresql:15.0.1`], { stdio: 'ignore' });
+    execFileSync('docker', ['rmi', '--no-prune', `${prefix}postgresql:15.0.2`], { stdio: 'ignore' });
   } catch {
     // Never built.
   }
@@ -292,7 +292,7 @@ test('fetch instance and binding before and after', async (t) => {
     service_id: PG.service,
     plan_id: PG.small,
     parameters: { database: 'shop', require_tls: false },
-    maintenance_info: { version: '15.0.1' },
+    maintenance_info: { version: '15.0.2' },
   });
   t.true(dashboardUrl.startsWith(`${env.broker.publicUrl}/dashboard/instances/${id}?token=`), 'a fresh dashboard link with its own token');
 });

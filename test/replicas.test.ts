@@ -46,7 +46,7 @@ test.after.always(async () => {
   await redis?.stop();
   for (const dir of stateDirs) dir.remove();
   try {
-    execFileSync('docker', ['rmi', '--no-prune', `${prefix}redis:7.0.1`], { stdio: 'ignore' });
+    execFileSync('docker', ['rmi', '--no-prune', `${prefix}redis:7.0.2`], { stdio: 'ignore' });
   } catch {
     // Never built.
   }

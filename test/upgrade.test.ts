@@ -22,7 +22,7 @@ test.before(async () => {
 test.after.always(async () => {
   await upgraded?.close();
   await env?.stop();
-  for (const version of ['15.0.1', '15.0.2']) {
+  for (const version of ['15.0.2', '15.0.3']) {
     try {
       execFileSync('docker', ['rmi', '--no-prune', `${prefix}postgresql:${version}`], { stdio: 'ignore' });
     } catch {
@@ -48,9 +48,10 @@ test('a maintenance upgrade replaces the container on the new image and keeps da
   t.is((await first.waitForInstance(id, accepted.body.operation)).body.state, 'succeeded');
   const bound = await first.bind(id, 'keeper', { service_id: PG.service, plan_id: PG.small });
   t.is(bound.status, 201);
-  const { uri, port } = bound.body.credentials;
-  const db = async (sql: string) => {
-    const client = new pg.Client({ connectionString: uri });
+  const { uri, port, ca_certificate: ca } = bound.body.credentials;
+  // With `ssl`, pg refuses a server that does not speak TLS or whose certificate the CA and the host name do not verify.
+  const db = async (sql: string, tls = false) => {
+    const client = new pg.Client({ connectionString: uri, ...(tls ? { ssl: { ca: ca as string } } : {}) });
     await client.connect();
     try {
       return (await client.query(sql)).rows;
@@ -63,33 +64,34 @@ test('a maintenance upgrade replaces the container on the new image and keeps da
 
   // The operator ships a new catalog version and restarts the broker.
   await env.broker.close();
-  upgraded = await startBroker({ ...env.config, catalogDir: catalogAtVersion('15.0.2') }, createLogger('silent'));
+  upgraded = await startBroker({ ...env.config, catalogDir: catalogAtVersion('15.0.3') }, createLogger('silent'));
   const client = new OsbClient(upgraded.url, env.config.username, env.config.password);
   const catalog = await client.request('GET', '/v2/catalog');
   const postgres = catalog.body.services.find((service: { name: string }) => service.name === 'postgresql');
-  t.is(postgres.plans[0].maintenance_info.version, '15.0.2');
-  t.is((await client.request('GET', `/v2/service_instances/${id}`)).body.maintenance_info.version, '15.0.1');
+  t.is(postgres.plans[0].maintenance_info.version, '15.0.3');
+  t.is((await client.request('GET', `/v2/service_instances/${id}`)).body.maintenance_info.version, '15.0.2');
 
   const stale = await client.request('PATCH', `/v2/service_instances/${id}?accepts_incomplete=true`, {
     service_id: PG.service,
-    maintenance_info: { version: '15.0.1' },
+    maintenance_info: { version: '15.0.2' },
   });
   t.is(stale.status, 422);
   t.is(stale.body.error, 'MaintenanceInfoConflict');
 
   const upgrade = await client.request('PATCH', `/v2/service_instances/${id}?accepts_incomplete=true`, {
     service_id: PG.service,
-    maintenance_info: { version: '15.0.2' },
+    maintenance_info: { version: '15.0.3' },
   });
   t.is(upgrade.status, 202);
   const done = await client.waitForInstance(id, upgrade.body.operation);
   t.is(done.body.state, 'succeeded', done.body.description);
 
-  t.is((await client.request('GET', `/v2/service_instances/${id}`)).body.maintenance_info.version, '15.0.2');
+  t.is((await client.request('GET', `/v2/service_instances/${id}`)).body.maintenance_info.version, '15.0.3');
   const after = (await brokerObjects(env.config.brokerId)).containers.find((c) => c.labels['io.osb-broker.instance'] === id)!;
   t.not(after.id, before.id, 'the container was replaced');
-  t.is(after.image, `${prefix}postgresql:15.0.2`);
+  t.is(after.image, `${prefix}postgresql:15.0.3`);
   t.is(after.hostPort, port, 'the port stayed');
   t.deepEqual(await db('SELECT note FROM kept'), [{ note: 'before the upgrade' }], 'the data and the binding survived');
+  t.deepEqual(await db('SELECT note FROM kept', true), [{ note: 'before the upgrade' }], 'the new container has its certificate: verified TLS');
   t.truthy(await engine.inspectContainer(after.name));
 });

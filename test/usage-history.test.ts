@@ -45,7 +45,7 @@ test.after.always(async () => {
   await browser?.close();
   await env?.stop();
   try {
-    execFileSync('docker', ['rmi', '--no-prune', `${prefix}postgresql:15.0.1`], { stdio: 'ignore' });
+    execFileSync('docker', ['rmi', '--no-prune', `${prefix}postgresql:15.0.2`], { stdio: 'ignore' });
   } catch {
     // already gone
   }

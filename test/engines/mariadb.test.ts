@@ -85,7 +85,7 @@ test('the catalog offers mariadb with its tags, plans and parameters', async (t)
   );
   for (const plan of offering.plans) {
     t.is(plan.limits, undefined, 'limits are not sent to platforms');
-    t.deepEqual(plan.maintenance_info, { version: '10.11.1', description: 'MariaDB 10.11 on Debian bookworm, with backup and restore' });
+    t.deepEqual(plan.maintenance_info, { version: '10.11.2', description: 'MariaDB 10.11 on Debian bookworm, with backup and restore, TLS and engine stats' });
     const schema = plan.schemas.service_instance.create.parameters;
     t.is(schema.properties.database.default, 'app');
     t.is(schema.properties.max_connections.type, 'integer');

@@ -94,7 +94,10 @@ test.serial('the catalog offers memcached', async (t) => {
       [MEMCACHED.medium, 'medium'],
     ],
   );
-  t.deepEqual(offering.plans[0].maintenance_info, { version: '1.6.18', description: 'Memcached 1.6.18 with Cyrus SASL on Debian bookworm' });
+  t.deepEqual(offering.plans[0].maintenance_info, {
+    version: '1.6.19',
+    description: 'Memcached 1.6.18 with Cyrus SASL and TLS on Debian bookworm, with engine stats',
+  });
   t.false('limits' in offering.plans[0], 'plan limits stay inside the broker');
 });
 

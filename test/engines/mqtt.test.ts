@@ -100,7 +100,10 @@ test('the catalog offers mqtt', async (t) => {
     ],
   );
   for (const plan of offering.plans) {
-    t.deepEqual(plan.maintenance_info, { version: '2.0.12', description: 'Eclipse Mosquitto 2.0 on Debian bookworm, with backup and restore' });
+    t.deepEqual(plan.maintenance_info, {
+      version: '2.0.13',
+      description: 'Eclipse Mosquitto 2.0 on Debian bookworm, with backup and restore, TLS and engine stats',
+    });
     t.is(plan.schemas.service_instance.create.parameters.properties.log_subscriptions.default, false);
   }
 });

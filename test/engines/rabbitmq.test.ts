@@ -94,8 +94,8 @@ test('the catalog offers rabbitmq', async (t) => {
   );
   for (const plan of offering.plans) {
     t.deepEqual(plan.maintenance_info, {
-      version: '3.10.9',
-      description: 'RabbitMQ 3.10 with the management plugin on Debian bookworm, with backup and restore',
+      version: '3.10.10',
+      description: 'RabbitMQ 3.10 with the management plugin on Debian bookworm, with backup and restore, TLS and engine stats',
     });
     t.is(plan.limits, undefined, 'limits stay inside the broker');
     t.is(plan.schemas.service_instance.create.parameters.properties.vhost.default, 'app');

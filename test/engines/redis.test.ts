@@ -106,7 +106,7 @@ test('the catalog offers redis with its tags, plans and parameters', async (t) =
     ],
   );
   for (const plan of offering.plans) {
-    t.deepEqual(plan.maintenance_info, { version: '7.0.1', description: 'Redis 7.0 on Debian bookworm, with backup and restore' });
+    t.deepEqual(plan.maintenance_info, { version: '7.0.2', description: 'Redis 7.0 on Debian bookworm, with backup and restore, TLS and engine stats' });
     const policy = plan.schemas.service_instance.update.parameters.properties.maxmemory_policy;
     t.is(policy.default, 'noeviction');
     t.true(policy.enum.includes('allkeys-lru'));

@@ -100,7 +100,10 @@ test('the catalog offers syslog-drain', async (t) => {
       [SYSLOG.medium, 'medium'],
     ],
   );
-  t.deepEqual(offering.plans[0].maintenance_info, { version: '8.2302.1', description: 'rsyslog 8.2302.0 on Debian bookworm, with backup and restore' });
+  t.deepEqual(offering.plans[0].maintenance_info, {
+    version: '8.2302.2',
+    description: 'rsyslog 8.2302.0 on Debian bookworm, with backup and restore and engine stats',
+  });
 });
 
 test('syslog drain: bind hands out the drain url, messages reach docker logs and the capped file', async (t) => {

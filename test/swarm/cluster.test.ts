@@ -8,7 +8,7 @@ import { waitUntil } from '../helpers/wait.js';
 // The test cluster itself: three Docker-in-Docker engines form a Swarm; a service pinned to a worker answers on that
 // worker's address; the worker's engine goes down and comes back with its Swarm membership, labels and images.
 const NAME = 'cluster-test';
-const IMAGE = 'osb-broker/redis:7.0.1';
+const IMAGE = 'osb-broker/redis:7.0.2';
 const PORT = 16379;
 const MEMORY = 256 * 1024 * 1024;
 

@@ -360,7 +360,7 @@ test.serial('start-up recovery reports the services and volumes no instance owns
   await cluster.manager.createService({
     Name: service,
     Labels: labels,
-    TaskTemplate: { ContainerSpec: { Image: 'osb-broker/redis:7.0.1' }, Placement: { Constraints: [`node.id==${cluster.nodes[0]!.swarmNodeId}`] } },
+    TaskTemplate: { ContainerSpec: { Image: 'osb-broker/redis:7.0.2' }, Placement: { Constraints: [`node.id==${cluster.nodes[0]!.swarmNodeId}`] } },
     Mode: { Replicated: { Replicas: 0 } },
   });
   // A second process of the same broker, as an operator would start one: its recovery looks at every node.
