@@ -156,6 +156,6 @@ test.serial('a container from before the backup script existed: the backup fails
   t.is(backup.state, 'failed');
   t.regex(
     backup.description,
-    /the instance's container has no backup script: it runs maintenance version 15\.0\.1; its container was made from an earlier build/,
+    /the instance's container has no backup script: it runs maintenance version 15\.0\.2; its container was made from an earlier build/,
   );
 });

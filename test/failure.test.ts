@@ -79,6 +79,6 @@ test.serial('an image that does not build fails the provision with the build err
     uniqueId(),
     '6a0b7f7e-0000-4000-8000-000000000001',
     '6a0b7f7e-0000-4000-8000-000000000010',
-    /^Provisioning failed: building .*unbuildable:15\.0\.1 failed: .*returned a non-zero code: 1/,
+    /^Provisioning failed: building .*unbuildable:15\.0\.2 failed: .*returned a non-zero code: 1/,
   );
 });

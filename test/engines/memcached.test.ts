@@ -33,7 +33,7 @@ test.after.always(async () => {
   await env?.stop();
   if (upgradeCatalog) rmSync(upgradeCatalog, { recursive: true, force: true });
   try {
-    execFileSync('docker', ['rmi', '--no-prune', `${upgradePrefix}memcached:1.6.19`], { stdio: 'ignore' });
+    execFileSync('docker', ['rmi', '--no-prune', `${upgradePrefix}memcached:1.6.20`], { stdio: 'ignore' });
   } catch {
     // Never built.
   }
@@ -177,19 +177,19 @@ test.serial('an upgrade replaces the container; SASL users move to the new host 
   await memcached.write(keeper, 'before', 'the upgrade');
   const before = (await brokerObjects(env.config.brokerId)).containers.find((c) => c.labels['io.osb-broker.instance'] === id)!;
 
-  // The operator ships maintenance version 1.6.19 and restarts the broker; the platform sends the new maintenance_info.
+  // The operator ships maintenance version 1.6.20 and restarts the broker; the platform sends the new maintenance_info.
   upgradeCatalog = mkdtempSync(path.join(tmpdir(), 'catalog-memcached-'));
   cpSync(path.join(PACKAGE_ROOT, 'catalog', 'memcached'), path.join(upgradeCatalog, 'memcached'), { recursive: true });
   const file = path.join(upgradeCatalog, 'memcached', 'service.json');
   const service = JSON.parse(readFileSync(file, 'utf8'));
-  service.maintenance_info.version = '1.6.19';
+  service.maintenance_info.version = '1.6.20';
   writeFileSync(file, JSON.stringify(service));
   await env.broker.close();
   upgraded = await startBroker({ ...env.config, catalogDir: upgradeCatalog, imagePrefix: upgradePrefix }, createLogger('silent'));
   const client = new OsbClient(upgraded.url, env.config.username, env.config.password);
   const upgrade = await client.request('PATCH', `/v2/service_instances/${id}?accepts_incomplete=true`, {
     service_id: MEMCACHED.service,
-    maintenance_info: { version: '1.6.19' },
+    maintenance_info: { version: '1.6.20' },
   });
   t.is(upgrade.status, 202, JSON.stringify(upgrade.body));
   const done = await client.waitForInstance(id, upgrade.body.operation);
@@ -197,7 +197,7 @@ test.serial('an upgrade replaces the container; SASL users move to the new host 
 
   const after = (await brokerObjects(env.config.brokerId)).containers.find((c) => c.labels['io.osb-broker.instance'] === id)!;
   t.not(after.id, before.id, 'the container was replaced');
-  t.is(after.image, `${upgradePrefix}memcached:1.6.19`);
+  t.is(after.image, `${upgradePrefix}memcached:1.6.20`);
   t.is(after.hostPort, keeper.port, 'the port stayed');
   const hostname = async (name: string) => (await engine.exec(name, ['cat', '/proc/sys/kernel/hostname'], { user: 'memcache' })).stdout.trim();
   t.is(await hostname(after.name), after.id.slice(0, 12), 'the new container has a new host name, hence a new SASL realm');
