@@ -409,8 +409,13 @@ export class DockerEngine {
   }
 
   /** Removes the container at once (SIGKILL) with its anonymous volumes; a missing container is not an error. */
+  /** Removes a container; gone already, or being removed by someone else (a Swarm agent ending its task), is fine. */
   async removeContainer(name: string): Promise<void> {
-    await ignoreStatus(this.docker.getContainer(name).remove({ force: true, v: true }), 404);
+    try {
+      await ignoreStatus(this.docker.getContainer(name).remove({ force: true, v: true }), 404);
+    } catch (error) {
+      if (!(statusOf(error) === 409 && /already in progress/i.test((error as Error).message))) throw error;
+    }
   }
 
   async stopContainer(name: string, timeoutSeconds: number): Promise<void> {

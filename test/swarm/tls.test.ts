@@ -252,8 +252,10 @@ test.serial('a renewal is an instance operation: a bind that comes meanwhile wai
   if (!instance) return t.fail('the first test did not finish');
   const { id } = instance;
   t.deepEqual(await renewalRunning(id), { state: 'in progress', description: 'Renewing the TLS certificate.' });
+  const asked = Date.now();
   const bind = await broker.client.bind(id, 'late', { service_id: REDIS.service, plan_id: REDIS.plan });
   t.is(bind.status, 201, JSON.stringify(bind.body));
+  t.log(`the bind came during the renewal and was answered ${Date.now() - asked} ms later`);
   const renewal = await broker.client.lastOperation(id);
   t.is(renewal.body.state, 'succeeded', `the renewal had ended when the bind was answered: ${JSON.stringify(renewal.body)}`);
   t.regex(String(renewal.body.description), /^Renewed the TLS certificate; it is valid until /);
