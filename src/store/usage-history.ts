@@ -1,16 +1,8 @@
 import type { Redis } from 'ioredis';
+import type { UsageCounters } from '../docker/types.js';
 
 /** One usage sample as kept: the engine's running totals at `at` (ms since the epoch); rates come from two of them. */
-export interface UsageSample {
-  at: number;
-  cpuNanos: number;
-  memoryBytes: number;
-  memoryLimitBytes: number;
-  networkRxBytes: number;
-  networkTxBytes: number;
-  blockReadBytes: number;
-  blockWriteBytes: number;
-}
+export type UsageSample = UsageCounters & { at: number };
 
 /** One measure of the bytes an instance's data volume holds. */
 export interface DiskSample {
