@@ -5,8 +5,9 @@ import test from 'ava';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { chromium, type Browser } from 'playwright-core';
+import { type Browser } from 'playwright-core';
 import type { Config } from '../src/config.js';
+import { launchChromium } from './helpers/browser.js';
 import { PG, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
 import { waitUntil } from './helpers/wait.js';
@@ -20,19 +21,7 @@ test.before(async () => {
   env = await startTestBroker(48, {
     backup: { store: { kind: 'local', dir }, retention: { keepLast: 7, keepDays: 7, keepDeletedDays: 30 } },
   } as Partial<Config>);
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-background-networking',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  browser = await launchChromium(['--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync']);
 });
 test.after.always(async () => {
   await browser?.close();

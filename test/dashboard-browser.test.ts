@@ -2,8 +2,9 @@ import test from 'ava';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import pg from 'pg';
-import { chromium, type Browser } from 'playwright-core';
+import { type Browser } from 'playwright-core';
 import { PACKAGE_ROOT } from '../src/config.js';
+import { launchChromium } from './helpers/browser.js';
 import { PG, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
 
@@ -16,19 +17,7 @@ let browser: Browser;
 test.before(async () => {
   mkdirSync(OUTPUT, { recursive: true });
   env = await startTestBroker(17);
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-background-networking',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  browser = await launchChromium(['--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync']);
 });
 test.after.always(async () => {
   await browser?.close();

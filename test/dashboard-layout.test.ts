@@ -6,9 +6,10 @@ import { promisify } from 'node:util';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import pg from 'pg';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import { type Browser, type Page } from 'playwright-core';
 import { PACKAGE_ROOT } from '../src/config.js';
 import { LABEL } from '../src/docker/types.js';
+import { launchChromium } from './helpers/browser.js';
 import { engine, PG, removeEverything, startTestBroker, startTestRedis, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
 import { freePort, hexKey, killAllBrokers, spawnBroker, tempStateDir } from './helpers/spawn-broker.js';
@@ -28,10 +29,7 @@ const run = promisify(execFile);
 test.before(async () => {
   // No reconciler: a killed container stays down, so the page can be seen saying so.
   env = await startTestBroker(60, { reconcileSeconds: 0, portRange: { first: 47000, last: 47049 } });
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-  });
+  browser = await launchChromium();
 });
 test.after.always(async () => {
   await browser?.close();

@@ -3,8 +3,9 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { PACKAGE_ROOT } from '../src/config.js';
+import { launchChromium } from './helpers/browser.js';
 import { startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
 import { spawnBroker, tempStateDir } from './helpers/spawn-broker.js';
@@ -56,10 +57,7 @@ test.before(async () => {
     carol: { [cfInstance.id]: { read: true, manage: false } },
     // bob is a developer of another space: Cloud Controller knows him, but not with this instance.
   });
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run'],
-  });
+  browser = await launchChromium(['--no-first-run']);
 });
 test.after.always(async () => {
   await browser?.close();

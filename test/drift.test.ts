@@ -7,12 +7,12 @@ import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
-import { chromium } from 'playwright-core';
 import type { ListedHealth, ListedInstance } from '../src/api/listing.js';
 import { PACKAGE_ROOT } from '../src/config.js';
 import { DockerEngine } from '../src/docker/engine.js';
 import { LABEL } from '../src/docker/types.js';
 import { stateImageTag } from '../src/embedded-redis.js';
+import { launchChromium } from './helpers/browser.js';
 import { engine, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
 import { waitUntil } from './helpers/wait.js';
@@ -164,10 +164,7 @@ test('container and volume removed behind the broker: reported down with "volume
 
   // In a browser: the status pill says what the engine has (no container: missing) and is red, as is the state in
   // the details card, with the reason.
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu'],
-  });
+  const browser = await launchChromium();
   try {
     const page = await browser.newPage();
     const errors: string[] = [];

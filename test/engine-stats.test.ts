@@ -10,11 +10,12 @@ import mqtt from 'mqtt';
 import { createConnection } from 'node:net';
 import mysql from 'mysql2/promise';
 import pg from 'pg';
-import { chromium, type Browser } from 'playwright-core';
+import { type Browser } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { PACKAGE_ROOT } from '../src/config.js';
 import { LABEL } from '../src/docker/types.js';
+import { launchChromium } from './helpers/browser.js';
 import { engine, PG, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
 import { freePort, killAllBrokers, spawnBroker, tempStateDir } from './helpers/spawn-broker.js';
@@ -212,10 +213,7 @@ test.serial('RabbitMQ: a queue with 5 ready messages, 2 unacknowledged; the card
     );
     for (const link of reading.links) t.false(link.url.includes('@') || link.url.includes(instance.creds.password as string), 'no credentials in a link');
 
-    browser = await chromium.launch({
-      executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-    });
+    browser = await launchChromium();
     const page = await browser.newPage();
     const errors: string[] = [];
     page.on('pageerror', (error) => errors.push(error.message));

@@ -1,11 +1,11 @@
 import test from 'ava';
-import { cpSync, mkdtempSync, readFileSync, writeFileSync, appendFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, writeFileSync, appendFileSync } from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { PACKAGE_ROOT } from '../src/config.js';
 import { brokerObjects, PG, redisKeys, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
+import { catalogCopy } from './helpers/catalog.js';
 
 // A provision that fails reports "failed" with a clear reason and removes what it made; the platform's
 // orphan-mitigation DELETE then succeeds. Two real failures: nothing answers on the published port, and an
@@ -14,12 +14,13 @@ const prefix = `osb-failure-test-${process.pid}/`;
 let env: TestBroker;
 
 function brokenCatalog(): string {
-  const dir = mkdtempSync(path.join(tmpdir(), 'catalog-'));
-  cpSync(path.join(PACKAGE_ROOT, 'catalog', 'postgresql'), path.join(dir, 'postgresql'), { recursive: true });
-  const file = path.join(dir, 'postgresql', 'service.json');
-  const service = JSON.parse(readFileSync(file, 'utf8'));
-  service.container.port = 5999; // nothing listens there inside the container
-  writeFileSync(file, JSON.stringify(service));
+  let service: any;
+  const dir = catalogCopy('postgresql', {
+    edit: (edited) => {
+      edited.container.port = 5999; // nothing listens there inside the container
+      service = edited;
+    },
+  });
   // A second offering whose image recipe fails to build.
   cpSync(path.join(PACKAGE_ROOT, 'catalog', 'postgresql'), path.join(dir, 'unbuildable'), { recursive: true });
   const other = {

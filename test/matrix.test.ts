@@ -1,25 +1,24 @@
 import test from 'ava';
 import pg from 'pg';
-import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { PACKAGE_ROOT } from '../src/config.js';
 import { brokerObjects, engine, PG, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
+import { catalogCopy } from './helpers/catalog.js';
 
 // Every row of the status matrix in the OSB checklist, against the real engine.
 // The PostgreSQL recipe with a configure script that takes 1.5 s more, so that the requests made "during an update"
 // really meet a running update. A prefix of its own keeps the shipped image untouched.
 const prefix = `osb-matrix-test-${process.pid}/`;
-function slowConfigureCatalog(): string {
-  const dir = mkdtempSync(path.join(tmpdir(), 'catalog-'));
-  cpSync(path.join(PACKAGE_ROOT, 'catalog', 'postgresql'), path.join(dir, 'postgresql'), { recursive: true });
-  const script = path.join(dir, 'postgresql', 'scripts', 'configure');
-  const [shebang, ...rest] = readFileSync(script, 'utf8').split('\n');
-  writeFileSync(script, [shebang, 'sleep 1.5', ...rest].join('\n'));
-  return dir;
-}
+const slowConfigureCatalog = () =>
+  catalogCopy('postgresql', {
+    files: (folder) => {
+      const script = path.join(folder, 'scripts', 'configure');
+      const [shebang, ...rest] = readFileSync(script, 'utf8').split('\n');
+      writeFileSync(script, [shebang, 'sleep 1.5', ...rest].join('\n'));
+    },
+  });
 
 let env: TestBroker;
 test.before(async () => {

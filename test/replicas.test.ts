@@ -1,8 +1,7 @@
 import test from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { cpSync, mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { PACKAGE_ROOT } from '../src/config.js';
@@ -12,6 +11,7 @@ import { brokerObjects, removeEverything, startTestRedis, uniqueId } from './hel
 import { provisionBody, type OsbClient } from './helpers/osb-client.js';
 import { freePort, hexKey, killAllBrokers, spawnBroker, tempStateDir, type SpawnedBroker } from './helpers/spawn-broker.js';
 import { storedRecord, waitUntil } from './helpers/wait.js';
+import { catalogCopy, offeringIds } from './helpers/catalog.js';
 
 // Several broker processes of one BROKER_ID on one Redis, as replicas behind a load balancer, run as real processes.
 // The offering is a copy of the Redis one whose bind script takes two seconds longer, so a signal can land while a
@@ -24,14 +24,13 @@ const brokerIds: string[] = [];
 const stateDirs: Array<{ remove(): void }> = [];
 
 function slowBindCatalog(): string {
-  const dir = mkdtempSync(path.join(tmpdir(), 'catalog-'));
-  const folder = path.join(dir, 'redis');
-  cpSync(path.join(PACKAGE_ROOT, 'catalog', 'redis'), folder, { recursive: true });
-  renameSync(path.join(folder, 'scripts', 'bind'), path.join(folder, 'scripts', 'bind-now'));
-  writeFileSync(path.join(folder, 'scripts', 'bind'), '#!/usr/bin/env bash\nsleep 2\nexec "$(dirname "$(readlink -f "$0")")/bind-now"\n', { mode: 0o755 });
-  const service = JSON.parse(readFileSync(path.join(folder, 'service.json'), 'utf8'));
-  offering = { service: service.offering.id, plan: service.offering.plans[0].id };
-  return dir;
+  offering = offeringIds('redis');
+  return catalogCopy('redis', {
+    files: (folder) => {
+      renameSync(path.join(folder, 'scripts', 'bind'), path.join(folder, 'scripts', 'bind-now'));
+      writeFileSync(path.join(folder, 'scripts', 'bind'), '#!/usr/bin/env bash\nsleep 2\nexec "$(dirname "$(readlink -f "$0")")/bind-now"\n', { mode: 0o755 });
+    },
+  });
 }
 
 test.before(async () => {

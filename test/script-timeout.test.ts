@@ -1,11 +1,10 @@
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { PACKAGE_ROOT } from '../src/config.js';
 import { engine, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
+import { catalogCopy, offeringIds } from './helpers/catalog.js';
 
 // A lifecycle script that overruns its time-out is stopped inside the container, not just abandoned by the broker:
 // a copy of the Redis offering whose bind script hangs and even ignores SIGTERM.
@@ -14,12 +13,11 @@ let env: TestBroker;
 let offering: { id: string; plan: string };
 
 function hangingCatalog(): string {
-  const dir = mkdtempSync(path.join(tmpdir(), 'catalog-'));
-  cpSync(path.join(PACKAGE_ROOT, 'catalog', 'redis'), path.join(dir, 'redis'), { recursive: true });
-  writeFileSync(path.join(dir, 'redis', 'scripts', 'bind'), "#!/usr/bin/env bash\ntrap '' TERM INT\nsleep 600\n", { mode: 0o755 });
-  const service = JSON.parse(readFileSync(path.join(dir, 'redis', 'service.json'), 'utf8'));
-  offering = { id: service.offering.id, plan: service.offering.plans[0].id };
-  return dir;
+  const { service, plan } = offeringIds('redis');
+  offering = { id: service, plan };
+  return catalogCopy('redis', {
+    files: (folder) => writeFileSync(path.join(folder, 'scripts', 'bind'), "#!/usr/bin/env bash\ntrap '' TERM INT\nsleep 600\n", { mode: 0o755 }),
+  });
 }
 
 test.before(async () => {

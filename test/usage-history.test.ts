@@ -1,15 +1,16 @@
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import Docker from 'dockerode';
 import pg from 'pg';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import { type Browser, type Page } from 'playwright-core';
 import { PACKAGE_ROOT } from '../src/config.js';
+import { launchChromium } from './helpers/browser.js';
 import { engine, PG, redisKeys, startTestBroker, uniqueId, type TestBroker } from './helpers/env.js';
 import { provisionBody } from './helpers/osb-client.js';
 import { waitUntil } from './helpers/wait.js';
+import { catalogCopy } from './helpers/catalog.js';
 
 // Usage over time with the real engine, Redis, PostgreSQL and Chromium: a broker sampling every second (the disk
 // every two), a PostgreSQL instance kept busy by a client, its charts drawn in the page, a table filling the volume
@@ -21,25 +22,15 @@ const DISK_MB = 100;
 let env: TestBroker;
 let browser: Browser;
 
-/** The catalog's PostgreSQL with a small plan of DISK_MB (its own image prefix: a changed service.json is another recipe). */
-function tinyDiskCatalog(): string {
-  const dir = mkdtempSync(path.join(tmpdir(), 'catalog-'));
-  cpSync(path.join(PACKAGE_ROOT, 'catalog', 'postgresql'), path.join(dir, 'postgresql'), { recursive: true });
-  const file = path.join(dir, 'postgresql', 'service.json');
-  const service = JSON.parse(readFileSync(file, 'utf8'));
-  service.offering.plans.find((plan: { id: string }) => plan.id === PG.small).limits.disk_mb = DISK_MB;
-  writeFileSync(file, JSON.stringify(service));
-  return dir;
-}
+/** The catalog's PostgreSQL with a small plan of DISK_MB. */
+const tinyDiskCatalog = () =>
+  catalogCopy('postgresql', { edit: (service) => (service.offering.plans.find((plan: { id: string }) => plan.id === PG.small).limits.disk_mb = DISK_MB) });
 
 test.before(async () => {
   mkdirSync(OUTPUT, { recursive: true });
   // No reconciler: a killed container stays down, so the page must say that samples stopped.
   env = await startTestBroker(58, { catalogDir: tinyDiskCatalog(), imagePrefix: prefix, usageSampleSeconds: 1, usageDiskSeconds: 2, reconcileSeconds: 0 });
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
-  });
+  browser = await launchChromium();
 });
 test.after.always(async () => {
   await browser?.close();

@@ -1,13 +1,12 @@
 import test from 'ava';
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import path from 'node:path';
-import { PACKAGE_ROOT } from '../../src/config.js';
 import { CatalogError, loadCatalog } from '../../src/catalog/load.js';
 import type { StatSpec } from '../../src/catalog/definition.js';
 import { parseStatsOutput, renderLink, StatsOutputError, STATS_OUTPUT_LIMIT } from '../../src/catalog/stats.js';
 import { EngineStats } from '../../src/broker/engine-stats.js';
 import { createLogger } from '../../src/log.js';
+import { catalogCopy } from '../helpers/catalog.js';
 import type { EngineStatsRecord, InstanceRecord } from '../../src/store/records.js';
 
 const SPECS: StatSpec[] = [
@@ -36,17 +35,7 @@ test('dashboard links: placeholders from the instance, none when a port is not p
 });
 
 /** A catalog of the real postgresql folder alone, its service.json changed by `edit` and its folder by `files`. */
-function catalogWith(edit: (service: any) => void, files: (folder: string) => void = () => {}): string {
-  const dir = mkdtempSync(path.join(tmpdir(), 'stats-catalog-'));
-  const folder = path.join(dir, 'postgresql');
-  cpSync(path.join(PACKAGE_ROOT, 'catalog', 'postgresql'), folder, { recursive: true });
-  const file = path.join(folder, 'service.json');
-  const service = JSON.parse(readFileSync(file, 'utf8'));
-  edit(service);
-  writeFileSync(file, JSON.stringify(service));
-  files(folder);
-  return dir;
-}
+const catalogWith = (edit: (service: any) => void, files?: (folder: string) => void): string => catalogCopy('postgresql', { edit, files });
 
 const loadError = (dir: string) => {
   try {
