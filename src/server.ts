@@ -234,7 +234,7 @@ export async function startBroker(config: BrokerConfig, log: Logger): Promise<Ru
   backupSchedules.start();
   engineStats.start();
   const renewals = broker.tlsRenewals;
-  tls?.startRenewals(renewals && ((instance) => renewals.renew(instance.id)));
+  if (tls && renewals) tls.startRenewals((instance) => renewals.renew(instance.id));
   usage.start();
   return {
     server,

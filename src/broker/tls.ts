@@ -201,17 +201,17 @@ export class InstanceTls {
   }
 
   /**
-   * Renews the instance's certificate when it is due (now, with `force`), delivers it into the running container and
+   * Renews the instance's certificate when it is due, delivers it into the running container and
    * has the engine read it (on Swarm: a new task with the new files); a certificate renewed before whose delivery
    * failed is delivered again. Returns the certificate served from then on.
    */
-  async renew(instance: InstanceRecord, options: { force?: boolean; now?: Date; signal?: AbortSignal } = {}): Promise<StoredCertificate | undefined> {
+  async renew(instance: InstanceRecord, options: { now?: Date; signal?: AbortSignal } = {}): Promise<StoredCertificate | undefined> {
     const { store, offerings, delivery, log } = this.parts;
     const definition = offerings.definitionOf(instance);
     if (!definition.tls || !delivery) return undefined;
     const now = options.now ?? new Date();
     let stored = await store.getInstanceTls(instance.id);
-    if (!stored || options.force || this.due(stored, instance, now)) stored = await this.issue(instance, now, true);
+    if (!stored || this.due(stored, instance, now)) stored = await this.issue(instance, now, true);
     else if (!stored.pending) return stored;
     const signal = options.signal ?? this.stopping.signal;
     if ('replaceTls' in delivery) {
@@ -230,10 +230,10 @@ export class InstanceTls {
    * Starts the periodic renewal pass (every BROKER_TLS_RENEW_CHECK_SECONDS, once across replicas). `renewOne` runs each
    * renewal as an instance operation (src/broker/tls-renewal.ts), so it never meets a deprovision or an update.
    */
-  startRenewals(renewOne?: RenewOne): void {
+  startRenewals(renewOne: RenewOne): void {
     const periodMs = this.parts.config.tlsRenewCheckSeconds * 1000;
     this.renewals ??= new PeriodicPass(
-      () => this.renewalPass(periodMs, new Date(), renewOne),
+      () => this.renewalPass(periodMs, renewOne),
       (error) => this.parts.log.warn({ reason: reasonOf(error) }, 'the TLS renewal pass failed; it runs again later'),
     );
     this.renewals.start(periodMs);
@@ -251,10 +251,9 @@ export class InstanceTls {
 
   /**
    * Renews every due certificate of a ready instance. The lease of this period goes to the first replica that finds
-   * work, so a certificate is renewed once; a replica with nothing due leaves no trace in the store. Without
-   * `renewOne`, the renewals run here directly (nothing else works on the instances: tests of this pass alone).
+   * work, so a certificate is renewed once; a replica with nothing due leaves no trace in the store.
    */
-  async renewalPass(periodMs: number, now = new Date(), renewOne?: RenewOne): Promise<number> {
+  async renewalPass(periodMs: number, renewOne: RenewOne, now = new Date()): Promise<number> {
     const { store, offerings, owner, log } = this.parts;
     const due: InstanceRecord[] = [];
     for (const instance of await store.listInstances()) {
@@ -267,7 +266,7 @@ export class InstanceTls {
     let renewed = 0;
     for (const instance of due) {
       try {
-        if (renewOne ? await renewOne(instance) : await this.renew(instance, { now })) renewed++;
+        if (await renewOne(instance)) renewed++;
       } catch (error) {
         // The new certificate is stored; a container down now reads it at its next start, or the next pass retries.
         log.warn({ instanceId: instance.id, reason: reasonOf(error) }, 'could not renew the instance’s TLS certificate');

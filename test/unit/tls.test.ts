@@ -191,6 +191,8 @@ class FakeTlsStore implements TlsStore {
 const instance = { id: 'i1', serviceId: 'svc', state: 'ready', advertisedHost: undefined } as unknown as InstanceRecord;
 const config = { brokerId: 'b1', advertisedHost: '127.0.0.1', tlsCertSeconds: 90 * 86400, tlsRenewCheckSeconds: 3600 };
 const log = createLogger('silent');
+/** Renews right in the pass, as the broker's tls-renewal operation does (tested in lifecycle-rules and on Swarm). */
+const direct = (tls: InstanceTls, now: Date) => async (due: InstanceRecord) => Boolean(await tls.renew(due, { now }));
 
 test('replicas share one CA: the first one written wins, the others read it back', async (t) => {
   const store = new FakeTlsStore();
@@ -221,10 +223,10 @@ test('the renewal pass renews a due certificate once across replicas, delivers i
   await a.start(NOW);
   await b.start(NOW);
   const first = await a.certificate(instance, NOW);
-  t.is(await a.renewalPass(3_600_000, new Date(NOW.getTime() + 59 * DAY)), 0, 'not due yet');
+  t.is(await a.renewalPass(3_600_000, direct(a, new Date(NOW.getTime() + 59 * DAY)), new Date(NOW.getTime() + 59 * DAY)), 0, 'not due yet');
   t.deepEqual(delivered, []);
   const later = new Date(NOW.getTime() + 61 * DAY);
-  const counts = await Promise.all([a.renewalPass(3_600_000, later), b.renewalPass(3_600_000, later)]);
+  const counts = await Promise.all([a.renewalPass(3_600_000, direct(a, later), later), b.renewalPass(3_600_000, direct(b, later), later)]);
   t.deepEqual(counts.sort(), [0, 1], 'one replica renews');
   t.deepEqual(delivered, ['/etc/osb-tls:ca.pem@644,cert.pem@644,key.pem@600', 'reload']);
   const renewed = store.certs.get(instance.id)!;
@@ -248,11 +250,11 @@ test('a renewal whose delivery failed stays pending and is delivered by the next
   await tls.start(NOW);
   await tls.certificate(instance, NOW);
   const later = new Date(NOW.getTime() + 61 * DAY);
-  t.is(await tls.renewalPass(3_600_000, later), 0);
+  t.is(await tls.renewalPass(3_600_000, direct(tls, later), later), 0);
   const pending = store.certs.get(instance.id)!;
   t.true(pending.pending);
   reachable = true;
-  t.is(await tls.renewalPass(3_600_000, new Date(later.getTime() + 3_600_000)), 1);
+  t.is(await tls.renewalPass(3_600_000, direct(tls, new Date(later.getTime() + 3_600_000)), new Date(later.getTime() + 3_600_000)), 1);
   t.is(store.certs.get(instance.id)!.serial, pending.serial, 'the same certificate, delivered now');
   t.is(store.certs.get(instance.id)!.pending, undefined);
 });
@@ -282,7 +284,7 @@ test('on Swarm a new task gets the current files; a renewal hands new files to t
 
   // The runtime cannot replace the task now: the renewed certificate stays pending, and the next new task gets it.
   const later = new Date(NOW.getTime() + 61 * DAY);
-  t.is(await tls.renewalPass(3_600_000, later), 0);
+  t.is(await tls.renewalPass(3_600_000, direct(tls, later), later), 0);
   const pending = store.certs.get(instance.id)!;
   t.true(pending.pending);
   t.not(pending.serial, first.serial);
@@ -293,7 +295,7 @@ test('on Swarm a new task gets the current files; a renewal hands new files to t
 
   reachable = true;
   const much = new Date(NOW.getTime() + 125 * DAY);
-  t.is(await tls.renewalPass(3_600_000, much), 1);
+  t.is(await tls.renewalPass(3_600_000, direct(tls, much), much), 1);
   t.deepEqual(replaced, [store.certs.get(instance.id)!.serial]);
   t.not(replaced[0], pending.serial);
   t.is(store.certs.get(instance.id)!.pending, undefined);
