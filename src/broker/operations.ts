@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import type { Logger } from '../log.js';
 import { StoreUnavailableError } from '../store/errors.js';
 import type { InstanceRecord, OperationRecord, OperationType } from '../store/records.js';
-import { waitFor } from '../wait.js';
+import { waitFor, WaitTimeoutError } from '../wait.js';
 import { noOperationObserver, type OperationObserver, type StateStore } from './contracts.js';
 import { newOperationId } from './ids.js';
 
@@ -29,11 +29,14 @@ export const reasonOf = (error: unknown) => (error instanceof Error ? error.mess
 /** How long work that found a TLS renewal of its instance running waits for it before it gives up. */
 export const RENEWAL_WAIT_MS = 30_000;
 
-/** Waits (bounded) until the operation is no longer in progress; false when it still is. */
+/** Waits (bounded) until the operation is no longer in progress; false when it still is. A store outage is thrown. */
 export async function untilEnded(store: Pick<StateStore, 'getOperation'>, operationId: string, timeoutMs: number): Promise<boolean> {
-  return waitFor(async () => ((await store.getOperation(operationId))?.state === 'in progress' ? undefined : true), { intervalMs: 100, timeoutMs }).catch(
-    () => false,
-  );
+  try {
+    return await waitFor(async () => ((await store.getOperation(operationId))?.state === 'in progress' ? undefined : true), { intervalMs: 100, timeoutMs });
+  } catch (error) {
+    if (error instanceof WaitTimeoutError) return false;
+    throw error;
+  }
 }
 
 /** Instance operations that stop once another one (a deprovision) took their instance over. */
@@ -127,13 +130,9 @@ export class OperationRunner {
 
   /** Waits (bounded) until an operation, wherever it runs, has ended; a deprovision waits so for the provision it cancelled. */
   async waitForEnd(operationId: string): Promise<void> {
-    await waitFor(
-      async () => {
-        const operation = await this.store.getOperation(operationId);
-        return !operation || operation.state !== 'in progress' ? true : undefined;
-      },
-      { intervalMs: 200, timeoutMs: this.settings.leaseMs * 3 },
-    ).catch(() => this.log.warn({ operation: operationId }, 'the cancelled operation did not end in time; going on'));
+    if (!(await untilEnded(this.store, operationId, this.settings.leaseMs * 3))) {
+      this.log.warn({ operation: operationId }, 'the cancelled operation did not end in time; going on');
+    }
   }
 
   /** Tells the runner how to continue an operation of each kind (for sweeps and after outages). */

@@ -33,7 +33,7 @@ export interface ShellSpec {
 }
 
 /** The shell to run with these credentials: the TLS one where the binding carries a CA. */
-export function shellFor(shell: ShellSpec, credentials: Credentials): Pick<ShellSpec, 'command' | 'env' | 'files'> & { tls: boolean } {
+function shellFor(shell: ShellSpec, credentials: Credentials): Pick<ShellSpec, 'command' | 'env' | 'files'> & { tls: boolean } {
   if (!shell.tls || typeof credentials.ca_certificate !== 'string') return { ...shell, tls: false };
   return {
     command: shell.tls.command ?? shell.command,
