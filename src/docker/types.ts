@@ -50,6 +50,7 @@ export interface ContainerSummary {
   error?: string;
   health?: string;
   createdAt: string;
+  /** A published host port: with several (a TLS port too), any one of them, in no fixed order. */
   hostPort?: number;
   /** The host port asked for at every start; undefined when the engine picks one each time. Inspect only. */
   fixedHostPort?: number;
